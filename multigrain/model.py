@@ -1,0 +1,86 @@
+from collections import OrderedDict
+
+import torch
+import torchvision
+from torch import nn
+
+from .gem import GeM
+
+# Families whose torchvision head is "global pool -> (dropout) -> one Linear", so that the Linear can
+# read the GeM vector directly.
+SUPPORTED_PREFIXES = ("resnet", "resnext", "wide_resnet", "regnet_", "efficientnet_")
+
+
+def l2n(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    return x / (x.norm(dim=-1, keepdim=True) + eps)
+
+
+def supported_models() -> list:
+    return sorted(
+        name
+        for name in torchvision.models.list_models(module=torchvision.models)
+        if name.startswith(SUPPORTED_PREFIXES)
+    )
+
+
+class MultiGrainNet(nn.Module):
+    """A CNN trunk, GeM pooling and the trunk's own linear classifier.
+
+    forward(x) returns (logits, embedding): the classifier applied to the raw pooled vector g, and the
+    retrieval descriptor l2n(g). The state_dict keys are `features.*`, `pool.p`, `classifier.*`, the
+    layout of the published MultiGrain checkpoints.
+    """
+
+    def __init__(self, features: nn.Module, classifier: nn.Linear, p: float = 3.0, dropout: float = 0.0):
+        super().__init__()
+        self.features = features
+        self.pool = GeM(p)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.classifier = classifier
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.classifier.in_features
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.features(x))
+
+    def forward(self, x: torch.Tensor):
+        g = self.pooled(x)
+        logits = self.classifier(self.dropout(g))
+        return logits, l2n(g)
+
+
+def _split_trunk(trunk: nn.Module):
+    """The feature extractor, the final Linear and the head's dropout rate of a torchvision CNN."""
+    if isinstance(trunk, torchvision.models.ResNet):
+        children = OrderedDict(
+            (name, child) for name, child in trunk.named_children() if name not in ("avgpool", "fc")
+        )
+        return nn.Sequential(children), trunk.fc, 0.0
+    if isinstance(trunk, torchvision.models.RegNet):
+        return nn.Sequential(OrderedDict(stem=trunk.stem, trunk_output=trunk.trunk_output)), trunk.fc, 0.0
+    if isinstance(trunk, torchvision.models.EfficientNet):
+        dropout, linear = trunk.classifier
+        return trunk.features, linear, dropout.p
+    raise TypeError(f"unsupported trunk class {type(trunk).__name__}")
+
+
+def build_model(name: str, *, weights=None, num_classes: int = 1000, pooling_exponent: float = 3.0):
+    """A MultiGrainNet on a torchvision trunk `name`; `weights` is a torchvision weights name."""
+    supported = supported_models()
+    if name not in supported:
+        raise ValueError(f"unsupported --model {name!r}; supported models: {', '.join(supported)}")
+    if weights:
+        try:
+            trunk = torchvision.models.get_model(name, weights=weights)
+        except (ValueError, KeyError):
+            enum = torchvision.models.get_model_weights(name)
+            valid = ", ".join(["DEFAULT"] + [f"{enum.__name__}.{w.name}" for w in enum])
+            raise ValueError(f"--weights {weights!r} do not fit --model {name!r}; valid: {valid}") from None
+    else:
+        trunk = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+    features, classifier, dropout = _split_trunk(trunk)
+    if classifier.out_features != num_classes:
+        classifier = nn.Linear(classifier.in_features, num_classes)
+    return MultiGrainNet(features, classifier, p=pooling_exponent, dropout=dropout)

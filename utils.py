@@ -1,0 +1,232 @@
+import datetime
+import json
+import os
+import random
+import subprocess
+import tempfile
+import time
+from collections import defaultdict, deque
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+
+class SmoothedValue:
+    """Tracks a series of values; gives the window median/average and the global average."""
+
+    def __init__(self, window_size=20, fmt="{median:.4f} ({global_avg:.4f})"):
+        self.deque = deque(maxlen=window_size)
+        self.total = 0.0
+        self.count = 0
+        self.fmt = fmt
+
+    def update(self, value, n=1):
+        self.deque.append(value)
+        self.count += n
+        self.total += value * n
+
+    @property
+    def median(self):
+        return float(np.median(self.deque))
+
+    @property
+    def avg(self):
+        return float(np.mean(self.deque))
+
+    @property
+    def global_avg(self):
+        return self.total / max(self.count, 1)
+
+    @property
+    def value(self):
+        return self.deque[-1]
+
+    def __str__(self):
+        return self.fmt.format(median=self.median, avg=self.avg, global_avg=self.global_avg, value=self.value)
+
+
+class MetricLogger:
+    """Prints progress lines with the smoothed meters, images/s and the epoch's ETA."""
+
+    def __init__(self, delimiter="  "):
+        self.meters = defaultdict(SmoothedValue)
+        self.delimiter = delimiter
+
+    def update(self, n=1, **kwargs):
+        for name, value in kwargs.items():
+            if isinstance(value, torch.Tensor):
+                value = value.item()
+            self.meters[name].update(value, n=n)
+
+    def add_meter(self, name, meter):
+        self.meters[name] = meter
+
+    def __str__(self):
+        return self.delimiter.join(f"{name}: {meter}" for name, meter in self.meters.items())
+
+    def log_every(self, iterable, print_freq, header="", images_per_step=None):
+        """Yields from `iterable`, printing every `print_freq` steps; images_per_step adds images/s."""
+        start = end = time.time()
+        iter_time = SmoothedValue(fmt="{avg:.4f}")
+        data_time = SmoothedValue(fmt="{avg:.4f}")
+        total = len(iterable)
+        width = len(str(total))
+        for i, obj in enumerate(iterable):
+            data_time.update(time.time() - end)
+            yield obj
+            iter_time.update(time.time() - end)
+            if i % print_freq == 0 or i == total - 1:
+                eta = datetime.timedelta(seconds=int(iter_time.global_avg * (total - i - 1)))
+                parts = [f"{header} [{i:>{width}}/{total}]", f"eta: {eta}", str(self)]
+                if images_per_step:
+                    parts.append(f"img/s: {images_per_step / max(iter_time.avg, 1e-9):.1f}")
+                parts.append(f"time: {iter_time} data: {data_time}")
+                print_main(self.delimiter.join(parts))
+            end = time.time()
+        elapsed = datetime.timedelta(seconds=int(time.time() - start))
+        print_main(f"{header} total time: {elapsed} ({(time.time() - start) / max(total, 1):.4f} s / it)")
+
+    def synchronize_between_processes(self):
+        """Makes every meter's global average the average over all ranks' samples."""
+        if not is_dist_avail_and_initialized():
+            return
+        for meter in self.meters.values():
+            t = torch.tensor([meter.count, meter.total], dtype=torch.float64, device=_collective_device())
+            dist.all_reduce(t)
+            meter.count, meter.total = int(t[0].item()), t[1].item()
+
+
+def accuracy_counts(output, target, topk=(1,)):
+    """Number of samples whose target is among the top-k predictions, for each k."""
+    with torch.no_grad():
+        maxk = min(max(topk), output.shape[1])
+        pred = output.topk(maxk, dim=1).indices
+        correct = pred.eq(target[:, None])
+        return [correct[:, : min(k, maxk)].any(dim=1).sum() for k in topk]
+
+
+def is_dist_avail_and_initialized():
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_world_size():
+    return dist.get_world_size() if is_dist_avail_and_initialized() else 1
+
+
+def get_rank():
+    return dist.get_rank() if is_dist_avail_and_initialized() else 0
+
+
+def is_main_process():
+    return get_rank() == 0
+
+
+def print_main(*args, **kwargs):
+    if is_main_process():
+        print(*args, **kwargs, flush=True)
+
+
+def _collective_device():
+    return torch.device("cuda") if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def reduce_sum(values):
+    """Sums a list of numbers (or 0-dim tensors) over all ranks; returns Python floats."""
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64)
+    if is_dist_avail_and_initialized():
+        t = t.to(_collective_device())
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+def init_distributed_mode(args):
+    """Sets args.distributed, args.rank, args.world_size, args.gpu from torchrun, SLURM or nothing.
+
+    NCCL on GPUs, gloo on the CPU. A plain `python train.py` runs as a single process.
+    """
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        args.rank = int(os.environ["RANK"])
+        args.world_size = int(os.environ["WORLD_SIZE"])
+        args.gpu = int(os.environ.get("LOCAL_RANK", 0))
+    elif "SLURM_PROCID" in os.environ and int(os.environ.get("SLURM_NTASKS", 1)) > 1:
+        args.rank = int(os.environ["SLURM_PROCID"])
+        args.world_size = int(os.environ["SLURM_NTASKS"])
+        args.gpu = int(os.environ.get("SLURM_LOCALID", 0))
+        if args.dist_url == "env://":
+            os.environ.setdefault("MASTER_ADDR", _slurm_master_addr())
+            os.environ.setdefault("MASTER_PORT", "29500")
+            os.environ["RANK"], os.environ["WORLD_SIZE"] = str(args.rank), str(args.world_size)
+    else:
+        args.distributed, args.rank, args.world_size, args.gpu = False, 0, 1, 0
+        return
+    args.distributed = True
+    use_cuda = torch.device(args.device).type == "cuda"
+    if use_cuda:
+        torch.cuda.set_device(args.gpu)
+        args.device = f"cuda:{args.gpu}"
+    args.dist_backend = "nccl" if use_cuda else "gloo"
+    dist.init_process_group(
+        backend=args.dist_backend, init_method=args.dist_url, world_size=args.world_size, rank=args.rank
+    )
+    dist.barrier()
+
+
+def _slurm_master_addr():
+    nodes = os.environ.get("SLURM_JOB_NODELIST", "127.0.0.1")
+    try:
+        hosts = subprocess.run(["scontrol", "show", "hostnames", nodes], capture_output=True, text=True, check=True)
+        return hosts.stdout.split()[0]
+    except (OSError, subprocess.CalledProcessError, IndexError):
+        return nodes
+
+
+def seed_everything(*keys):
+    """Seeds torch, numpy and random from a tuple of integers (e.g. seed, epoch, rank)."""
+    seed = int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, dtype=np.uint64)[0] >> 1)
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+    return seed
+
+
+def save_checkpoint(state, path):
+    """Writes `state` to `path` atomically: a temporary file in the same folder, fsync, rename.
+
+    A crash at any point leaves either the previous file or the new one, never a partial file.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp_path = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+    except BaseException:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+        raise
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def load_checkpoint(path):
+    """Reads a checkpoint without executing code (weights_only=True)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise RuntimeError(f"cannot load checkpoint {path} safely (weights_only=True): {e}") from None
+
+
+def append_json_line(path, record):
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
