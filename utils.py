@@ -97,6 +97,21 @@ class MetricLogger:
             meter.count, meter.total = int(t[0].item()), t[1].item()
 
 
+class WithIndex(torch.utils.data.Dataset):
+    """Yields (image, label, index): the dataset index is the instance id of the margin loss."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+        self.classes = dataset.classes
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        image, label = self.dataset[index]
+        return image, label, index
+
+
 def accuracy_counts(output, target, topk=(1,)):
     """Number of samples whose target is among the top-k predictions, for each k."""
     with torch.no_grad():

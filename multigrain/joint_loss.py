@@ -1,3 +1,4 @@
+import torch
 from torch import nn
 
 from .distributed import gather, gather_with_gradient
@@ -21,6 +22,10 @@ class MultiGrainLoss(nn.Module):
         self.cross_entropy = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
 
     def forward(self, logits, embeddings, labels, instance_ids):
+        with torch.autocast(device_type=logits.device.type, enabled=False):
+            return self._losses(logits.float(), embeddings.float(), labels, instance_ids)
+
+    def _losses(self, logits, embeddings, labels, instance_ids):
         classif_loss = self.cross_entropy(logits, labels)
         losses = {"classif_loss": classif_loss}
         if self.classif_weight == 1.0:
