@@ -1,0 +1,460 @@
+"""Write small synthetic datasets of real JPEG files in the folder layouts of the real benchmarks.
+
+Layouts: ImageNet-like classification (torchvision ImageFolder), INRIA Holidays, UKBench, Copydays
+(CD10k) and the revisited Oxford / Paris benchmarks. Nothing is downloaded; every pixel is generated
+deterministically from --seed, so the demo and the tests go through the real image loading path.
+
+Each class is a hue family combined with a texture spread over the whole picture, so that the class
+survives a RandomResizedCrop of 8% of the area and colour jitter. Each image is its own instance: a
+random texture phase, shades, illumination and a random set of coloured shapes.
+"""
+
+import argparse
+import colorsys
+import io
+import pickle
+import zlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageEnhance
+
+HUE_FAMILIES = 12
+TEXTURES = ("stripes", "stripes-90", "stripes-45", "checker", "checker-45", "dots")
+MAX_CLASSES = HUE_FAMILIES * len(TEXTURES)
+JPEG_QUALITY = 90
+TEXTURE_ANGLES = {"stripes": 0, "stripes-90": 90, "stripes-45": 45, "checker": 0, "checker-45": 45}
+REVISITOP_PREFIXES = {"roxford5k": "oxford", "rparis6k": "paris"}
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """Parse "64" or "80x60" (width x height) into (width, height)."""
+    parts = text.lower().split("x")
+    if len(parts) not in (1, 2) or not all(part.strip().isdigit() for part in parts):
+        raise argparse.ArgumentTypeError(f"image size must look like 64 or 80x60, got {text!r}")
+    width = int(parts[0])
+    height = int(parts[-1])
+    return width, height
+
+
+def _as_size(size) -> tuple[int, int]:
+    width, height = (size, size) if isinstance(size, int) else tuple(size)
+    if min(width, height) < 16:
+        raise ValueError(f"--image-size must be at least 16 pixels on each side, got {width}x{height}")
+    return int(width), int(height)
+
+
+def _check_range(value: int, low: int, high: int, flag: str) -> None:
+    if not low <= value <= high:
+        raise ValueError(f"{flag} must be between {low} and {high}, got {value}")
+
+
+def _layout_rng(seed: int, layout: str) -> np.random.Generator:
+    # One independent stream per layout, so that e.g. Holidays does not repeat the ImageNet pictures.
+    return np.random.default_rng([seed, zlib.crc32(layout.encode())])
+
+
+def _prepare_output(root: Path) -> Path:
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"output {root} exists and is not a folder")
+    if root.is_dir() and any(root.iterdir()):
+        raise ValueError(f"output folder {root} is not empty: remove it or choose another --output")
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def _save_jpeg(image: Image.Image, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, "JPEG", quality=JPEG_QUALITY)
+
+
+def _random_orientation(size: tuple[int, int], rng: np.random.Generator) -> tuple[int, int]:
+    """Photos come in landscape and portrait: swap the sides of a third of them."""
+    width, height = size
+    return (height, width) if rng.random() < 1 / 3 else (width, height)
+
+
+def class_hue_and_texture(class_id: int) -> tuple[float, str]:
+    """The class signal: one of 12 hue families and one of 6 textures, unique for every class id < 72."""
+    _check_range(class_id, 0, MAX_CLASSES - 1, "class id")
+    hue = (class_id % HUE_FAMILIES) / HUE_FAMILIES
+    # Classes sharing a hue family (ids 12 apart) get different textures.
+    texture = TEXTURES[(class_id + class_id // HUE_FAMILIES) % len(TEXTURES)]
+    return hue, texture
+
+
+def _hsv_to_rgb(hue: float, saturation: float, value: float) -> np.ndarray:
+    return np.array(colorsys.hsv_to_rgb(hue % 1.0, saturation, value), dtype=np.float32)
+
+
+def _texture_pattern(texture: str, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A soft two-level pattern in [0, 1] with a random phase, period, warp and small angle jitter."""
+    if texture == "dots":
+        angle = rng.uniform(0, 90)
+    else:
+        angle = TEXTURE_ANGLES[texture] + rng.uniform(-6, 6)
+    theta = np.deg2rad(angle)
+    frequency = 2 * np.pi / rng.uniform(0.09, 0.15)
+    u = (x * np.cos(theta) + y * np.sin(theta)) * frequency + rng.uniform(0, 2 * np.pi)
+    v = (-x * np.sin(theta) + y * np.cos(theta)) * frequency + rng.uniform(0, 2 * np.pi)
+    # A gentle wave along the other axis makes the texture itself specific to the instance.
+    wave_frequency = 2 * np.pi * rng.uniform(0.5, 2.0) / frequency
+    u = u + rng.uniform(0, 1.2) * np.sin(wave_frequency * v + rng.uniform(0, 2 * np.pi))
+    if texture.startswith("stripes"):
+        signal = np.sin(u)
+    elif texture.startswith("checker"):
+        signal = np.sin(u) * np.sin(v) * 2
+    else:
+        signal = np.cos(u) + np.cos(v) - 0.8
+    return 0.5 + 0.5 * np.tanh(3 * signal)
+
+
+def _shape_mask(x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    center_x, center_y = rng.uniform(0, x.max()), rng.uniform(0, y.max())
+    radius_a, radius_b = rng.uniform(0.06, 0.2, size=2)
+    theta = rng.uniform(0, np.pi)
+    dx, dy = x - center_x, y - center_y
+    along = (dx * np.cos(theta) + dy * np.sin(theta)) / radius_a
+    across = (-dx * np.sin(theta) + dy * np.cos(theta)) / radius_b
+    if rng.random() < 0.5:
+        return along**2 + across**2 <= 1
+    return (np.abs(along) <= 1) & (np.abs(across) <= 1)
+
+
+def render_image(class_id: int, rng: np.random.Generator, size=64) -> Image.Image:
+    """Render one new instance of class `class_id` as an RGB image; `size` is an int or (width, height)."""
+    width, height = _as_size(size)
+    hue, texture = class_hue_and_texture(class_id)
+    scale = max(width, height)
+    x = ((np.arange(width) + 0.5) / scale)[None, :]
+    y = ((np.arange(height) + 0.5) / scale)[:, None]
+    x, y = np.broadcast_to(x, (height, width)), np.broadcast_to(y, (height, width))
+
+    light = _hsv_to_rgb(hue + rng.uniform(-0.02, 0.02), rng.uniform(0.45, 0.8), rng.uniform(0.85, 1.0))
+    dark = _hsv_to_rgb(hue + rng.uniform(-0.02, 0.02), rng.uniform(0.7, 1.0), rng.uniform(0.3, 0.55))
+    pattern = _texture_pattern(texture, x, y, rng)[..., None]
+    pixels = dark + (light - dark) * pattern
+
+    direction = rng.uniform(0, 2 * np.pi)
+    ramp = (x - 0.5) * np.cos(direction) + (y - 0.5) * np.sin(direction)
+    pixels = pixels * (1 + rng.uniform(0.1, 0.4) * ramp)[..., None]
+
+    # Secondary colours: half-transparent shapes that keep the class texture visible underneath.
+    for _ in range(rng.integers(3, 7)):
+        mask = _shape_mask(x, y, rng)[..., None]
+        colour = _hsv_to_rgb(rng.uniform(0, 1), rng.uniform(0.4, 1.0), rng.uniform(0.3, 1.0))
+        pixels = np.where(mask, 0.5 * pixels + 0.5 * colour, pixels)
+
+    pixels = pixels + rng.normal(0, 0.02, size=pixels.shape)
+    return Image.fromarray(np.clip(pixels * 255 + 0.5, 0, 255).astype(np.uint8), mode="RGB")
+
+
+def make_variant(image: Image.Image, rng: np.random.Generator, strength: float, rotate: bool = False) -> Image.Image:
+    """An attacked copy of `image` of the same size: crop, rescale, colour change and JPEG re-encoding.
+
+    `strength` in [0, 1] scales every attack; `rotate` adds a rotation of up to 25 * strength degrees.
+    """
+    if not 0 <= strength <= 1:
+        raise ValueError(f"strength must be in [0, 1], got {strength}")
+    width, height = image.size
+    if rotate:
+        image = image.rotate(rng.uniform(-25, 25) * strength, resample=Image.Resampling.BICUBIC)
+
+    area = rng.uniform(1 - 0.6 * strength, 1)
+    aspect = np.exp(rng.uniform(-0.3, 0.3) * strength)
+    crop_width = min(width, max(8, round(width * np.sqrt(area * aspect))))
+    crop_height = min(height, max(8, round(height * np.sqrt(area / aspect))))
+    left = rng.integers(0, width - crop_width + 1)
+    top = rng.integers(0, height - crop_height + 1)
+    image = image.crop((left, top, left + crop_width, top + crop_height))
+
+    # Rescaling: go through a lower resolution, then back to the original size.
+    shrink = rng.uniform(1 - 0.5 * strength, 1)
+    low_resolution = (max(8, round(width * shrink)), max(8, round(height * shrink)))
+    image = image.resize(low_resolution, Image.Resampling.BILINEAR).resize((width, height), Image.Resampling.BICUBIC)
+
+    for enhancer in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
+        image = enhancer(image).enhance(1 + rng.uniform(-0.35, 0.35) * strength)
+
+    quality = round(95 - 70 * strength * rng.uniform(0.5, 1))
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=quality)
+    buffer.seek(0)
+    return Image.open(buffer).convert("RGB")
+
+
+def make_imagefolder(root, num_classes=10, train_per_class=40, val_per_class=10, image_size=64, seed=0):
+    """ImageFolder layout root/{train,val}/class_XXX/*.jpg; returns {split: [(relative path, class id)]}."""
+    _check_range(num_classes, 1, MAX_CLASSES, "--num-classes")
+    _check_range(train_per_class, 1, 100000, "--train-per-class")
+    _check_range(val_per_class, 1, 100000, "--val-per-class")
+    size = _as_size(image_size)
+    root = _prepare_output(root)
+    rng = _layout_rng(seed, "imagefolder")
+    written = {}
+    for split, per_class in (("train", train_per_class), ("val", val_per_class)):
+        written[split] = []
+        for class_id in range(num_classes):
+            class_name = f"class_{class_id:03d}"
+            for index in range(per_class):
+                relative = f"{split}/{class_name}/{class_name}_{index:05d}.jpg"
+                _save_jpeg(render_image(class_id, rng, size), root / relative)
+                written[split].append((relative, class_id))
+    return written
+
+
+def make_holidays(root, num_groups=20, images_per_group=3, image_size=(96, 72), rotated_fraction=0.25, seed=0):
+    """INRIA Holidays layout: root/jpg/NNNNXX.jpg and root/rotations.txt.
+
+    Group NNNN (from 1000) is one scene: XX=00 is the query, XX=01.. are variants of it. Group sizes are
+    drawn in [2, images_per_group] and the last group is a full one. A fraction of the files is stored
+    sideways or upside down; rotations.txt lists them as "<file name> <degrees>", the degrees that restore
+    the upright picture with Image.rotate(degrees, expand=True). The picture content does not depend on
+    `rotated_fraction`. Returns {"groups": [[file names, query first]], "rotations": {file name: degrees}}.
+    """
+    _check_range(num_groups, 1, 9000, "--num-groups")
+    _check_range(images_per_group, 2, 100, "--images-per-group")
+    if not 0 <= rotated_fraction <= 1:
+        raise ValueError(f"--rotated-fraction must be in [0, 1], got {rotated_fraction}")
+    size = _as_size(image_size)
+    root = _prepare_output(root)
+    rng = _layout_rng(seed, "holidays")
+    group_sizes = rng.integers(2, images_per_group + 1, size=num_groups)
+    group_sizes[-1] = images_per_group
+
+    groups, upright_images = [], {}
+    for group, group_size in enumerate(group_sizes):
+        scene = render_image(int(rng.integers(MAX_CLASSES)), rng, _random_orientation(size, rng))
+        names = [f"{1000 + group:04d}{index:02d}.jpg" for index in range(group_size)]
+        upright_images[names[0]] = scene
+        for name in names[1:]:
+            upright_images[name] = make_variant(scene, rng, strength=0.5, rotate=True)
+        groups.append(names)
+
+    all_names = [name for names in groups for name in names]
+    rotation_rng = _layout_rng(seed, "holidays-rotations")
+    num_rotated = round(rotated_fraction * len(all_names))
+    rotated = sorted(rotation_rng.choice(len(all_names), size=num_rotated, replace=False))
+    rotations = {all_names[index]: (90, 180, 270)[order % 3] for order, index in enumerate(rotated)}
+
+    for name, image in upright_images.items():
+        if name in rotations:
+            image = image.rotate(-rotations[name], expand=True)
+        _save_jpeg(image, root / "jpg" / name)
+    lines = [f"{name} {degrees}\n" for name, degrees in rotations.items()]
+    (root / "rotations.txt").write_text("".join(lines))
+    return {"groups": groups, "rotations": rotations}
+
+
+def make_ukbench(root, num_groups=25, image_size=(80, 60), seed=0):
+    """UKBench layout: root/full/ukbenchNNNNN.jpg, 4 consecutive images per object, all the same size.
+
+    Returns the file names in order.
+    """
+    _check_range(num_groups, 1, 25000, "--num-groups")
+    size = _as_size(image_size)
+    root = _prepare_output(root)
+    rng = _layout_rng(seed, "ukbench")
+    names = []
+    for group in range(num_groups):
+        instance = render_image(int(rng.integers(MAX_CLASSES)), rng, size)
+        for view in range(4):
+            name = f"ukbench{4 * group + view:05d}.jpg"
+            _save_jpeg(make_variant(instance, rng, strength=0.35, rotate=True), root / "full" / name)
+            names.append(name)
+    return names
+
+
+def make_copydays(root, num_originals=12, num_distractors=40, image_size=(96, 72), seed=0):
+    """Copydays (CD10k) layout: root/original/NNNN00.jpg, root/strong/NNNNXX.jpg, root/distractors/*.jpg.
+
+    Each original (NNNN from 2000) has 1 to 3 strongly attacked copies in strong/ sharing its first 4
+    characters. root/distractors.txt lists the distractors relative to root ("distractors/....jpg").
+    Returns {"originals": [...], "queries": {query name: original name}, "distractors": [relative paths]}.
+    """
+    _check_range(num_originals, 1, 8000, "--num-originals")
+    _check_range(num_distractors, 0, 10**6, "--num-distractors")
+    size = _as_size(image_size)
+    root = _prepare_output(root)
+    rng = _layout_rng(seed, "copydays")
+    originals, queries = [], {}
+    for index in range(num_originals):
+        original = render_image(int(rng.integers(MAX_CLASSES)), rng, _random_orientation(size, rng))
+        original_name = f"{2000 + index:04d}00.jpg"
+        _save_jpeg(original, root / "original" / original_name)
+        originals.append(original_name)
+        for attack in range(1, rng.integers(1, 4) + 1):
+            query_name = f"{2000 + index:04d}{attack:02d}.jpg"
+            _save_jpeg(make_variant(original, rng, strength=1.0, rotate=True), root / "strong" / query_name)
+            queries[query_name] = original_name
+
+    distractors = []
+    for index in range(num_distractors):
+        relative = f"distractors/distractor_{index:06d}.jpg"
+        _save_jpeg(render_image(int(rng.integers(MAX_CLASSES)), rng, _random_orientation(size, rng)), root / relative)
+        distractors.append(relative)
+    (root / "distractors.txt").write_text("".join(f"{relative}\n" for relative in distractors))
+    return {"originals": originals, "queries": queries, "distractors": distractors}
+
+
+def _paste_instance(instance, size, box_fraction, rng, background_class):
+    """Paste `instance` into a new cluttered picture of `size`; returns the picture and the box [x1, y1, x2, y2]."""
+    width, height = size
+    picture = render_image(background_class, rng, size)
+    box_width = max(8, round(width * box_fraction))
+    box_height = max(8, round(height * box_fraction))
+    left = int(rng.integers(0, width - box_width + 1))
+    top = int(rng.integers(0, height - box_height + 1))
+    picture.paste(instance.resize((box_width, box_height), Image.Resampling.BICUBIC), (left, top))
+    return picture, [float(left), float(top), float(left + box_width), float(top + box_height)]
+
+
+def make_revisitop(root, name="roxford5k", num_queries=5, num_database=40, image_size=(96, 72), seed=0):
+    """Revisited Oxford / Paris layout: root/<name>/jpg/*.jpg and root/<name>/gnd_<name>.pkl.
+
+    Each query shows an instance inside clutter (its box is `bbx`). The database holds 2 easy (mild
+    variant, large), 2 hard (strong variant, smaller) and 1 junk (strong variant, tiny) image of every
+    query's instance, and distractors. Returns the ground-truth dict written to the pickle.
+    """
+    if name not in REVISITOP_PREFIXES:
+        raise ValueError(f"--name must be one of {sorted(REVISITOP_PREFIXES)}, got {name!r}")
+    _check_range(num_queries, 1, 1000, "--num-queries")
+    if num_database < 5 * num_queries:
+        raise ValueError(f"--num-database must be at least 5 x --num-queries = {5 * num_queries}, got {num_database}")
+    size = _as_size(image_size)
+    root = _prepare_output(Path(root) / name)
+    rng = _layout_rng(seed, name)
+    prefix = REVISITOP_PREFIXES[name]
+    # (kind, variant strength, box side as a fraction of the picture side)
+    relevant_kinds = [("easy", 0.2, 0.75), ("easy", 0.3, 0.65), ("hard", 0.8, 0.5), ("hard", 0.9, 0.42),
+                      ("junk", 1.0, 0.25)]
+
+    database_order = rng.permutation(num_database)
+    database_images = [None] * num_database
+    qimlist, gnd = [], []
+    for query in range(num_queries):
+        instance_class, background_class = rng.choice(MAX_CLASSES, size=2, replace=False)
+        box_fraction = rng.uniform(0.55, 0.7)
+        instance_size = (round(size[0] * box_fraction), round(size[1] * box_fraction))
+        instance = render_image(int(instance_class), rng, instance_size)
+        picture, bbx = _paste_instance(instance, size, box_fraction, rng, int(background_class))
+        query_name = f"{prefix}_query_{query:03d}"
+        _save_jpeg(picture, root / "jpg" / f"{query_name}.jpg")
+        qimlist.append(query_name)
+
+        ground_truth = {"bbx": bbx, "easy": [], "hard": [], "junk": []}
+        for slot, (kind, strength, fraction) in enumerate(relevant_kinds):
+            database_index = int(database_order[5 * query + slot])
+            variant = make_variant(instance, rng, strength, rotate=kind != "easy")
+            database_images[database_index], _ = _paste_instance(
+                variant, size, fraction, rng, int(rng.integers(MAX_CLASSES))
+            )
+            ground_truth[kind].append(database_index)
+        for kind in ("easy", "hard", "junk"):
+            ground_truth[kind].sort()
+        gnd.append(ground_truth)
+
+    imlist = [f"{prefix}_{index:06d}" for index in range(num_database)]
+    for index, image_name in enumerate(imlist):
+        image = database_images[index]
+        if image is None:
+            image = render_image(int(rng.integers(MAX_CLASSES)), rng, size)
+        _save_jpeg(image, root / "jpg" / f"{image_name}.jpg")
+
+    ground_truth_file = {"imlist": imlist, "qimlist": qimlist, "gnd": gnd}
+    with open(root / f"gnd_{name}.pkl", "wb") as f:
+        pickle.dump(ground_truth_file, f, protocol=4)
+    return ground_truth_file
+
+
+def make_all(root, seed=0):
+    """Every layout with its small defaults under root; returns {layout folder: what its writer returned}."""
+    root = Path(root)
+    return {
+        "imagenet": make_imagefolder(root / "imagenet", seed=seed),
+        "holidays": make_holidays(root / "holidays", seed=seed),
+        "ukbench": make_ukbench(root / "ukbench", seed=seed),
+        "copydays": make_copydays(root / "copydays", seed=seed),
+        "revisitop/roxford5k": make_revisitop(root / "revisitop", name="roxford5k", seed=seed),
+        "revisitop/rparis6k": make_revisitop(root / "revisitop", name="rparis6k", seed=seed),
+    }
+
+
+def get_args_parser(add_help=True):
+    parser = argparse.ArgumentParser(description="Write synthetic JPEG datasets in real layouts", add_help=add_help)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--output", required=True, type=Path, help="folder to write into (must be empty or new)")
+    common.add_argument("--seed", default=0, type=int, help="random seed; the output is a function of it")
+    subparsers = parser.add_subparsers(dest="layout", required=True, metavar="LAYOUT")
+
+    def add_layout(layout, help_text):
+        return subparsers.add_parser(
+            layout, parents=[common], help=help_text, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        )
+
+    imagefolder = add_layout("imagefolder", "classification set: OUTPUT/{train,val}/class_XXX/*.jpg")
+    imagefolder.add_argument("--num-classes", default=10, type=int, help=f"number of classes (at most {MAX_CLASSES})")
+    imagefolder.add_argument("--train-per-class", default=40, type=int, help="training images per class")
+    imagefolder.add_argument("--val-per-class", default=10, type=int, help="validation images per class")
+    imagefolder.add_argument("--image-size", default="64", type=parse_size, help="side, or WIDTHxHEIGHT")
+
+    holidays = add_layout("holidays", "INRIA Holidays: OUTPUT/jpg/NNNNXX.jpg and OUTPUT/rotations.txt")
+    holidays.add_argument("--num-groups", default=20, type=int, help="number of scenes (queries)")
+    holidays.add_argument("--images-per-group", default=3, type=int, help="largest group size, query included")
+    holidays.add_argument("--image-size", default="96x72", type=parse_size, help="side, or WIDTHxHEIGHT")
+    holidays.add_argument("--rotated-fraction", default=0.25, type=float, help="fraction of files stored rotated")
+
+    ukbench = add_layout("ukbench", "UKBench: OUTPUT/full/ukbenchNNNNN.jpg, groups of 4")
+    ukbench.add_argument("--num-groups", default=25, type=int, help="number of objects (4 images each)")
+    ukbench.add_argument("--image-size", default="80x60", type=parse_size, help="side, or WIDTHxHEIGHT")
+
+    copydays = add_layout("copydays", "Copydays: OUTPUT/{original,strong,distractors}/*.jpg, distractors.txt")
+    copydays.add_argument("--num-originals", default=12, type=int, help="number of original images")
+    copydays.add_argument("--num-distractors", default=40, type=int, help="number of distractor images")
+    copydays.add_argument("--image-size", default="96x72", type=parse_size, help="side, or WIDTHxHEIGHT")
+
+    revisitop = add_layout("revisitop", "ROxford5k / RParis6k: OUTPUT/NAME/jpg/*.jpg and gnd_NAME.pkl")
+    revisitop.add_argument("--name", default="roxford5k", choices=sorted(REVISITOP_PREFIXES), help="benchmark")
+    revisitop.add_argument("--num-queries", default=5, type=int, help="number of queries")
+    revisitop.add_argument("--num-database", default=40, type=int, help="database size (at least 5 per query)")
+    revisitop.add_argument("--image-size", default="96x72", type=parse_size, help="side, or WIDTHxHEIGHT")
+
+    add_layout("all", "every layout with small defaults: OUTPUT/{imagenet,holidays,ukbench,copydays,revisitop}")
+    return parser
+
+
+def main(args):
+    if args.layout == "imagefolder":
+        written = make_imagefolder(
+            args.output, args.num_classes, args.train_per_class, args.val_per_class, args.image_size, args.seed
+        )
+        summary = f"{len(written['train'])} training and {len(written['val'])} validation images"
+    elif args.layout == "holidays":
+        written = make_holidays(
+            args.output, args.num_groups, args.images_per_group, args.image_size, args.rotated_fraction, args.seed
+        )
+        summary = f"{sum(len(group) for group in written['groups'])} images in {len(written['groups'])} groups"
+    elif args.layout == "ukbench":
+        written = make_ukbench(args.output, args.num_groups, args.image_size, args.seed)
+        summary = f"{len(written)} images"
+    elif args.layout == "copydays":
+        written = make_copydays(args.output, args.num_originals, args.num_distractors, args.image_size, args.seed)
+        summary = (
+            f"{len(written['originals'])} originals, {len(written['queries'])} strong queries, "
+            f"{len(written['distractors'])} distractors"
+        )
+    elif args.layout == "revisitop":
+        written = make_revisitop(
+            args.output, args.name, args.num_queries, args.num_database, args.image_size, args.seed
+        )
+        summary = f"{args.name}: {len(written['qimlist'])} queries, {len(written['imlist'])} database images"
+    else:
+        written = make_all(args.output, args.seed)
+        summary = "layouts " + ", ".join(written)
+    print(f"Wrote {summary} to {args.output}")
+
+
+if __name__ == "__main__":
+    args = get_args_parser().parse_args()
+    main(args)

@@ -1,0 +1,110 @@
+import pytest
+import torch
+from torch.nn import functional as F
+
+from multigrain.distance_weighted_sampling import DistanceWeightedSampler
+from multigrain.joint_loss import MultiGrainLoss
+from multigrain.margin_loss import MarginLoss
+
+
+def brute_force_margin_loss(embeddings, triplets, beta, margin):
+    """The formula of the paper, one triplet at a time."""
+    terms, active = [], 0
+    for a, p, n in triplets:
+        d_ap = torch.sqrt(((embeddings[p] - embeddings[a]) ** 2).sum() + 1e-8)
+        d_an = torch.sqrt(((embeddings[n] - embeddings[a]) ** 2).sum() + 1e-8)
+        pos = torch.clamp(d_ap - beta + margin, min=0)
+        neg = torch.clamp(beta - d_an + margin, min=0)
+        active += int(pos.item() > 0) + int(neg.item() > 0)
+        terms.append(pos + neg)
+    return torch.stack(terms).sum() / max(active, 1)
+
+
+def batch(seed=0, num_instances=5, reps=3, dim=8):
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(num_instances, dim, generator=g)
+    x = centres.repeat_interleave(reps, 0) + 0.7 * torch.randn(num_instances * reps, dim, generator=g)
+    return F.normalize(x, dim=1), torch.arange(num_instances).repeat_interleave(reps)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_matches_brute_force_value_and_gradients(seed):
+    embeddings, ids = batch(seed)
+    mask, negatives = DistanceWeightedSampler(mode="exact", generator=torch.Generator().manual_seed(seed))(embeddings, ids)
+    triplets = [(a, p, negatives[a, p].item()) for a, p in mask.nonzero().tolist()]
+
+    ours_embeddings = embeddings.clone().requires_grad_()
+    loss_module = MarginLoss(beta_init=1.0, margin=0.2)
+    loss = loss_module(ours_embeddings, mask, negatives)
+    loss.backward()
+
+    ref_embeddings = embeddings.clone().requires_grad_()
+    ref_beta = torch.tensor(1.0, requires_grad=True)
+    expected = brute_force_margin_loss(ref_embeddings, triplets, ref_beta, 0.2)
+    expected.backward()
+
+    assert loss.item() > 0
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ours_embeddings.grad, ref_embeddings.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(loss_module.beta.grad, ref_beta.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_normaliser_counts_both_terms_of_a_triplet():
+    # One triplet where the positive is too far AND the negative too close: 2 active terms.
+    embeddings = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    mask = torch.zeros(3, 3, dtype=torch.bool)
+    mask[0, 1] = True
+    negatives = torch.full((3, 3), 2)
+    loss = MarginLoss(beta_init=1.4, margin=0.2)(embeddings, mask, negatives)
+    d = 2**0.5
+    pos, neg = d - 1.4 + 0.2, 1.4 - d + 0.2
+    assert pos > 0 and neg > 0
+    assert loss.item() == pytest.approx((pos + neg) / 2, rel=1e-5)
+
+
+def test_beta_is_a_learnable_parameter():
+    loss = MarginLoss(beta_init=1.2)
+    assert [name for name, _ in loss.named_parameters()] == ["beta"]
+    assert loss.beta.item() == pytest.approx(1.2)
+
+
+class ExplodingSampler(torch.nn.Module):
+    def forward(self, *args):
+        raise AssertionError("the sampler must not run when λ = 1")
+
+
+def test_lambda_one_never_samples():
+    embeddings, ids = batch()
+    logits = torch.randn(len(ids), 4, requires_grad=True)
+    labels = torch.randint(0, 4, (len(ids),))
+    criterion = MultiGrainLoss(1.0, ExplodingSampler(), MarginLoss())
+    losses = criterion(logits, embeddings, labels, ids)
+    assert "margin_loss" not in losses
+    torch.testing.assert_close(losses["loss"], F.cross_entropy(logits, labels))
+
+
+def test_joint_loss_combines_the_two_terms():
+    embeddings, ids = batch(seed=5)
+    logits = torch.randn(len(ids), 4)
+    labels = torch.randint(0, 4, (len(ids),))
+    sampler = DistanceWeightedSampler(mode="exact", generator=torch.Generator().manual_seed(3))
+    losses = MultiGrainLoss(0.3, sampler, MarginLoss())(logits, embeddings, labels, ids)
+    assert losses["margin_loss"].item() > 0
+    expected = 0.3 * F.cross_entropy(logits, labels) + 0.7 * losses["margin_loss"]
+    torch.testing.assert_close(losses["loss"], expected)
+
+
+def test_joint_loss_runs_in_float32_under_autocast():
+    embeddings, ids = batch(seed=6)
+    logits = torch.randn(len(ids), 4)
+    labels = torch.randint(0, 4, (len(ids),))
+    sampler = DistanceWeightedSampler(generator=torch.Generator().manual_seed(3))
+    criterion = MultiGrainLoss(0.5, sampler, MarginLoss())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = criterion(logits.bfloat16(), embeddings.bfloat16(), labels, ids)
+    assert all(v.dtype == torch.float32 for v in losses.values())
+
+
+def test_lambda_out_of_range():
+    with pytest.raises(ValueError, match="1.5"):
+        MultiGrainLoss(1.5, ExplodingSampler(), MarginLoss())
