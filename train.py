@@ -308,6 +308,11 @@ def main(args):
             utils.append_json_line(os.path.join(args.output_dir, "log.jsonl"), record)
     total_time = datetime.timedelta(seconds=int(time.time() - start_time))
     utils.print_main(f"Training time {total_time}")
+    if val_metrics:
+        utils.print_main(
+            f"Final (epoch {args.epochs - 1}): val Acc@1 {val_metrics['acc1']:.2f}  Acc@5 {val_metrics['acc5']:.2f}  "
+            f"beta {criterion.margin_loss.beta.item():.4f}"
+        )
     return val_metrics
 
 

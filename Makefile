@@ -1,0 +1,28 @@
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DEMO := data/demo
+
+.PHONY: venv demo test clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+demo: venv
+	rm -rf $(DEMO)
+	$(BIN)/python synthetic_data.py imagefolder --output $(DEMO)/imagenet
+	$(BIN)/torchrun --standalone --nproc_per_node=2 train.py --data-path $(DEMO)/imagenet --output-dir $(DEMO)/train \
+		--device cpu --model resnet18 -b 32 -j 1 --epochs 10 --lr 0.04 --lr-scheduler cosineannealinglr \
+		--lr-warmup-epochs 1 --lr-warmup-decay 0.1 --train-crop-size 64 --val-resize-size 73 --val-crop-size 64 \
+		--print-freq 100
+
+test: venv
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) data
