@@ -19,6 +19,7 @@ from torchvision.transforms.functional import InterpolationMode
 
 import presets
 import utils
+from multigrain.checkpoint import load_checkpoint, load_model
 from multigrain.distance_weighted_sampling import NEGATIVE_SAMPLING_MODES, DistanceWeightedSampler
 from multigrain.joint_loss import MultiGrainLoss
 from multigrain.margin_loss import MarginLoss
@@ -225,6 +226,13 @@ def main(args):
         dataset_val, batch_size=args.batch_size, num_workers=args.workers, pin_memory=device.type == "cuda"
     )
 
+    if args.test_only:
+        if args.resume:
+            model = load_model(args.resume, model_name=args.model, device=device)
+        else:
+            model = build_model(args.model, weights=args.weights, num_classes=len(classes), pooling_exponent=args.pooling_exponent)
+        return evaluate(model.to(device), val_loader, device, args)
+
     utils.seed_everything(args.seed)
     model = build_model(
         args.model, weights=args.weights, num_classes=len(classes), pooling_exponent=args.pooling_exponent
@@ -246,18 +254,13 @@ def main(args):
     if args.distributed:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[args.gpu] if device.type == "cuda" else None)
 
-    if args.test_only:
-        if args.resume:
-            model_without_ddp.load_state_dict(utils.load_checkpoint(args.resume)["model"])
-        return evaluate(model, val_loader, device, args)
-
     optimizer = build_optimizer(args, model_without_ddp, criterion)
     lr_scheduler = build_lr_scheduler(args, optimizer)
     scaler = torch.amp.GradScaler(device.type) if args.amp and args.amp_dtype == "float16" else None
 
     start_epoch = args.start_epoch
     if args.resume:
-        checkpoint = utils.load_checkpoint(args.resume)
+        checkpoint = load_checkpoint(args.resume)
         model_without_ddp.load_state_dict(checkpoint["model"])
         criterion.load_state_dict(checkpoint["criterion"])
         optimizer.load_state_dict(checkpoint["optimizer"])

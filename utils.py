@@ -230,16 +230,6 @@ def save_checkpoint(state, path):
         os.close(dir_fd)
 
 
-def load_checkpoint(path):
-    """Reads a checkpoint without executing code (weights_only=True)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise RuntimeError(f"cannot load checkpoint {path} safely (weights_only=True): {e}") from None
-
-
 def append_json_line(path, record):
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
