@@ -1,0 +1,172 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import train
+from synthetic_data import make_imagefolder
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL = ["--model", "resnet18", "--device", "cpu", "-j", "0", "--print-freq", "1000"]
+
+
+def size_flags(size):
+    return ["--train-crop-size", str(size), "--val-resize-size", str(size + size // 8), "--val-crop-size", str(size)]
+
+
+@pytest.fixture(scope="module")
+def five_classes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("five_classes")
+    make_imagefolder(root, num_classes=5, train_per_class=30, val_per_class=10, image_size=48, seed=0)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    make_imagefolder(root, num_classes=3, train_per_class=8, val_per_class=3, image_size=32, seed=1)
+    return root
+
+
+def run_script(args, nproc=None):
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    if nproc:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "train.py", *args]
+    else:
+        cmd = [sys.executable, "train.py", *args]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def read_log(output_dir):
+    with open(os.path.join(output_dir, "log.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def parse(args):
+    return train.get_args_parser().parse_args(args)
+
+
+def test_torchrun_two_processes_learns(five_classes, tmp_path):
+    out = tmp_path / "run"
+    args = [
+        "--data-path", str(five_classes), "--output-dir", str(out), *SMALL, *size_flags(48),
+        "-b", "16", "--epochs", "4", "--lr", "0.01", "--lr-scheduler", "cosineannealinglr",
+        "--lr-warmup-epochs", "1", "--lr-warmup-decay", "0.1",
+    ]  # fmt: skip
+    run = run_script(args, nproc=2)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "300 samples per epoch" in run.stdout  # 150 images x epoch-len-factor 2.0
+
+    log = read_log(out)
+    assert [record["epoch"] for record in log] == [0, 1, 2, 3]
+    assert all(record["val_images"] == 50 for record in log)  # every val image counted once over 2 ranks
+    assert log[-1]["val_acc1"] >= 60.0, log[-1]  # chance is 20%
+    assert log[-1]["train_margin_loss"] > 0
+
+    checkpoint = torch.load(out / "checkpoint.pth", weights_only=True)
+    assert {"model", "criterion", "optimizer", "lr_scheduler", "scaler", "epoch", "args"} <= checkpoint.keys()
+    assert checkpoint["epoch"] == 3 and checkpoint["args"]["classif_weight"] == 0.5
+    assert checkpoint["model"]["pool.p"].item() == 3.0
+    beta = checkpoint["criterion"]["margin_loss.beta"].item()
+    assert beta != pytest.approx(1.2) and beta == pytest.approx(log[-1]["beta"])
+
+    test_only = run_script(
+        ["--data-path", str(five_classes), *SMALL, *size_flags(48), "-b", "16", "--test-only", "--resume", str(out / "checkpoint.pth")]
+    )
+    assert test_only.returncode == 0, test_only.stderr[-3000:]
+    assert f"Acc@1 {log[-1]['val_acc1']:.3f}" in test_only.stdout
+
+
+def state_of(output_dir):
+    checkpoint = torch.load(os.path.join(output_dir, "checkpoint.pth"), weights_only=True)
+    return checkpoint
+
+
+def assert_same_state(a, b):
+    for key in ("model", "criterion"):
+        assert a[key].keys() == b[key].keys()
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), f"{key}.{name}"
+    for group_a, group_b in zip(a["optimizer"]["param_groups"], b["optimizer"]["param_groups"]):
+        assert group_a["lr"] == group_b["lr"]
+    for index, state in a["optimizer"]["state"].items():
+        assert torch.equal(state["momentum_buffer"], b["optimizer"]["state"][index]["momentum_buffer"])
+    assert a["lr_scheduler"]["last_epoch"] == b["lr_scheduler"]["last_epoch"]
+
+
+def test_resume_gives_the_state_of_an_uninterrupted_run(tiny, tmp_path):
+    common = ["--data-path", str(tiny), *SMALL, *size_flags(32), "-b", "6", "--lr", "0.02", "--lr-step-size", "1"]
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    train.main(parse(common + ["--epochs", "2", "--output-dir", str(straight)]))
+    train.main(parse(common + ["--epochs", "1", "--output-dir", str(interrupted)]))
+    first_epoch = state_of(interrupted)
+    train.main(parse(common + ["--epochs", "2", "--output-dir", str(interrupted), "--resume", str(interrupted / "checkpoint.pth")]))
+
+    assert_same_state(state_of(straight), state_of(interrupted))
+    assert not torch.equal(first_epoch["model"]["classifier.weight"], state_of(straight)["model"]["classifier.weight"])
+    assert [r["epoch"] for r in read_log(interrupted)] == [0, 1]
+    straight_log, resumed_log = read_log(straight), read_log(interrupted)
+    assert straight_log[1]["train_loss"] == resumed_log[1]["train_loss"]
+
+
+def test_classification_only_with_bfloat16_autocast(tiny, tmp_path):
+    args = parse(
+        ["--data-path", str(tiny), *SMALL, *size_flags(32), "-b", "6", "--epochs", "1", "--lr", "0.02",
+         "--classif-weight", "1", "--no-ra-sampler", "--epoch-len-factor", "1", "--amp", "--amp-dtype", "bfloat16",
+         "--output-dir", str(tmp_path)]
+    )  # fmt: skip
+    metrics = train.main(args)
+    assert metrics["images"] == 9
+    log = read_log(tmp_path)
+    assert "train_margin_loss" not in log[0]
+    assert log[0]["beta"] == pytest.approx(1.2)  # λ = 1: beta gets no gradient
+
+
+def test_lambda_one_with_repeated_augmentation_and_p1(tiny, tmp_path):
+    args = parse(
+        ["--data-path", str(tiny), *SMALL, *size_flags(32), "-b", "6", "--epochs", "1", "--lr", "0.02",
+         "--classif-weight", "1", "--pooling-exponent", "1", "--output-dir", str(tmp_path)]
+    )  # fmt: skip
+    train.main(args)
+    checkpoint = state_of(tmp_path)
+    assert checkpoint["model"]["pool.p"].item() == 1.0
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--classif-weight", "1.5"], "--classif-weight must be in [0, 1]"),
+        (["--classif-weight", "-0.1"], "--classif-weight must be in [0, 1]"),
+        (["--no-ra-sampler"], "needs repeated augmentation"),
+        (["--ra-reps", "0"], "--ra-reps must be at least 1"),
+        (["--ra-reps", "1"], "needs --ra-reps >= 2"),
+        (["-b", "0"], "--batch-size must be at least 1"),
+        (["--train-crop-size", "0"], "--train-crop-size must be at least 1"),
+        (["--epoch-len-factor", "0"], "--epoch-len-factor must be positive"),
+        (["--pooling-exponent", "0"], "--pooling-exponent must be positive"),
+        (["--sampling-cutoff", "1.5"], "--sampling-cutoff"),
+        (["--lr-warmup-epochs", "5", "--epochs", "5"], "--lr-warmup-epochs"),
+        (["--resume", "/nonexistent/checkpoint.pth"], "/nonexistent/checkpoint.pth"),
+    ],
+)
+def test_bad_flags_are_refused(tiny, flags, message):
+    with pytest.raises(ValueError) as error:
+        train.check_args(parse(["--data-path", str(tiny), *flags]))
+    assert message in str(error.value)
+
+
+def test_bad_flags_exit_before_any_process_starts(tmp_path):
+    run = run_script(["--data-path", str(tmp_path), "--classif-weight", "2"])
+    assert run.returncode == 2
+    assert "error: --classif-weight must be in [0, 1], got 2.0" in run.stderr
+    assert "Traceback" not in run.stderr
+    missing = run_script(["--data-path", str(tmp_path / "nowhere")])
+    assert missing.returncode == 2 and "has no train/ folder" in missing.stderr
+
+
+def test_unknown_model_lists_the_supported_ones(tiny, tmp_path):
+    with pytest.raises(ValueError, match="supported models: .*resnet50"):
+        train.main(parse(["--data-path", str(tiny), *SMALL, "--model", "vit_b_16", "--output-dir", str(tmp_path)]))
