@@ -37,14 +37,15 @@ def exact_negative_log_weights(embeddings, ids, cutoff=0.5, nonzero_loss_cutoff=
     """Log of the distribution written in the paper, normalised per row over the valid candidates.
 
     q(D) ∝ D^(2-d) (1 - D^2/4)^(-(d-3)/2) with D clamped below at `cutoff`, over items of another
-    instance with D < `nonzero_loss_cutoff`; computed in float64 log space so nothing underflows.
+    instance with D < `nonzero_loss_cutoff`; the distances come from a float32 matrix product, the
+    weights are computed in float64 log space so nothing underflows.
     A row with no valid candidate is uniform over the items of another instance; a row without any
     item of another instance is all -inf.
     """
-    x = embeddings.detach().double()
+    x = embeddings.detach().float()
     dim = x.shape[1]
     square = (x * x).sum(dim=1, keepdim=True)
-    distance = (square + square.t() - 2.0 * x @ x.t()).clamp(min=0).sqrt().clamp(min=cutoff)
+    distance = (square + square.t() - 2.0 * x @ x.t()).clamp(min=0).sqrt().clamp(min=cutoff).double()
     one_minus = (1.0 - 0.25 * distance**2).clamp(min=1e-12)
     log_weights = (2.0 - dim) * distance.log() - ((dim - 3) / 2) * one_minus.log()
     unequal = ids[:, None] != ids[None, :]
