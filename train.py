@@ -20,6 +20,7 @@ from torchvision.transforms.functional import InterpolationMode
 import presets
 import utils
 from multigrain.checkpoint import load_checkpoint, load_model
+from multigrain.image_io import load_rgb
 from multigrain.distance_weighted_sampling import NEGATIVE_SAMPLING_MODES, DistanceWeightedSampler
 from multigrain.joint_loss import MultiGrainLoss
 from multigrain.margin_loss import MarginLoss
@@ -43,6 +44,8 @@ def check_args(args):
     for flag in ("batch_size", "epochs", "train_crop_size", "val_crop_size", "val_resize_size", "print_freq"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
+    if args.classif_weight < 1.0 and args.batch_size < args.ra_reps:
+        raise ValueError(f"--batch-size {args.batch_size} cannot hold the {args.ra_reps} copies of an image (--ra-reps)")
     if args.workers < 0:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
     if args.lr <= 0:
@@ -64,9 +67,24 @@ def check_args(args):
         raise ValueError(f"--resume {args.resume} is not a file")
     splits = ("val",) if args.test_only else ("train", "val")
     for split in splits:
-        folder = os.path.join(args.data_path, split)
-        if not os.path.isdir(folder):
-            raise ValueError(f"--data-path {args.data_path} has no {split}/ folder (expected {folder})")
+        utils.check_image_folder(os.path.join(args.data_path, split), "--data-path")
+    resume = checkpoint_to_resume(args)
+    if resume:
+        stored = (load_checkpoint(resume).get("args") or {}).get("model")
+        if stored and stored != args.model:
+            raise ValueError(f"checkpoint {resume} holds a {stored} model, but --model is {args.model}")
+
+
+def checkpoint_to_resume(args):
+    """--resume, else the checkpoint of --output-dir when there is one (unless --no-auto-resume)."""
+    if args.resume or args.test_only:
+        return args.resume
+    path = os.path.join(args.output_dir, "checkpoint.pth") if args.output_dir else ""
+    return path if args.auto_resume and os.path.isfile(path) else ""
+
+
+def skipping_bad_images(dataset, args):
+    return utils.SkipBadImages(dataset) if args.skip_bad_images else dataset
 
 
 def load_data(args):
@@ -74,9 +92,10 @@ def load_data(args):
     val_transform = presets.ClassificationPresetEval(
         crop_size=args.val_crop_size, resize_size=args.val_resize_size, interpolation=interpolation
     )
-    dataset_val = torchvision.datasets.ImageFolder(os.path.join(args.data_path, "val"), val_transform)
+    dataset_val = torchvision.datasets.ImageFolder(os.path.join(args.data_path, "val"), val_transform, loader=load_rgb)
     # Validation is sharded without padding, so every image is counted exactly once.
-    shard_val = torch.utils.data.Subset(dataset_val, range(utils.get_rank(), len(dataset_val), utils.get_world_size()))
+    shard = range(utils.get_rank(), len(dataset_val), utils.get_world_size())
+    shard_val = skipping_bad_images(torch.utils.data.Subset(dataset_val, shard), args)
     if args.test_only:
         return None, None, shard_val, dataset_val.classes
 
@@ -89,12 +108,12 @@ def load_data(args):
         color_jitter=args.color_jitter,
         lighting=args.lighting,
     )
-    dataset = utils.WithIndex(torchvision.datasets.ImageFolder(os.path.join(args.data_path, "train"), train_transform))
+    dataset = torchvision.datasets.ImageFolder(os.path.join(args.data_path, "train"), train_transform, loader=load_rgb)
     if dataset.classes != dataset_val.classes:
         raise ValueError(f"train/ and val/ of --data-path {args.data_path} have different class folders")
     reps = args.ra_reps if args.ra_sampler else 1
     train_sampler = RASampler(len(dataset), reps=reps, seed=args.seed, epoch_len_factor=args.epoch_len_factor)
-    return dataset, train_sampler, shard_val, dataset_val.classes
+    return skipping_bad_images(utils.WithIndex(dataset), args), train_sampler, shard_val, dataset_val.classes
 
 
 def build_optimizer(args, model, criterion):
@@ -157,8 +176,8 @@ def train_one_epoch(model, criterion, optimizer, data_loader, device, epoch, arg
         loss = losses["loss"]
         if not math.isfinite(loss.item()):
             raise FloatingPointError(
-                f"non-finite loss {loss.item()} at epoch {epoch}, iteration {step}: stopping; the last "
-                f"checkpoint in {args.output_dir or '(no --output-dir)'} is from before this epoch"
+                f"non-finite loss {loss.item()} at epoch {epoch}, iteration {step}: stopping. The last good "
+                f"checkpoint is {os.path.join(args.output_dir, 'checkpoint.pth') if args.output_dir else 'not saved (no --output-dir)'}"
             )
 
         optimizer.zero_grad(set_to_none=True)
@@ -222,8 +241,10 @@ def main(args):
     device = torch.device(args.device)
 
     dataset, train_sampler, dataset_val, classes = load_data(args)
+    collate_fn = utils.collate_skipping_bad if args.skip_bad_images else None
     val_loader = torch.utils.data.DataLoader(
-        dataset_val, batch_size=args.batch_size, num_workers=args.workers, pin_memory=device.type == "cuda"
+        dataset_val, batch_size=args.batch_size, num_workers=args.workers, pin_memory=device.type == "cuda",
+        collate_fn=collate_fn,
     )
 
     if args.test_only:
@@ -259,8 +280,11 @@ def main(args):
     scaler = torch.amp.GradScaler(device.type) if args.amp and args.amp_dtype == "float16" else None
 
     start_epoch = args.start_epoch
-    if args.resume:
-        checkpoint = load_checkpoint(args.resume)
+    history = []  # one record per finished epoch: the checkpoint carries it, log.jsonl mirrors it
+    resume = checkpoint_to_resume(args)
+    if resume:
+        utils.print_main(f"Resuming from {resume}")
+        checkpoint = load_checkpoint(resume)
         model_without_ddp.load_state_dict(checkpoint["model"])
         criterion.load_state_dict(checkpoint["criterion"])
         optimizer.load_state_dict(checkpoint["optimizer"])
@@ -268,6 +292,10 @@ def main(args):
         if scaler is not None and checkpoint.get("scaler"):
             scaler.load_state_dict(checkpoint["scaler"])
         start_epoch = checkpoint["epoch"] + 1
+        history = checkpoint.get("log", [])
+        if args.output_dir and utils.is_main_process():
+            # Drops the lines of epochs after the checkpoint, restores any written after it was saved.
+            utils.write_json_lines(os.path.join(args.output_dir, "log.jsonl"), history)
 
     drop_last = len(train_sampler) >= args.batch_size  # equal batch shapes on every rank for the all-gather
     utils.print_main(
@@ -290,10 +318,15 @@ def main(args):
             num_workers=args.workers,
             pin_memory=device.type == "cuda",
             drop_last=drop_last,
+            collate_fn=collate_fn,
         )
         train_metrics = train_one_epoch(model, criterion, optimizer, train_loader, device, epoch, args, scaler)
         lr_scheduler.step()
         val_metrics = evaluate(model, val_loader, device, args)
+        record = {"epoch": epoch, **train_metrics, **{f"val_{k}": v for k, v in val_metrics.items()}}
+        record["beta"] = criterion.margin_loss.beta.item()
+        record["epoch_time_s"] = time.time() - epoch_start
+        history.append(record)
         if args.output_dir and utils.is_main_process():
             checkpoint = {
                 "model": model_without_ddp.state_dict(),
@@ -303,11 +336,9 @@ def main(args):
                 "scaler": scaler.state_dict() if scaler is not None else None,
                 "epoch": epoch,
                 "args": vars(args),
+                "log": history,
             }
             utils.save_checkpoint(checkpoint, os.path.join(args.output_dir, "checkpoint.pth"))
-            record = {"epoch": epoch, **train_metrics, **{f"val_{k}": v for k, v in val_metrics.items()}}
-            record["beta"] = criterion.margin_loss.beta.item()
-            record["epoch_time_s"] = time.time() - epoch_start
             utils.append_json_line(os.path.join(args.output_dir, "log.jsonl"), record)
     total_time = datetime.timedelta(seconds=int(time.time() - start_time))
     utils.print_main(f"Training time {total_time}")
@@ -349,6 +380,8 @@ def get_args_parser(add_help=True):
     parser.add_argument("--print-freq", default=10, type=int, help="print every this many iterations")
     parser.add_argument("--output-dir", default=".", help="where checkpoint.pth and log.jsonl are written")
     parser.add_argument("--resume", default="", help="checkpoint to resume from")
+    parser.add_argument("--auto-resume", action=argparse.BooleanOptionalAction, default=True, help="resume from <output-dir>/checkpoint.pth when it exists")
+    parser.add_argument("--skip-bad-images", action="store_true", help="log and skip images that cannot be decoded instead of stopping")
     parser.add_argument("--start-epoch", default=0, type=int, help="first epoch (overridden by --resume)")
     parser.add_argument("--sync-bn", action="store_true", help="synchronised BatchNorm across processes")
     parser.add_argument("--test-only", action="store_true", help="only evaluate (the model of --resume if given)")

@@ -10,6 +10,9 @@ from collections import defaultdict, deque
 import numpy as np
 import torch
 import torch.distributed as dist
+from torchvision.datasets.folder import IMG_EXTENSIONS
+
+from multigrain.image_io import BadImageError
 
 
 class SmoothedValue:
@@ -95,6 +98,44 @@ class MetricLogger:
             t = torch.tensor([meter.count, meter.total], dtype=torch.float64, device=_collective_device())
             dist.all_reduce(t)
             meter.count, meter.total = int(t[0].item()), t[1].item()
+
+
+def check_image_folder(folder, flag):
+    """An ImageFolder root whose every class folder holds at least one image file, or a ValueError."""
+    if not os.path.isdir(folder):
+        raise ValueError(f"{flag}: {folder} is not a folder")
+    classes = sorted(entry.name for entry in os.scandir(folder) if entry.is_dir())
+    if not classes:
+        raise ValueError(f"{flag}: {folder} has no class sub-folders")
+    for name in classes:
+        with os.scandir(os.path.join(folder, name)) as entries:
+            if not any(entry.name.lower().endswith(IMG_EXTENSIONS) for entry in entries):
+                raise ValueError(f"{flag}: class folder {os.path.join(folder, name)} holds no image file")
+
+
+class SkipBadImages(torch.utils.data.Dataset):
+    """Yields None, after printing why, for the items whose image file cannot be decoded."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        try:
+            return self.dataset[index]
+        except BadImageError as e:
+            print(f"skipping bad image: {e}", flush=True)
+            return None
+
+
+def collate_skipping_bad(batch):
+    """default_collate of the items that are not None (see SkipBadImages)."""
+    kept = [item for item in batch if item is not None]
+    if not kept:
+        raise BadImageError(f"all {len(batch)} images of a batch failed to load (see the messages above)")
+    return torch.utils.data.default_collate(kept)
 
 
 class WithIndex(torch.utils.data.Dataset):
@@ -228,6 +269,17 @@ def save_checkpoint(state, path):
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def write_json_lines(path, records):
+    """Replaces `path` atomically with one JSON line per record."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp_path = tempfile.mkstemp(prefix=".tmp-", suffix=".jsonl", dir=folder)
+    with os.fdopen(fd, "w") as f:
+        f.writelines(json.dumps(record) + "\n" for record in records)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp_path, path)
 
 
 def append_json_line(path, record):

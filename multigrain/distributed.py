@@ -6,6 +6,19 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
+def _all_gather(x):
+    """Concatenation over ranks of tensors whose first dimension may differ; also returns the sizes."""
+    size = torch.tensor([x.shape[0]], device=x.device)
+    sizes = [torch.zeros_like(size) for _ in range(world_size())]
+    dist.all_gather(sizes, size)
+    sizes = [int(s) for s in sizes]
+    padded = x.new_zeros((max(sizes), *x.shape[1:]))
+    padded[: x.shape[0]] = x
+    chunks = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(chunks, padded)
+    return torch.cat([chunk[:n] for chunk, n in zip(chunks, sizes)]), sizes
+
+
 class _GatherWithGradient(torch.autograd.Function):
     """all_gather along dim 0; the gradient returns to each rank's own slice.
 
@@ -16,14 +29,14 @@ class _GatherWithGradient(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x):
-        ctx.rank, ctx.world_size, ctx.size = dist.get_rank(), dist.get_world_size(), x.shape[0]
-        chunks = [torch.empty_like(x) for _ in range(ctx.world_size)]
-        dist.all_gather(chunks, x.contiguous())
-        return torch.cat(chunks)
+        gathered, sizes = _all_gather(x.detach())
+        rank = dist.get_rank()
+        ctx.offset, ctx.size, ctx.world_size = sum(sizes[:rank]), sizes[rank], len(sizes)
+        return gathered
 
     @staticmethod
     def backward(ctx, grad):
-        return grad.narrow(0, ctx.rank * ctx.size, ctx.size) * ctx.world_size
+        return grad.narrow(0, ctx.offset, ctx.size) * ctx.world_size
 
 
 def gather_with_gradient(x: torch.Tensor) -> torch.Tensor:
@@ -36,6 +49,4 @@ def gather_with_gradient(x: torch.Tensor) -> torch.Tensor:
 def gather(x: torch.Tensor) -> torch.Tensor:
     if world_size() == 1:
         return x
-    chunks = [torch.empty_like(x) for _ in range(world_size())]
-    dist.all_gather(chunks, x.contiguous())
-    return torch.cat(chunks)
+    return _all_gather(x)[0]

@@ -164,7 +164,7 @@ def test_bad_flags_exit_before_any_process_starts(tmp_path):
     assert "error: --classif-weight must be in [0, 1], got 2.0" in run.stderr
     assert "Traceback" not in run.stderr
     missing = run_script(["--data-path", str(tmp_path / "nowhere")])
-    assert missing.returncode == 2 and "has no train/ folder" in missing.stderr
+    assert missing.returncode == 2 and "nowhere/train is not a folder" in missing.stderr
 
 
 def test_unknown_model_lists_the_supported_ones(tiny, tmp_path):
