@@ -19,7 +19,7 @@ from torchvision.transforms.functional import InterpolationMode
 
 import presets
 import utils
-from multigrain.checkpoint import load_checkpoint, load_model
+from multigrain.checkpoint import load_checkpoint, load_model, model_state_dict
 from multigrain.image_io import load_rgb
 from multigrain.distance_weighted_sampling import NEGATIVE_SAMPLING_MODES, DistanceWeightedSampler
 from multigrain.joint_loss import MultiGrainLoss
@@ -285,7 +285,7 @@ def main(args):
     if resume:
         utils.print_main(f"Resuming from {resume}")
         checkpoint = load_checkpoint(resume)
-        model_without_ddp.load_state_dict(checkpoint["model"])
+        model_without_ddp.load_state_dict(model_state_dict(checkpoint, resume))
         criterion.load_state_dict(checkpoint["criterion"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])

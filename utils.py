@@ -222,9 +222,12 @@ def init_distributed_mode(args):
         torch.cuda.set_device(args.gpu)
         args.device = f"cuda:{args.gpu}"
     args.dist_backend = "nccl" if use_cuda else "gloo"
-    dist.init_process_group(
-        backend=args.dist_backend, init_method=args.dist_url, world_size=args.world_size, rank=args.rank
-    )
+    store, _, _ = next(dist.rendezvous(args.dist_url, rank=args.rank, world_size=args.world_size))
+    # The store outlives a `torchrun --max-restarts` restart: without a prefix per attempt, the new
+    # group would read the dead group's addresses and fail to connect.
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    store = dist.PrefixStore(f"attempt_{attempt}/", store)
+    dist.init_process_group(backend=args.dist_backend, store=store, world_size=args.world_size, rank=args.rank)
     dist.barrier()
 
 
