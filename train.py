@@ -322,7 +322,11 @@ def main(args):
         )
         train_metrics = train_one_epoch(model, criterion, optimizer, train_loader, device, epoch, args, scaler)
         lr_scheduler.step()
-        val_metrics = evaluate(model, val_loader, device, args)
+        if args.distributed:
+            # Each rank's last forward updated its own BatchNorm statistics: evaluate rank 0's (the saved) model.
+            for buffer in model_without_ddp.buffers():
+                torch.distributed.broadcast(buffer, src=0)
+        val_metrics = evaluate(model_without_ddp, val_loader, device, args)
         record = {"epoch": epoch, **train_metrics, **{f"val_{k}": v for k, v in val_metrics.items()}}
         record["beta"] = criterion.margin_loss.beta.item()
         record["epoch_time_s"] = time.time() - epoch_start
