@@ -24,17 +24,23 @@ def supported_models() -> list:
 
 
 class MultiGrainNet(nn.Module):
-    """A CNN trunk, GeM pooling and the trunk's own linear classifier.
+    """A CNN trunk, GeM pooling, optionally a whitening, and the trunk's own linear classifier.
 
-    forward(x) returns (logits, embedding): the classifier applied to the raw pooled vector g, and the
-    retrieval descriptor l2n(g). The state_dict keys are `features.*`, `pool.p`, `classifier.*`, the
-    layout of the published MultiGrain checkpoints.
+    forward(x) returns (logits, descriptor): the classifier applied to the embedding, and the retrieval
+    descriptor l2n(embedding). The embedding is the raw pooled vector g, or, once whiten.py has set
+    `whitening` (multigrain.whitening.Whitening), the whitened vector e that the rewritten classifier
+    reads. The state_dict keys `features.*`, `pool.p`, `classifier.*` are those of the published
+    MultiGrain checkpoints; `whitening.mean` and `whitening.projection` are their
+    `whitening.pca.pca_m` and `whitening.pca.pca_P` (renamed by multigrain.checkpoint).
     """
 
-    def __init__(self, features: nn.Module, classifier: nn.Linear, p: float = 3.0, dropout: float = 0.0):
+    def __init__(
+        self, features: nn.Module, classifier: nn.Linear, p: float = 3.0, dropout: float = 0.0, whitening=None
+    ):
         super().__init__()
         self.features = features
         self.pool = GeM(p)
+        self.whitening = whitening
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.classifier = classifier
 
@@ -45,10 +51,14 @@ class MultiGrainNet(nn.Module):
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(self.features(x))
 
-    def forward(self, x: torch.Tensor):
+    def embedding(self, x: torch.Tensor) -> torch.Tensor:
+        """The vector the classifier reads: g, or the whitened e."""
         g = self.pooled(x)
-        logits = self.classifier(self.dropout(g))
-        return logits, l2n(g)
+        return g if self.whitening is None else self.whitening(g)
+
+    def forward(self, x: torch.Tensor):
+        e = self.embedding(x)
+        return self.classifier(self.dropout(e)), l2n(e)
 
 
 def _split_trunk(trunk: nn.Module):

@@ -1,0 +1,246 @@
+"""Fine-tuning of the GeM exponent p for one test resolution s* (the paper's p*).
+
+    python finetune_p.py --data-path /datasets/imagenet --resume train/checkpoint.pth --input-size 500 \\
+        --output-dir finetune500
+
+Only p is learned: the model stays in eval mode (BatchNorm statistics frozen), SGD on the
+cross-entropy, one pass over the first --images-per-class training images of each class, resized so
+that their largest side is s*, without crop. With --p-grid, p is chosen by cross-validation on the same
+images instead. The checkpoint holds the model with the new p; a whitened model loses its whitening,
+which is specific to p and s*: run whiten.py on the result.
+"""
+import argparse
+import math
+import os
+import time
+
+import torch
+import torch.utils.data
+import torchvision
+from torch.nn import functional as F
+from torchvision.transforms.functional import InterpolationMode
+
+import presets
+import utils
+from multigrain.checkpoint import architecture_name, load_checkpoint, model_from_checkpoint
+from multigrain.extraction import collate_image_list, extract_descriptors, forward_by_size
+from multigrain.image_io import load_rgb
+from multigrain.whitening import remove_whitening
+
+
+def parse_p_grid(text):
+    try:
+        values = [float(value) for value in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--p-grid must be comma-separated numbers, e.g. 1,2,3,4, got {text!r}")
+    if not all(value > 0 and math.isfinite(value) for value in values):
+        raise argparse.ArgumentTypeError(f"--p-grid values must be positive and finite, got {text!r}")
+    return values
+
+
+def check_args(args):
+    if not os.path.isfile(args.resume):
+        raise ValueError(f"--resume {args.resume} is not a file")
+    for split in ("train", "val"):
+        utils.check_image_folder(os.path.join(args.data_path, split), "--data-path")
+    for flag in ("input_size", "images_per_class", "batch_size", "eval_batch_size", "print_freq"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
+    if args.workers < 0:
+        raise ValueError(f"--workers must be >= 0, got {args.workers}")
+    if args.lr <= 0 or args.momentum < 0 or args.lr_power < 0:
+        raise ValueError(
+            f"need --lr > 0, --momentum >= 0, --lr-power >= 0, got {args.lr}, {args.momentum}, {args.lr_power}"
+        )
+
+
+def first_images_per_class(targets, count):
+    """Indices of the first `count` images of each class, in dataset order."""
+    seen = {}
+    indices = []
+    for index, target in enumerate(targets):
+        if seen.get(target, 0) < count:
+            seen[target] = seen.get(target, 0) + 1
+            indices.append(index)
+    return indices
+
+
+def load_data(args):
+    transform = presets.RetrievalPresetEval(
+        max_size=args.input_size, interpolation=InterpolationMode(args.interpolation)
+    )
+    train = torchvision.datasets.ImageFolder(os.path.join(args.data_path, "train"), transform, loader=load_rgb)
+    val = torchvision.datasets.ImageFolder(os.path.join(args.data_path, "val"), transform, loader=load_rgb)
+    if train.classes != val.classes:
+        raise ValueError(f"train/ and val/ of --data-path {args.data_path} have different class folders")
+    indices = first_images_per_class(train.targets, args.images_per_class)
+    subset = torch.utils.data.Subset(train, indices)
+    subset_targets = torch.tensor([train.targets[i] for i in indices])
+    return subset, subset_targets, val, torch.tensor(val.targets), train.classes
+
+
+def evaluate(model, dataset, targets, device, args, header):
+    """Top-1, top-5 and cross-entropy of the model on `dataset` (images of any size, no padding)."""
+    model.eval()
+    start = time.time()
+    logits = extract_descriptors(
+        model, dataset, device, output="logits", batch_size=args.eval_batch_size, num_workers=args.workers
+    )
+    acc1, acc5 = utils.accuracy_counts(logits, targets, topk=(1, 5))
+    metrics = {
+        "acc1": 100.0 * acc1.item() / len(targets),
+        "acc5": 100.0 * acc5.item() / len(targets),
+        "loss": F.cross_entropy(logits, targets).item(),
+        "images": len(targets),
+    }
+    print(
+        f"{header} p={float(model.pool.p.detach()):.4f}  Acc@1 {metrics['acc1']:.3f}  Acc@5 {metrics['acc5']:.3f}  "
+        f"loss {metrics['loss']:.4f} on {len(targets)} images ({time.time() - start:.1f} s)",
+        flush=True,
+    )
+    return metrics
+
+
+def finetune_p(model, dataset, device, args, log_path):
+    """One pass of SGD on p alone over `dataset`, in random order, batches of args.batch_size images.
+
+    The learning rate decays polynomially (power args.lr_power) at every iteration. Returns the new p.
+    """
+    model.eval()  # BatchNorm statistics stay frozen
+    model.pool.make_p_learnable()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    p = model.pool.p
+    p.requires_grad_(True)
+    generator = torch.Generator().manual_seed(args.seed)
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=args.batch_size,
+        shuffle=True,
+        generator=generator,
+        num_workers=args.workers,
+        collate_fn=collate_image_list,
+    )
+    optimizer = torch.optim.SGD([p], lr=args.lr, momentum=args.momentum)
+    scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=len(loader), power=args.lr_power)
+    metric_logger = utils.MetricLogger()
+    for iteration, (images, targets) in enumerate(metric_logger.log_every(loader, args.print_freq, "finetune_p:")):
+        images = [image.to(device, non_blocking=True) for image in images]
+        targets = targets.to(device, non_blocking=True)
+        logits, _ = forward_by_size(model, images)
+        loss = F.cross_entropy(logits, targets)
+        lr = optimizer.param_groups[0]["lr"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        if not (math.isfinite(p.item()) and p.item() > 0):
+            raise FloatingPointError(f"p became {p.item()} at iteration {iteration}: lower --lr")
+        metric_logger.update(n=len(images), loss=loss.detach(), p=p.detach())
+        utils.append_json_line(log_path, {"iteration": iteration, "p": p.item(), "loss": loss.item(), "lr": lr})
+    model.pool.set_p(p.item())
+    return p.item()
+
+
+def cross_validate_p(model, dataset, targets, device, args, log_path):
+    """Evaluates every p of args.p_grid on `dataset`; keeps the best top-1 (then the lowest loss)."""
+    rows = []
+    for p in args.p_grid:
+        model.pool.set_p(p)
+        metrics = evaluate(model, dataset, targets, device, args, header=f"cross-validation p={p:g}:")
+        rows.append((p, metrics))
+        utils.append_json_line(log_path, {"stage": "p_grid", "p": p, **{f"subset_{k}": v for k, v in metrics.items()}})
+    best_p, _ = max(rows, key=lambda row: (row[1]["acc1"], -row[1]["loss"]))
+    print(f"\nCross-validation on {len(targets)} training images at input size {args.input_size}:")
+    print(f"{'p':>8}  {'Acc@1':>7}  {'Acc@5':>7}  {'loss':>8}")
+    for p, metrics in rows:
+        mark = "  <- best" if p == best_p else ""
+        print(f"{p:>8g}  {metrics['acc1']:>7.3f}  {metrics['acc5']:>7.3f}  {metrics['loss']:>8.4f}{mark}")
+    model.pool.set_p(best_p)
+    return best_p
+
+
+def main(args):
+    check_args(args)
+    print(args)
+    device = torch.device(args.device)
+    os.makedirs(args.output_dir, exist_ok=True)
+    log_path = os.path.join(args.output_dir, "log.jsonl")
+    if os.path.exists(log_path):
+        os.remove(log_path)
+
+    checkpoint = load_checkpoint(args.resume)
+    name = architecture_name(checkpoint, args.resume, args.model)
+    model = model_from_checkpoint(checkpoint, args.resume, model_name=name, device=device)
+    del checkpoint
+    if model.whitening is not None:
+        print(f"{args.resume} is whitened: fine-tuning p on the unwhitened model (re-run whiten.py afterwards)")
+        remove_whitening(model)
+    initial_p = float(model.pool.p)
+
+    subset, subset_targets, val, val_targets, classes = load_data(args)
+    if len(classes) != model.classifier.out_features:
+        raise ValueError(
+            f"--data-path {args.data_path} has {len(classes)} classes, the model of {args.resume} "
+            f"{model.classifier.out_features}"
+        )
+    print(f"{len(subset)} fine-tuning images ({args.images_per_class} per class), {len(val)} validation images")
+
+    record = {"input_size": args.input_size, "initial_p": initial_p}
+    if args.validate_first:
+        before = evaluate(model, val, val_targets, device, args, header="Validation before:")
+        record.update({f"val_before_{k}": v for k, v in before.items()})
+
+    start = time.time()
+    if args.p_grid:
+        p = cross_validate_p(model, subset, subset_targets, device, args, log_path)
+    else:
+        p = finetune_p(model, subset, device, args, log_path)
+    print(f"p: {initial_p:.4f} -> {p:.4f} ({time.time() - start:.1f} s)")
+
+    after = evaluate(model, val, val_targets, device, args, header="Validation after:")
+    record.update({"p": p, **{f"val_{k}": v for k, v in after.items()}})
+    utils.append_json_line(log_path, record)
+    utils.save_checkpoint(
+        {"model": model.state_dict(), "args": {**vars(args), "model": name}, "finetune_p": record},
+        os.path.join(args.output_dir, "checkpoint.pth"),
+    )
+    print(f"p* = {p:.4f} at input size {args.input_size}; checkpoint in {args.output_dir}")
+    return record
+
+
+def get_args_parser(add_help=True):
+    parser = argparse.ArgumentParser(
+        description="MultiGrain: learn the GeM exponent p* for a test resolution",
+        add_help=add_help,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--data-path", default="/datasets01/imagenet_full_size/061417/", help="folder with train/ and val/ ImageFolders")
+    parser.add_argument("--resume", required=True, help="checkpoint to start from (train.py, finetune_p.py, whiten.py or published)")
+    parser.add_argument("--model", default=None, help="architecture, for checkpoints that do not name it (published files: resnet50)")
+    parser.add_argument("--device", default="cuda", help="cuda or cpu")
+    parser.add_argument("--input-size", default=500, type=int, help="test resolution s*: largest image side, no crop")
+    parser.add_argument("--images-per-class", default=50, type=int, help="fine-tune on the first N training images of each class")
+    parser.add_argument("-b", "--batch-size", default=4, type=int, help="fine-tuning batch size")
+    parser.add_argument("--eval-batch-size", default=32, type=int, help="largest batch of same-size images when evaluating")
+    parser.add_argument("--lr", default=0.005, type=float, help="learning rate of p")
+    parser.add_argument("--momentum", default=0.9, type=float, help="SGD momentum")
+    parser.add_argument("--lr-power", default=0.9, type=float, help="power of the per-iteration polynomial learning rate decay")
+    parser.add_argument("--p-grid", default=None, type=parse_p_grid, help="comma-separated p values: choose p by cross-validation on the fine-tuning images instead of SGD")
+    parser.add_argument("--no-validate-first", dest="validate_first", action="store_false", help="skip the validation before fine-tuning")
+    parser.add_argument("--interpolation", default="bilinear", choices=["nearest", "bilinear", "bicubic"], help="resize interpolation")
+    parser.add_argument("-j", "--workers", default=8, type=int, help="data loading workers")
+    parser.add_argument("--print-freq", default=100, type=int, help="print every this many iterations")
+    parser.add_argument("--output-dir", default=".", help="where checkpoint.pth and log.jsonl (started afresh) are written")
+    parser.add_argument("--seed", default=0, type=int, help="seed of the order of the fine-tuning images")
+    return parser
+
+
+if __name__ == "__main__":
+    parser = get_args_parser()
+    args = parser.parse_args()
+    try:
+        check_args(args)
+    except ValueError as e:
+        parser.error(str(e))
+    main(args)

@@ -1,0 +1,119 @@
+"""Running a model on images of different sizes without padding.
+
+Retrieval and finetune_p inputs keep their aspect ratio (largest side s, no crop), so the images of a
+dataset differ in size. Padding them into one batch would change what GeM averages over; instead
+images of identical size are stacked into one batch and every other image runs on its own.
+"""
+import time
+from collections import defaultdict
+
+import torch
+import torch.utils.data
+
+# What extract_descriptors can return for every image.
+#   descriptor: the retrieval descriptor, model(x)[1] (l2n of the embedding)
+#   embedding:  the vector the classifier reads (g, or the whitened e): it can be stored and classified
+#   logits:     model(x)[0]
+#   pooled:     the raw GeM vector g, before any whitening (what whiten.py fits on)
+EXTRACTION_OUTPUTS = ("descriptor", "embedding", "logits", "pooled")
+
+
+def collate_image_list(batch):
+    """DataLoader collate_fn for (image, target) samples of different sizes: (list of images, targets)."""
+    images = [sample[0] for sample in batch]
+    targets = torch.as_tensor([sample[1] for sample in batch])
+    return images, targets
+
+
+def forward_by_size(fn, images):
+    """fn applied to a list of (C, H, W) images; returns fn's output (a tensor or a tuple of tensors)
+    with one row per image, in the order of `images`.
+
+    Images of identical size go through fn as one batch; autograd flows through the result.
+    """
+    if not images:
+        raise ValueError("forward_by_size needs at least one image")
+    groups = defaultdict(list)
+    for position, image in enumerate(images):
+        groups[tuple(image.shape)].append(position)
+    outputs, positions = [], []
+    for group in groups.values():
+        outputs.append(fn(torch.stack([images[i] for i in group])))
+        positions.extend(group)
+    order = torch.empty(len(images), dtype=torch.long)
+    order[torch.tensor(positions)] = torch.arange(len(images))
+    if isinstance(outputs[0], tuple):
+        return tuple(torch.cat(parts)[order.to(parts[0].device)] for parts in zip(*outputs))
+    return torch.cat(outputs)[order.to(outputs[0].device)]
+
+
+def _output_fn(model, output):
+    if output == "descriptor":
+        return lambda x: model(x)[1]
+    if output == "logits":
+        return lambda x: model(x)[0]
+    if output == "embedding":
+        return model.embedding
+    return model.pooled
+
+
+def _output_dim(model, output):
+    if output == "logits":
+        return model.classifier.out_features
+    if output == "pooled" and model.whitening is not None:
+        return model.whitening.mean.shape[0] - 1
+    return model.classifier.in_features
+
+
+@torch.no_grad()
+def extract_descriptors(
+    model, dataset, device, *, output="descriptor", batch_size=32, num_workers=0, amp_dtype=None, print_freq=0
+):
+    """One float32 row per image of `dataset`, in dataset order, on the CPU.
+
+    `dataset` yields an image tensor, or a tuple whose first element is one (its other elements are
+    ignored). Images of identical size are batched together, up to `batch_size`; at most
+    4 * batch_size images wait for a batch at any time. `amp_dtype` (e.g. torch.float16) runs the
+    model under autocast; GeM and whitening stay in float32. `print_freq` > 0 prints progress every
+    that many images. The model is used as it is (call model.eval() first).
+    """
+    if output not in EXTRACTION_OUTPUTS:
+        raise ValueError(f"unknown output {output!r}; valid: {', '.join(EXTRACTION_OUTPUTS)}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    device = torch.device(device)
+    fn = _output_fn(model, output)
+    result = torch.empty(len(dataset), _output_dim(model, output), dtype=torch.float32)
+    buckets = defaultdict(list)  # image size -> [(dataset index, image)]
+    pending = 0
+
+    def flush(size):
+        nonlocal pending
+        items = buckets.pop(size)
+        pending -= len(items)
+        batch = torch.stack([image for _, image in items]).to(device, non_blocking=True)
+        if amp_dtype is None:
+            rows = fn(batch)
+        else:
+            with torch.autocast(device_type=device.type, dtype=amp_dtype):
+                rows = fn(batch)
+        result[[index for index, _ in items]] = rows.float().cpu()
+
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=None, num_workers=num_workers, pin_memory=device.type == "cuda"
+    )
+    start = time.time()
+    for index, sample in enumerate(loader):
+        image = sample[0] if isinstance(sample, (tuple, list)) else sample
+        size = tuple(image.shape)
+        buckets[size].append((index, image))
+        pending += 1
+        if len(buckets[size]) == batch_size:
+            flush(size)
+        elif pending >= 4 * batch_size:
+            flush(max(buckets, key=lambda s: len(buckets[s])))
+        if print_freq > 0 and (index + 1) % print_freq == 0:
+            print(f"extracted {index + 1}/{len(dataset)} images ({time.time() - start:.1f} s)", flush=True)
+    for size in list(buckets):
+        flush(size)
+    return result

@@ -1,0 +1,200 @@
+"""PCA whitening of the MultiGrain descriptor at one input size, folded into the classifier.
+
+    python whiten.py --resume finetune500/checkpoint.pth --whiten-path /datasets/whiten \\
+        --whiten-list data/whiten.txt --input-size 500 --output-dir whiten500
+
+Pooled vectors g of the whitening images (largest side --input-size, no crop) give the whitening
+(multigrain/whitening.py): the retrieval descriptor becomes l2n((x − m)·P) with x = l2n([g; 1]), and
+the classifier is rewritten to read (x − m)·P, which leaves every top-k prediction unchanged. The
+checkpoint loads in evaluate.py, finetune_p.py and train.py --test-only.
+"""
+import argparse
+import os
+import time
+
+import torch
+import torch.utils.data
+from torchvision.datasets.folder import IMG_EXTENSIONS
+from torchvision.transforms.functional import InterpolationMode
+
+import presets
+import utils
+from multigrain.checkpoint import architecture_name, load_checkpoint, model_from_checkpoint
+from multigrain.extraction import extract_descriptors
+from multigrain.image_io import load_rgb
+from multigrain.whitening import fit_whitening, fold_whitening, remove_whitening
+
+
+class ImageList(torch.utils.data.Dataset):
+    """The images root/name for each name of `names`, as transformed tensors."""
+
+    def __init__(self, root, names, transform):
+        self.root = root
+        self.names = names
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.names)
+
+    def __getitem__(self, index):
+        return self.transform(load_rgb(os.path.join(self.root, self.names[index])))
+
+
+def whitening_image_names(root, list_file=None, limit=-1):
+    """Relative paths of the whitening images: the lines of `list_file`, or every image file under
+    `root` in sorted order; the first `limit` of them unless limit is -1."""
+    if list_file:
+        with open(list_file) as f:
+            names = [line.strip() for line in f if line.strip()]
+    else:
+        names = sorted(
+            os.path.relpath(os.path.join(folder, file), root)
+            for folder, _, files in os.walk(root, followlinks=True)
+            for file in files
+            if file.lower().endswith(IMG_EXTENSIONS)
+        )
+    if limit != -1:
+        if limit > len(names):
+            source = f"in --whiten-list {list_file}" if list_file else f"under --whiten-path {root}"
+            raise ValueError(f"--num-whiten-images {limit}, but only {len(names)} images {source}")
+        names = names[:limit]
+    missing = [name for name in names if not os.path.isfile(os.path.join(root, name))]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} images of --whiten-list {list_file} are not under --whiten-path {root}, e.g. {missing[0]}"
+        )
+    return names
+
+
+def check_args(args):
+    if not os.path.isfile(args.resume):
+        raise ValueError(f"--resume {args.resume} is not a file")
+    if not os.path.isdir(args.whiten_path):
+        raise ValueError(f"--whiten-path {args.whiten_path} is not a folder")
+    if args.whiten_list and not os.path.isfile(args.whiten_list):
+        raise ValueError(f"--whiten-list {args.whiten_list} is not a file")
+    if args.num_whiten_images != -1 and args.num_whiten_images < 1:
+        raise ValueError(f"--num-whiten-images must be -1 (all) or at least 1, got {args.num_whiten_images}")
+    for flag in ("input_size", "batch_size"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
+    if args.workers < 0:
+        raise ValueError(f"--workers must be >= 0, got {args.workers}")
+    if not 0.0 <= args.shrinkage < 1.0:
+        raise ValueError(f"--shrinkage must be in [0, 1), got {args.shrinkage}")
+
+
+@torch.no_grad()
+def whitening_checks(model, classifier_before, pooled):
+    """How exactly the folded model keeps its promises on the fitting images, from their pooled vectors:
+    the largest deviation of the whitened covariance from the identity, the fraction of images whose
+    top-5 classes are unchanged, and the largest deviation of the new logits from the old ones times
+    1 / (‖[g; 1]‖ + 1e-6), relative to the largest logit."""
+    whitened = model.whitening(pooled)
+    covariance = torch.cov(whitened.double().T)
+    covariance_error = (covariance - torch.eye(covariance.shape[0], dtype=covariance.dtype)).abs().max().item()
+    old_logits = classifier_before(pooled)
+    new_logits = model.classifier(whitened)
+    factor = 1.0 / (torch.cat([pooled, pooled.new_ones(len(pooled), 1)], dim=1).norm(dim=1) + 1e-6)
+    expected = old_logits * factor[:, None]
+    k = min(5, old_logits.shape[1])
+    same_top5 = (old_logits.topk(k).indices == new_logits.topk(k).indices).all(dim=1).double().mean().item()
+    factor_error = ((new_logits - expected).abs().max() / expected.abs().max()).item()
+    return {"covariance_error": covariance_error, "top5_agreement": same_top5, "logit_factor_error": factor_error}
+
+
+def main(args):
+    check_args(args)
+    print(args)
+    device = torch.device(args.device)
+    os.makedirs(args.output_dir, exist_ok=True)
+
+    checkpoint = load_checkpoint(args.resume)
+    name = architecture_name(checkpoint, args.resume, args.model)
+    model = model_from_checkpoint(checkpoint, args.resume, model_name=name, device=device)
+    del checkpoint
+    if model.whitening is not None:
+        print(f"{args.resume} is whitened already: replacing its whitening")
+        remove_whitening(model)
+
+    names = whitening_image_names(args.whiten_path, args.whiten_list, args.num_whiten_images)
+    dim = model.embedding_dim + 1
+    if args.shrinkage == 0 and len(names) < dim + 1:
+        raise ValueError(
+            f"whitening the {dim}-d vectors [g; 1] of {name} needs at least {dim + 1} images, got {len(names)} "
+            f"from --whiten-path {args.whiten_path}: use more images or --shrinkage"
+        )
+    interpolation = InterpolationMode(args.interpolation)
+    transform = presets.RetrievalPresetEval(max_size=args.input_size, interpolation=interpolation)
+    dataset = ImageList(args.whiten_path, names, transform)
+    print(f"Extracting {len(dataset)} pooled vectors at input size {args.input_size}, p={float(model.pool.p):.4f}")
+    start = time.time()
+    pooled = extract_descriptors(
+        model, dataset, device, output="pooled", batch_size=args.batch_size, num_workers=args.workers,
+        print_freq=args.print_freq,
+    )
+    print(f"Extraction took {time.time() - start:.1f} s; fitting the whitening in float64")
+
+    mean, projection = fit_whitening(pooled, shrinkage=args.shrinkage)
+    classifier_before = model.classifier
+    fold_whitening(model, mean, projection)
+    checks = whitening_checks(model.cpu(), classifier_before.cpu(), pooled)
+    print(
+        f"On the {len(pooled)} whitening images: covariance of the whitened vectors - identity: max "
+        f"{checks['covariance_error']:.2e}{' (shrinkage: not the identity by design)' if args.shrinkage else ''}; "
+        f"same top-5 classes: {100 * checks['top5_agreement']:.2f}%; logits vs old logits / ||[g; 1]||: max relative "
+        f"deviation {checks['logit_factor_error']:.2e}"
+    )
+    record = {
+        "input_size": args.input_size,
+        "p": float(model.pool.p),
+        "num_images": len(pooled),
+        "shrinkage": args.shrinkage,
+        **checks,
+    }
+    utils.append_json_line(os.path.join(args.output_dir, "log.jsonl"), record)
+    utils.save_checkpoint(
+        {"model": model.state_dict(), "args": {**vars(args), "model": name}, "whitening": record},
+        os.path.join(args.output_dir, "checkpoint.pth"),
+    )
+    print(f"Whitened model saved in {os.path.join(args.output_dir, 'checkpoint.pth')}")
+    return record
+
+
+def get_args_parser(add_help=True):
+    parser = argparse.ArgumentParser(
+        description="MultiGrain: PCA whitening of the descriptor, folded into the classifier",
+        add_help=add_help,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--resume", required=True, help="checkpoint to whiten (train.py, finetune_p.py, whiten.py or published)")
+    parser.add_argument("--model", default=None, help="architecture, for checkpoints that do not name it (published files: resnet50)")
+    parser.add_argument("--whiten-path", required=True, help="folder of the whitening images (every image below it, unless --whiten-list)")
+    parser.add_argument("--whiten-list", default=None, help="file naming the whitening images, one path relative to --whiten-path per line")
+    parser.add_argument("--num-whiten-images", default=-1, type=int, help="use only the first N images (-1: all)")
+    parser.add_argument("--input-size", default=500, type=int, help="test resolution: largest image side, no crop")
+    parser.add_argument(
+        "--shrinkage",
+        default=0.0,
+        type=float,
+        help="α in [0, 1): whiten (1 − α)·C + α·(trace(C)/D)·I instead of the covariance C. 0 is the paper's "
+        "whitening and needs more images than dimensions + 1; α > 0 works with fewer images or degenerate "
+        "descriptors, at the price of a whitened covariance that is not exactly the identity",
+    )
+    parser.add_argument("--device", default="cuda", help="cuda or cpu")
+    parser.add_argument("-b", "--batch-size", default=32, type=int, help="largest batch of same-size images")
+    parser.add_argument("--interpolation", default="bilinear", choices=["nearest", "bilinear", "bicubic"], help="resize interpolation")
+    parser.add_argument("-j", "--workers", default=8, type=int, help="data loading workers")
+    parser.add_argument("--print-freq", default=1000, type=int, help="print progress every this many images")
+    parser.add_argument("--output-dir", default=".", help="where checkpoint.pth and log.jsonl are written")
+    return parser
+
+
+if __name__ == "__main__":
+    parser = get_args_parser()
+    args = parser.parse_args()
+    try:
+        check_args(args)
+    except ValueError as e:
+        parser.error(str(e))
+    main(args)
