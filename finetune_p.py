@@ -227,7 +227,7 @@ def get_args_parser(add_help=True):
     parser.add_argument("--momentum", default=0.9, type=float, help="SGD momentum")
     parser.add_argument("--lr-power", default=0.9, type=float, help="power of the per-iteration polynomial learning rate decay")
     parser.add_argument("--p-grid", default=None, type=parse_p_grid, help="comma-separated p values: choose p by cross-validation on the fine-tuning images instead of SGD")
-    parser.add_argument("--no-validate-first", dest="validate_first", action="store_false", help="skip the validation before fine-tuning")
+    parser.add_argument("--validate-first", action=argparse.BooleanOptionalAction, default=True, help="validate at the test resolution before fine-tuning (--no-validate-first skips it)")
     parser.add_argument("--interpolation", default="bilinear", choices=["nearest", "bilinear", "bicubic"], help="resize interpolation")
     parser.add_argument("-j", "--workers", default=8, type=int, help="data loading workers")
     parser.add_argument("--print-freq", default=100, type=int, help="print every this many iterations")
