@@ -65,7 +65,8 @@ class RASampler(torch.utils.data.Sampler):
     def __len__(self) -> int:
         return self.num_samples
 
-    def __iter__(self):
+    def global_order(self) -> torch.Tensor:
+        """The epoch's ``total_size`` indices, copies included, before the split across ranks."""
         generator = torch.Generator()
         generator.manual_seed(self.seed + self.epoch)
         num_orders = math.ceil(self.total_size / (self.reps * self.dataset_size))
@@ -75,5 +76,7 @@ class RASampler(torch.utils.data.Sampler):
                 orders.append(torch.randperm(self.dataset_size, generator=generator))
             else:
                 orders.append(torch.arange(self.dataset_size))
-        indices = torch.cat(orders).repeat_interleave(self.reps)[: self.total_size]
-        return iter(indices[self.rank :: self.num_replicas].tolist())
+        return torch.cat(orders).repeat_interleave(self.reps)[: self.total_size]
+
+    def __iter__(self):
+        return iter(self.global_order()[self.rank :: self.num_replicas].tolist())
