@@ -28,6 +28,13 @@ demo: venv
 		--output-dir $(DEMO)/whiten --device cpu --input-size 96 -j 1
 	$(BIN)/python train.py --test-only --resume $(DEMO)/whiten/checkpoint.pth --model resnet18 \
 		--data-path $(DEMO)/imagenet --device cpu -j 1 --val-resize-size 73 --val-crop-size 64
+	$(BIN)/python synthetic_data.py all --output $(DEMO)/bench
+	$(BIN)/python evaluate.py --resume $(DEMO)/train/checkpoint.pth --device cpu -j 1 --input-size 96 \
+		--dataset holidays ukbench copydays roxford5k --holidays-path $(DEMO)/bench/holidays \
+		--holidays-rotations $(DEMO)/bench/holidays/rotations.txt --ukbench-path $(DEMO)/bench/ukbench \
+		--copydays-path $(DEMO)/bench/copydays --distractors-path $(DEMO)/bench/copydays \
+		--distractors-list $(DEMO)/bench/copydays/distractors.txt --num-distractors 40 \
+		--roxford5k-path $(DEMO)/bench/revisitop/roxford5k --output-dir $(DEMO)/evaluate
 
 test: venv
 	$(BIN)/python -m pytest

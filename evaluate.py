@@ -1,0 +1,318 @@
+"""Evaluation of a MultiGrain checkpoint: ImageNet classification and the retrieval benchmarks.
+
+    python evaluate.py --resume checkpoint.pth --input-size 500 --dataset holidays ukbench copydays \
+        --holidays-path data/holidays --holidays-rotations data/holidays/rotations.txt \
+        --ukbench-path data/ukbench --copydays-path data/copydays --distractors-path data/yfcc10k
+
+Under torchrun every process extracts a share of the images. See README.md for the datasets.
+"""
+import argparse
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.utils.data
+import torchvision
+from torchvision.transforms.functional import InterpolationMode
+
+import presets
+import utils
+from multigrain import retrieval_datasets
+from multigrain.checkpoint import load_model
+from multigrain.extraction import extract_descriptors
+from multigrain.image_io import load_rgb
+from multigrain.model import l2n
+from multigrain.nn_search import knn
+
+RETRIEVAL_DATASETS = ("holidays", "ukbench", "copydays", *retrieval_datasets.REVISITOP_BENCHMARKS)
+DATASETS = ("imagenet-val", *RETRIEVAL_DATASETS)
+MULTISCALE_FACTORS = (1.0, 1 / math.sqrt(2), 0.5)
+
+
+def dataset_path_flag(name):
+    return "imagenet_path" if name == "imagenet-val" else f"{name}_path"
+
+
+def check_args(args):
+    """Refuses inconsistent flags before any process group starts."""
+    for name in args.dataset:
+        path = getattr(args, dataset_path_flag(name))
+        if not path:
+            raise ValueError(f"--dataset {name} needs --{dataset_path_flag(name).replace('_', '-')}")
+        if not os.path.isdir(path):
+            raise ValueError(f"--{dataset_path_flag(name).replace('_', '-')} {path} is not a folder")
+    if args.load_features:
+        if not os.path.isdir(args.load_features):
+            raise ValueError(f"--load-features {args.load_features} is not a folder")
+        if "imagenet-val" in args.dataset:
+            raise ValueError("--dataset imagenet-val needs the model: it cannot be evaluated from --load-features")
+        if args.resume or args.save_features:
+            raise ValueError("--load-features evaluates saved descriptors: drop --resume and --save-features")
+    elif not args.resume:
+        raise ValueError("pass the model with --resume CHECKPOINT (or saved descriptors with --load-features)")
+    elif not os.path.isfile(args.resume):
+        raise ValueError(f"--resume {args.resume} is not a file")
+    for flag in ("input_size", "batch_size", "print_freq", "chunk_size"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
+    if args.workers < 0:
+        raise ValueError(f"--workers must be >= 0, got {args.workers}")
+    if args.pooling_exponent is not None and not args.pooling_exponent > 0:
+        raise ValueError(f"--pooling-exponent must be positive, got {args.pooling_exponent}")
+    if args.num_distractors is not None and args.num_distractors < 0:
+        raise ValueError(f"--num-distractors must be >= 0, got {args.num_distractors}")
+    if args.holidays_rotations and not os.path.isfile(args.holidays_rotations):
+        raise ValueError(f"--holidays-rotations {args.holidays_rotations} is not a file")
+    if args.distractors_path and not os.path.isdir(args.distractors_path):
+        raise ValueError(f"--distractors-path {args.distractors_path} is not a folder")
+    if args.distractors_list and not args.distractors_path:
+        raise ValueError("--distractors-list needs --distractors-path (the folder its names are relative to)")
+    if args.distractors_list and not os.path.isfile(args.distractors_list):
+        raise ValueError(f"--distractors-list {args.distractors_list} is not a file")
+
+
+def read_benchmark(name, args):
+    if name == "holidays":
+        return retrieval_datasets.read_holidays(args.holidays_path, args.holidays_rotations)
+    if name == "ukbench":
+        return retrieval_datasets.read_ukbench(args.ukbench_path)
+    if name == "copydays":
+        return retrieval_datasets.read_copydays(
+            args.copydays_path, args.distractors_path, args.distractors_list, args.num_distractors
+        )
+    return retrieval_datasets.read_revisitop(getattr(args, f"{name}_path"), name)
+
+
+def amp_dtype(args):
+    return getattr(torch, args.amp_dtype) if args.amp else None
+
+
+def progress_freq(args):
+    return args.print_freq if utils.is_main_process() else 0
+
+
+def extract_sharded(model, images, device, args):
+    """Every process extracts images rank, rank + world, ...; all processes get all descriptors in order."""
+    rank, world_size = utils.get_rank(), utils.get_world_size()
+    shard = torch.utils.data.Subset(images, range(rank, len(images), world_size))
+    local = extract_descriptors(
+        model, shard, device, batch_size=args.batch_size, num_workers=args.workers, amp_dtype=amp_dtype(args),
+        print_freq=progress_freq(args),
+    ).numpy()
+    if world_size == 1:
+        return local
+    shards = [None] * world_size
+    dist.all_gather_object(shards, local)
+    descriptors = np.empty((len(images), local.shape[1]), dtype=np.float32)
+    for shard_rank, shard_descriptors in enumerate(shards):
+        descriptors[shard_rank::world_size] = shard_descriptors
+    return descriptors
+
+
+def retrieval_descriptors(model, images, device, args):
+    """Descriptors at largest side --input-size, no crop; with --multiscale, the normalised mean of
+    the descriptors at largest sides s, s/√2 and s/2."""
+    interpolation = InterpolationMode(args.interpolation)
+    factors = MULTISCALE_FACTORS if args.multiscale else (1.0,)
+    total = None
+    for factor in factors:
+        transform = presets.RetrievalPresetEval(max_size=round(args.input_size * factor), interpolation=interpolation)
+        descriptors = extract_sharded(model, images.with_transform(transform), device, args)
+        total = descriptors if total is None else total + descriptors
+    if args.multiscale:
+        total = l2n(torch.from_numpy(total)).numpy()
+    return total
+
+
+def features_files(folder, stem):
+    return Path(folder) / f"{stem}.npy", Path(folder) / f"{stem}.txt"
+
+
+def save_features(folder, stem, descriptors, names):
+    os.makedirs(folder, exist_ok=True)
+    array_path, names_path = features_files(folder, stem)
+    np.save(array_path, descriptors.astype(np.float32))
+    names_path.write_text("".join(f"{name}\n" for name in names))
+
+
+def load_features(folder, stem, names):
+    """Saved descriptors, checked to list the same images in the same order as the benchmark."""
+    array_path, names_path = features_files(folder, stem)
+    for path in (array_path, names_path):
+        if not path.is_file():
+            raise FileNotFoundError(f"--load-features: {path} does not exist (written by --save-features)")
+    saved_names = names_path.read_text().splitlines()
+    if saved_names != list(names):
+        differences = [i for i, (saved, name) in enumerate(zip(saved_names, names)) if saved != name]
+        mismatch = differences[0] if differences else min(len(saved_names), len(names))
+        raise ValueError(
+            f"{names_path} does not list the benchmark's {len(names)} images in order "
+            f"({len(saved_names)} names; first difference at line {mismatch + 1})"
+        )
+    descriptors = np.load(array_path)
+    if descriptors.ndim != 2 or len(descriptors) != len(names):
+        raise ValueError(f"{array_path} holds an array of shape {descriptors.shape}, expected ({len(names)}, d)")
+    return descriptors.astype(np.float32, copy=False)
+
+
+def evaluate_retrieval(name, model, device, args):
+    """The benchmark's scores on the main process (None elsewhere)."""
+    benchmark = read_benchmark(name, args)
+    parts = {name: benchmark.database}
+    if benchmark.queries is not None:
+        parts[f"{name}_queries"] = benchmark.queries
+    utils.print_main(", ".join(f"{stem}: {len(images)} images" for stem, images in parts.items()))
+    features = {}
+    for stem, images in parts.items():
+        if args.load_features:
+            features[stem] = load_features(args.load_features, stem, images.names)
+        else:
+            features[stem] = retrieval_descriptors(model, images, device, args)
+            if args.save_features and utils.is_main_process():
+                save_features(args.save_features, stem, features[stem], images.names)
+    if not utils.is_main_process():
+        return None
+
+    database = features[name]
+    if benchmark.queries is not None:
+        queries = features[f"{name}_queries"]
+    else:
+        queries = database[benchmark.query_indices]
+    num_neighbors = benchmark.num_neighbors or len(database)
+    search_device = torch.device("cpu") if args.search == "faiss" else device
+    _, rankings = knn(
+        torch.from_numpy(queries).to(search_device),
+        torch.from_numpy(database),
+        num_neighbors,
+        chunk_size=args.chunk_size,
+        use_faiss={"auto": None, "faiss": True, "torch": False}[args.search],
+    )
+    return benchmark.score(rankings.cpu().numpy())
+
+
+def evaluate_imagenet(model, device, args):
+    """Top-1 / top-5 accuracy (%) on the val/ ImageFolder, each image counted once across processes."""
+    interpolation = InterpolationMode(args.interpolation)
+    if args.input_crop == "center":
+        transform = presets.ClassificationPresetEval(crop_size=args.input_size, interpolation=interpolation)
+    else:
+        transform = presets.RetrievalPresetEval(max_size=args.input_size, interpolation=interpolation)
+    dataset = torchvision.datasets.ImageFolder(os.path.join(args.imagenet_path, "val"), transform, loader=load_rgb)
+    num_classes = model.classifier.out_features
+    if len(dataset.classes) != num_classes:
+        raise ValueError(
+            f"--imagenet-path {args.imagenet_path} has {len(dataset.classes)} classes, the model {num_classes}"
+        )
+    shard = torch.utils.data.Subset(dataset, range(utils.get_rank(), len(dataset), utils.get_world_size()))
+    logits = extract_descriptors(
+        model, shard, device, output="logits", batch_size=args.batch_size, num_workers=args.workers,
+        amp_dtype=amp_dtype(args), print_freq=progress_freq(args),
+    )  # fmt: skip
+    targets = torch.tensor([dataset.targets[index] for index in shard.indices], dtype=torch.long)
+    correct1, correct5 = utils.accuracy_counts(logits, targets, topk=(1, 5))
+    correct1, correct5, count = utils.reduce_sum([correct1, correct5, len(targets)])
+    return {"acc1": 100.0 * correct1 / count, "acc5": 100.0 * correct5 / count}
+
+
+def format_table(results):
+    rows = [(name, metric, f"{value:.2f}") for name, metrics in results.items() for metric, value in metrics.items()]
+    header = ("dataset", "metric", "value")
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(3)]
+    lines = [f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:>{widths[2]}}" for row in [header, *rows]]
+    return "\n".join(lines)
+
+
+def main(args):
+    check_args(args)
+    utils.init_distributed_mode(args)
+    utils.print_main(args)
+    device = torch.device(args.device)
+
+    model, description = None, f"descriptors from {args.load_features}"
+    if not args.load_features:
+        model = load_model(args.resume, model_name=args.model, device=device)
+        if args.pooling_exponent is not None:
+            model.pool.set_p(args.pooling_exponent)
+        if args.channels_last:
+            model.to(memory_format=torch.channels_last)
+        if args.compile:
+            model.features.compile()  # in place, so every output the extraction asks for runs the compiled trunk
+        whitened = getattr(model, "whitening", None) is not None
+        scales = "multiscale" if args.multiscale else "single scale"
+        description = (
+            f"{args.resume}: p={float(model.pool.p):.4g}, whitening {'yes' if whitened else 'no'}, "
+            f"input size {args.input_size}, {scales}"
+        )
+    utils.print_main(description)
+
+    results = {}
+    for name in args.dataset:
+        if name == "imagenet-val":
+            results[name] = evaluate_imagenet(model, device, args)
+        else:
+            results[name] = evaluate_retrieval(name, model, device, args)
+    if not utils.is_main_process():
+        return None
+
+    print(f"\n{description}\n{format_table(results)}", flush=True)
+    if args.output_dir:
+        os.makedirs(args.output_dir, exist_ok=True)
+        record = {"description": description, "results": results, "args": vars(args)}
+        with open(os.path.join(args.output_dir, "metrics.json"), "w") as f:
+            json.dump(record, f, indent=2)
+    return results
+
+
+def get_args_parser(add_help=True):
+    parser = argparse.ArgumentParser(
+        description="MultiGrain evaluation: ImageNet top-1/top-5 and retrieval benchmarks",
+        add_help=add_help,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--dataset", nargs="+", required=True, choices=DATASETS, help="benchmarks to evaluate")
+    parser.add_argument("--resume", default="", help="checkpoint to evaluate (train.py, finetune_p.py, whiten.py or published)")
+    parser.add_argument("--model", default=None, help="architecture, for checkpoints that do not name it")
+    parser.add_argument("--input-size", default=500, type=int, help="s: retrieval images are resized to largest side s; classification see --input-crop")
+    parser.add_argument("--input-crop", default="center", choices=["center", "none"], help="classification input: center: shorter side to 256/224·s and a center crop of s; none: largest side s, no crop")
+    parser.add_argument("--pooling-exponent", default=None, type=float, help="GeM exponent p (default: the checkpoint's)")
+    parser.add_argument("--multiscale", action="store_true", help="retrieval descriptor: normalised mean of the descriptors at largest sides s, s/√2, s/2")
+    parser.add_argument("--interpolation", default="bilinear", choices=["nearest", "bilinear", "bicubic"], help="resize interpolation")
+    parser.add_argument("--imagenet-path", default=None, help="folder with the val/ ImageFolder (imagenet-val)")
+    parser.add_argument("--holidays-path", default=None, help="INRIA Holidays folder with jpg/")
+    parser.add_argument("--holidays-rotations", default=None, help="rotation list of Holidays: lines '<file name> <degrees>', applied with PIL rotate(degrees, expand=True)")
+    parser.add_argument("--ukbench-path", default=None, help="UKBench folder with full/ (or the images)")
+    parser.add_argument("--copydays-path", default=None, help="Copydays folder with original/ and strong/")
+    parser.add_argument("--distractors-path", default=None, help="Copydays distractors: folder of images (or the root of --distractors-list)")
+    parser.add_argument("--distractors-list", default=None, help="distractor images, one path relative to --distractors-path a line (default: all images under it, sorted)")
+    parser.add_argument("--num-distractors", default=10000, type=int, help="take the first N distractors (CD10k: 10000); fewer available is an error")
+    parser.add_argument("--roxford5k-path", default=None, help="ROxford5k folder with jpg/ and gnd_roxford5k.pkl")
+    parser.add_argument("--rparis6k-path", default=None, help="RParis6k folder with jpg/ and gnd_rparis6k.pkl")
+    parser.add_argument("--save-features", default=None, help="write each retrieval benchmark's descriptors (NAME.npy, float32) and image names (NAME.txt) here; NAME_queries.* for separate queries")
+    parser.add_argument("--load-features", default=None, help="evaluate descriptors written by --save-features instead of a model")
+    parser.add_argument("--search", default="auto", choices=["auto", "torch", "faiss"], help="exact nearest-neighbour search: auto uses faiss when installed and the search runs on the CPU")
+    parser.add_argument("--chunk-size", default=4096, type=int, help="queries and database rows scored at a time by the torch search")
+    parser.add_argument("--device", default="cuda", help="cuda or cpu")
+    parser.add_argument("-b", "--batch-size", default=32, type=int, help="images of identical size run as one batch, per process")
+    parser.add_argument("-j", "--workers", default=8, type=int, help="data loading workers per process")
+    parser.add_argument("--amp", action="store_true", help="automatic mixed precision (GeM and whitening stay in float32)")
+    parser.add_argument("--amp-dtype", default="float16", choices=["float16", "bfloat16"], help="autocast dtype of --amp")
+    parser.add_argument("--channels-last", action="store_true", help="channels-last memory format (faster convolutions with --amp on tensor-core GPUs)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model's trunk (a second image size compiles once more, then sizes are dynamic)")
+    parser.add_argument("--print-freq", default=1000, type=int, help="print the extraction progress every this many images")
+    parser.add_argument("--output-dir", default=".", help="where metrics.json is written")
+    parser.add_argument("--dist-url", default="env://", help="url of the process group set-up")
+    return parser
+
+
+if __name__ == "__main__":
+    parser = get_args_parser()
+    args = parser.parse_args()
+    try:
+        check_args(args)
+    except ValueError as e:
+        parser.error(str(e))
+    main(args)

@@ -1,0 +1,282 @@
+"""Readers of the retrieval benchmarks: INRIA Holidays, UKBench, Copydays and revisited Oxford / Paris.
+
+Each reader checks the folder layout and returns a `RetrievalBenchmark`: the database images, the
+query images (or the indices of the database images that serve as queries), how many neighbours
+each query needs, and the function scoring the rankings with the official protocol. Scores are
+percentages, except the UKBench N-S score (0 to 4).
+"""
+import copy
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch.utils.data
+from PIL import Image
+
+from .image_io import BadImageError, to_rgb
+from .retrieval_metrics import copydays_map, holidays_ground_truth, holidays_map, revisitop_map, ukbench_score
+from .safe_pickle import load_pickle
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+REVISITOP_BENCHMARKS = ("roxford5k", "rparis6k")
+
+
+class ImageList(torch.utils.data.Dataset):
+    """RGB images read from `paths`, each optionally rotated, then cropped, then transformed.
+
+    The pixels are taken as stored, without applying an EXIF orientation, as the official evaluation
+    tools do; Holidays' sideways photos are turned upright by its explicit rotation list instead.
+
+    names: one identifier per image (a path relative to the benchmark folder), saved next to the
+    descriptors. rotations: degrees per image (0: none), applied with Image.rotate(degrees,
+    expand=True). boxes: (x1, y1, x2, y2) per image or None, applied with Image.crop.
+    """
+
+    def __init__(self, paths, names, rotations=None, boxes=None, transform=None):
+        if len(names) != len(paths):
+            raise ValueError(f"got {len(names)} names for {len(paths)} image paths")
+        self.paths = [str(path) for path in paths]
+        self.names = list(names)
+        self.rotations = list(rotations) if rotations is not None else [0] * len(paths)
+        self.boxes = list(boxes) if boxes is not None else [None] * len(paths)
+        if len(self.rotations) != len(paths) or len(self.boxes) != len(paths):
+            raise ValueError("need one rotation and one box (or None) per image")
+        self.transform = transform
+
+    def with_transform(self, transform):
+        images = copy.copy(self)
+        images.transform = transform
+        return images
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, index):
+        try:
+            with Image.open(self.paths[index]) as file:
+                image = to_rgb(file)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            raise BadImageError(f"cannot read image {self.paths[index]}: {e}") from e
+        if self.rotations[index]:
+            image = image.rotate(self.rotations[index], expand=True)
+        if self.boxes[index] is not None:
+            image = image.crop(self.boxes[index])
+        return self.transform(image) if self.transform is not None else image
+
+
+@dataclass
+class RetrievalBenchmark:
+    """database: the images searched. queries: separate query images, or None when the queries are
+    the database images at `query_indices`. num_neighbors: how long a ranking `score` needs (None:
+    the whole database). score(rankings): {metric: value} from one ranking per query."""
+
+    name: str
+    database: ImageList
+    queries: ImageList | None
+    query_indices: np.ndarray | None
+    num_neighbors: int | None
+    score: Callable[[np.ndarray], dict]
+
+
+def _require_folder(path, what):
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{what}: folder {path} does not exist")
+    return Path(path)
+
+
+def _image_files(folder):
+    """Image files of `folder` (not its subfolders), sorted by name."""
+    return sorted(p.name for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def read_rotations(path, image_names):
+    """{file name: degrees} from lines "<file name> <degrees>"; blank lines and # comments are skipped.
+
+    Every name must be one of `image_names` (file names without folder).
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"rotation list {path} does not exist")
+    known = set(image_names)
+    rotations = {}
+    for line_number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        parts = line.split()
+        try:
+            if len(parts) != 2:
+                raise ValueError
+            degrees = float(parts[1])
+        except ValueError:
+            raise ValueError(f"{path} line {line_number}: expected '<file name> <degrees>', got {line!r}") from None
+        if not math.isfinite(degrees):
+            raise ValueError(f"{path} line {line_number}: degrees must be finite, got {parts[1]}")
+        if parts[0] not in known:
+            raise ValueError(f"{path} line {line_number}: {parts[0]} is not one of the benchmark's images")
+        rotations[parts[0]] = degrees
+    return rotations
+
+
+def read_holidays(root, rotations_file=None):
+    """INRIA Holidays: root/jpg/NNNNXX.jpg; the queries are the XX=00 images, ranked against all images.
+
+    rotations_file: optional rotation list (see `read_rotations`) turning the sideways photos upright.
+    """
+    folder = _require_folder(os.path.join(root, "jpg"), "Holidays (--holidays-path)")
+    files = _image_files(folder)
+    if not files:
+        raise FileNotFoundError(f"Holidays (--holidays-path): no images in {folder}")
+    rotations = read_rotations(rotations_file, files) if rotations_file else {}
+    ground_truth = holidays_ground_truth(files)
+    if not ground_truth:
+        raise ValueError(f"Holidays (--holidays-path): no query image (NNNN00.jpg) in {folder}")
+    database = ImageList(
+        [folder / name for name in files], [f"jpg/{name}" for name in files], [rotations.get(name, 0) for name in files]
+    )
+
+    def score(rankings):
+        return {"mAP": 100.0 * holidays_map(files, rankings)}
+
+    query_indices = np.array([query for query, _ in ground_truth])
+    return RetrievalBenchmark("holidays", database, None, query_indices, None, score)
+
+
+def read_ukbench(root):
+    """UKBench: root/full/ukbenchNNNNN.jpg (or the images directly in root), groups of 4 in name order.
+
+    Every image queries the whole set, itself included.
+    """
+    root = _require_folder(root, "UKBench (--ukbench-path)")
+    folder = root / "full" if (root / "full").is_dir() else root
+    files = _image_files(folder)
+    if not files or len(files) % 4 != 0:
+        raise ValueError(f"UKBench (--ukbench-path): expected groups of 4 images in {folder}, found {len(files)}")
+    prefix = "full/" if folder != root else ""
+    database = ImageList([folder / name for name in files], [prefix + name for name in files])
+
+    def score(rankings):
+        return {"N-S": ukbench_score(rankings)}
+
+    return RetrievalBenchmark("ukbench", database, None, np.arange(len(files)), 4, score)
+
+
+def read_distractors(root, list_file=None, num_distractors=None):
+    """(paths, names) of distractor images: the first `num_distractors` names of `list_file` (paths
+    relative to root, one a line), or of all the images under root in sorted order. None takes all."""
+    root = _require_folder(root, "distractors (--distractors-path)")
+    if list_file:
+        if not os.path.isfile(list_file):
+            raise FileNotFoundError(f"distractor list (--distractors-list) {list_file} does not exist")
+        names = [line.strip() for line in Path(list_file).read_text().splitlines() if line.strip()]
+        source = str(list_file)
+    else:
+        names = sorted(
+            str(path.relative_to(root))
+            for path in root.rglob("*")
+            if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
+        )
+        source = f"the images under {root}"
+    if num_distractors is not None:
+        if len(names) < num_distractors:
+            raise ValueError(
+                f"--num-distractors {num_distractors} but {source} gives only {len(names)} distractors"
+            )
+        names = names[:num_distractors]
+    paths = [root / name for name in names]
+    for path in paths:
+        if not path.is_file():
+            raise FileNotFoundError(f"distractor {path} (from {source}) does not exist")
+    return paths, names
+
+
+def read_copydays(root, distractors_root=None, distractors_list=None, num_distractors=None):
+    """Copydays: root/original/NNNN00.jpg and the "strong" attacks root/strong/NNNNXX.jpg.
+
+    The strong images query the originals plus the distractors (CD10k: 10k distractors); the one
+    positive of a query is the original sharing its first 4 characters.
+    """
+    originals_folder = _require_folder(os.path.join(root, "original"), "Copydays (--copydays-path)")
+    queries_folder = _require_folder(os.path.join(root, "strong"), "Copydays (--copydays-path)")
+    originals, query_files = _image_files(originals_folder), _image_files(queries_folder)
+    if not originals or not query_files:
+        raise FileNotFoundError(f"Copydays (--copydays-path): no images in {originals_folder} or {queries_folder}")
+    original_index = {name[:4]: index for index, name in enumerate(originals)}
+    if len(original_index) != len(originals):
+        raise ValueError(f"Copydays: two originals in {originals_folder} share their first 4 characters")
+    missing = [name for name in query_files if name[:4] not in original_index]
+    if missing:
+        raise ValueError(f"Copydays: no original in {originals_folder} for the strong images {missing[:5]}")
+
+    paths = [originals_folder / name for name in originals]
+    names = [f"original/{name}" for name in originals]
+    if distractors_root is not None:
+        distractor_paths, distractor_names = read_distractors(distractors_root, distractors_list, num_distractors)
+        paths += distractor_paths
+        names += distractor_names
+    elif distractors_list is not None:
+        raise ValueError("--distractors-list needs --distractors-path (the folder its names are relative to)")
+    database = ImageList(paths, names)
+    queries = ImageList([queries_folder / name for name in query_files], [f"strong/{name}" for name in query_files])
+    positives = np.array([original_index[name[:4]] for name in query_files])
+
+    def score(rankings):
+        return {"mAP": 100.0 * copydays_map(rankings, positives)}
+
+    return RetrievalBenchmark("copydays", database, queries, None, None, score)
+
+
+def _check_revisitop_ground_truth(ground_truth, path):
+    if not isinstance(ground_truth, dict) or not {"imlist", "qimlist", "gnd"} <= set(ground_truth):
+        raise ValueError(f"{path} is not a revisitop ground truth (needs the keys imlist, qimlist, gnd)")
+    if len(ground_truth["gnd"]) != len(ground_truth["qimlist"]):
+        raise ValueError(f"{path}: {len(ground_truth['gnd'])} gnd entries for {len(ground_truth['qimlist'])} queries")
+    num_database = len(ground_truth["imlist"])
+    for query, entry in enumerate(ground_truth["gnd"]):
+        if not isinstance(entry, dict) or not {"bbx", "easy", "hard", "junk"} <= set(entry):
+            raise ValueError(f"{path}: gnd[{query}] needs the keys bbx, easy, hard, junk")
+        if len(np.asarray(entry["bbx"]).reshape(-1)) != 4:
+            raise ValueError(f"{path}: gnd[{query}]['bbx'] is not a box (x1, y1, x2, y2)")
+        for key in ("easy", "hard", "junk"):
+            indices = np.asarray(entry[key]).reshape(-1)
+            if indices.size and (indices.min() < 0 or indices.max() >= num_database):
+                raise ValueError(f"{path}: gnd[{query}]['{key}'] has indices outside the {num_database} images")
+
+
+def read_revisitop(root, name):
+    """Revisited Oxford / Paris: root/jpg/<name>.jpg and root/gnd_<benchmark>.pkl (imlist, qimlist, gnd).
+
+    The queries are cropped to their box `bbx` before the transform. Scores are the Easy, Medium
+    and Hard mAP and mean precisions at 1, 5 and 10.
+    """
+    if name not in REVISITOP_BENCHMARKS:
+        raise ValueError(f"unknown revisitop benchmark {name!r}; choose from {', '.join(REVISITOP_BENCHMARKS)}")
+    root = _require_folder(root, f"{name} (--{name}-path)")
+    ground_truth_path = root / f"gnd_{name}.pkl"
+    if not ground_truth_path.is_file():
+        raise FileNotFoundError(f"{name} (--{name}-path): ground truth {ground_truth_path} does not exist")
+    ground_truth = load_pickle(ground_truth_path)
+    _check_revisitop_ground_truth(ground_truth, ground_truth_path)
+
+    def images(image_names, boxes=None):
+        names = [f"jpg/{image_name}.jpg" for image_name in image_names]
+        paths = [root / image_name for image_name in names]
+        for path in paths:
+            if not path.is_file():
+                raise FileNotFoundError(f"{name}: image {path} (listed in {ground_truth_path}) does not exist")
+        return ImageList(paths, names, boxes=boxes)
+
+    gnd = ground_truth["gnd"]
+    database = images(ground_truth["imlist"])
+    queries = images(ground_truth["qimlist"], [tuple(float(v) for v in np.asarray(g["bbx"]).reshape(-1)) for g in gnd])
+
+    def score(rankings):
+        results = {}
+        for protocol, metrics in revisitop_map(rankings, gnd).items():
+            for metric, value in metrics.items():
+                results[f"{protocol[0].upper()} {metric}"] = 100.0 * value
+        return results
+
+    return RetrievalBenchmark(name, database, queries, None, None, score)
