@@ -25,6 +25,7 @@ from multigrain.distance_weighted_sampling import NEGATIVE_SAMPLING_MODES, Dista
 from multigrain.joint_loss import MultiGrainLoss
 from multigrain.margin_loss import MarginLoss
 from multigrain.model import build_model
+from repeated_views import DecodeOnceBatchSampler, RepeatedViews, collate_views
 from sampler import RASampler
 
 
@@ -39,6 +40,8 @@ def check_args(args):
         )
     if args.ra_reps < 1:
         raise ValueError(f"--ra-reps must be at least 1, got {args.ra_reps}")
+    if args.ra_decode_once and not args.ra_sampler:
+        raise ValueError("--ra-decode-once decodes each image once for its --ra-reps copies: it needs --ra-sampler")
     if args.classif_weight < 1.0 and args.ra_reps < 2:
         raise ValueError(f"--classif-weight < 1 needs --ra-reps >= 2 to have positive pairs, got {args.ra_reps}")
     for flag in ("batch_size", "epochs", "train_crop_size", "val_crop_size", "val_resize_size", "print_freq"):
@@ -108,12 +111,15 @@ def load_data(args):
         color_jitter=args.color_jitter,
         lighting=args.lighting,
     )
-    dataset = torchvision.datasets.ImageFolder(os.path.join(args.data_path, "train"), train_transform, loader=load_rgb)
+    # Under --ra-decode-once the images are decoded without transform and RepeatedViews augments each copy.
+    folder_transform = None if args.ra_decode_once else train_transform
+    dataset = torchvision.datasets.ImageFolder(os.path.join(args.data_path, "train"), folder_transform, loader=load_rgb)
     if dataset.classes != dataset_val.classes:
         raise ValueError(f"train/ and val/ of --data-path {args.data_path} have different class folders")
     reps = args.ra_reps if args.ra_sampler else 1
     train_sampler = RASampler(len(dataset), reps=reps, seed=args.seed, epoch_len_factor=args.epoch_len_factor)
-    return skipping_bad_images(utils.WithIndex(dataset), args), train_sampler, shard_val, dataset_val.classes
+    dataset = RepeatedViews(dataset, train_transform) if args.ra_decode_once else utils.WithIndex(dataset)
+    return skipping_bad_images(dataset, args), train_sampler, shard_val, dataset_val.classes
 
 
 def build_optimizer(args, model, criterion):
@@ -261,6 +267,8 @@ def main(args):
     if args.sync_bn and args.distributed:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)  # convolutions then also give channels-last outputs
     sampling_generator = torch.Generator(device=device)
     criterion = MultiGrainLoss(
         args.classif_weight,
@@ -274,6 +282,8 @@ def main(args):
     model_without_ddp = model
     if args.distributed:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[args.gpu] if device.type == "cuda" else None)
+    if args.compile:
+        model = torch.compile(model)
 
     optimizer = build_optimizer(args, model_without_ddp, criterion)
     lr_scheduler = build_lr_scheduler(args, optimizer)
@@ -311,14 +321,12 @@ def main(args):
         utils.seed_everything(args.seed, epoch, utils.get_rank())
         sampling_generator.manual_seed(int(np.random.SeedSequence([args.seed, epoch]).generate_state(1)[0]))
         train_sampler.set_epoch(epoch)
+        if args.ra_decode_once:
+            batching = {"batch_sampler": DecodeOnceBatchSampler(train_sampler, args.batch_size, drop_last), "collate_fn": collate_views}
+        else:
+            batching = {"batch_size": args.batch_size, "sampler": train_sampler, "drop_last": drop_last, "collate_fn": collate_fn}
         train_loader = torch.utils.data.DataLoader(
-            dataset,
-            batch_size=args.batch_size,
-            sampler=train_sampler,
-            num_workers=args.workers,
-            pin_memory=device.type == "cuda",
-            drop_last=drop_last,
-            collate_fn=collate_fn,
+            dataset, num_workers=args.workers, pin_memory=device.type == "cuda", **batching
         )
         train_metrics = train_one_epoch(model, criterion, optimizer, train_loader, device, epoch, args, scaler)
         lr_scheduler.step()
@@ -399,6 +407,9 @@ def get_args_parser(add_help=True):
     parser.add_argument("--clip-grad-norm", default=None, type=float, help="maximum gradient norm of the model's parameters")
     parser.add_argument("--ra-sampler", action=argparse.BooleanOptionalAction, default=True, help="repeated augmentation: every image --ra-reps times per batch")
     parser.add_argument("--ra-reps", default=3, type=int, help="copies of each image under --ra-sampler")
+    parser.add_argument("--ra-decode-once", action="store_true", help="decode each image once and augment its --ra-reps copies from it (the copies of an image then sit on one process)")
+    parser.add_argument("--channels-last", action="store_true", help="channels-last memory format (faster convolutions with --amp on tensor-core GPUs)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model for training")
     parser.add_argument(
         "--epoch-len-factor",
         default=2.0,

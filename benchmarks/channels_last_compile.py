@@ -1,0 +1,117 @@
+"""Benchmark 5: train.py's and evaluate.py's --channels-last and --compile against the plain model.
+
+    python -m benchmarks.channels_last_compile                              # CPU: ResNet-18, 48 images of 64x64
+    python -m benchmarks.channels_last_compile --paper --device cuda        # ResNet-50, 64 images of 224x224, AMP
+
+Training: a MultiGrain step (`train.train_one_epoch`, λ = 0.5) with the model made channels-last and/or
+wrapped in torch.compile, as train.py does. Evaluation: a batch through the model without gradients,
+with the model made channels-last and/or its trunk compiled, as evaluate.py does. The first calls,
+compilation included, are not timed: the table gives how long they took. A ratio below 1 is a gain.
+"""
+import argparse
+import copy
+import time
+
+import torch
+
+from benchmarks.step_overhead import CPU_SETTINGS, PAPER_SETTINGS, make_step
+from benchmarks.timing import describe_machine, format_table, median_ratio, synchronize, time_side_by_side
+from multigrain.distance_weighted_sampling import NEGATIVE_SAMPLING_MODES
+from multigrain.model import build_model
+
+VARIANTS = ("eager", "channels-last", "compile", "compile+channels-last")
+
+
+def make_eval_step(model, images, args, channels_last, compiled):
+    model = copy.deepcopy(model).eval()
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    if compiled:
+        model.features.compile()
+
+    @torch.no_grad()
+    def run():
+        for _ in range(args.steps):
+            with torch.autocast(device_type=images.device.type, dtype=getattr(torch, args.amp_dtype), enabled=args.amp):
+                model(images)
+
+    return run
+
+
+def first_call_seconds(fn, device):
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def main(args):
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = PAPER_SETTINGS if args.paper else CPU_SETTINGS
+    for name, value in settings.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    unknown = sorted(set(args.variants) - set(VARIANTS))
+    if unknown or "eager" not in args.variants:
+        raise ValueError(f"--variants must include eager and only name {', '.join(VARIANTS)}, got {args.variants}")
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    model = build_model(args.model, num_classes=args.num_classes).to(device)
+    images = torch.randn(args.batch_size, 3, args.input_size, args.input_size, device=device)
+    targets = torch.randint(args.num_classes, (args.batch_size,), device=device)
+    ids = torch.arange(args.batch_size, device=device) // args.reps
+    batches = [(images, targets, ids)] * args.steps
+
+    results = {}
+    for kind in ("train", "eval"):
+        candidates, first_call = {}, {}
+        for variant in args.variants:
+            options = {"channels_last": "channels-last" in variant, "compiled": "compile" in variant}
+            if kind == "train":
+                fn = make_step(model, args, args.classif_weight, batches, device, **options)
+            else:
+                fn = make_eval_step(model, images, args, **options)
+            first_call[variant] = first_call_seconds(fn, device)
+            candidates[variant] = fn
+        times = time_side_by_side(candidates, args.rounds, device=device, warmup=1)
+        results[kind] = {variant: median_ratio(values, times["eager"]) for variant, values in times.items()}
+        rows = [
+            [variant, f"{1000 * min(values) / args.steps:.1f}", f"{results[kind][variant]:.3f}", f"{first_call[variant]:.1f}"]
+            for variant, values in times.items()
+        ]
+        print(
+            f"{kind}: {args.model}, {args.batch_size} images of {args.input_size}x{args.input_size}, "
+            f"amp {'on' if args.amp else 'off'}, {args.rounds} rounds of {args.steps} steps, {describe_machine(device)}"
+        )
+        print(format_table(["variant", "ms/step (best round)", "time ratio to eager (median)", "first call s"], rows))
+    return results
+
+
+def get_args_parser(add_help=True):
+    parser = argparse.ArgumentParser(
+        description="Step time with --channels-last and --compile against the plain model",
+        add_help=add_help,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--threads", default=None, type=int, help="torch threads of this process (default: torch's choice)")
+    parser.add_argument("--paper", action="store_true", help=f"the paper's settings {PAPER_SETTINGS} instead of {CPU_SETTINGS}")
+    parser.add_argument("--model", default=None, help="torchvision model")
+    parser.add_argument("--input-size", default=None, type=int, help="side of the square input images")
+    parser.add_argument("-b", "--batch-size", default=None, type=int, help="images per step")
+    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="automatic mixed precision")
+    parser.add_argument("--amp-dtype", default="float16", choices=["float16", "bfloat16"], help="autocast dtype of --amp")
+    parser.add_argument("--variants", default=list(VARIANTS), nargs="+", help=f"what to time, among {', '.join(VARIANTS)} (eager is the reference)")
+    parser.add_argument("--reps", default=3, type=int, help="copies of each image in the batch (repeated augmentation)")
+    parser.add_argument("--classif-weight", default=0.5, type=float, help="λ of the training step")
+    parser.add_argument("--negative-sampling", default="reference", choices=NEGATIVE_SAMPLING_MODES, help="negative sampling mode")
+    parser.add_argument("--num-classes", default=1000, type=int, help="classifier outputs")
+    parser.add_argument("--steps", default=2, type=int, help="steps per timed round")
+    parser.add_argument("--rounds", default=5, type=int, help="timed rounds of each variant")
+    return parser
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())

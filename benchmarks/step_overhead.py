@@ -1,0 +1,129 @@
+"""Benchmark 1: a MultiGrain training step (λ = 0.5, repeated augmentation) against a classification-only
+step (λ = 1), same model, batch and input size.
+
+    python -m benchmarks.step_overhead                          # CPU: ResNet-18, 48 images of 64x64
+    python -m benchmarks.step_overhead --paper --device cuda    # ResNet-50, 64 images of 224x224, AMP
+
+Both steps are `train.train_one_epoch` on in-memory batches (no data loading), so everything a real
+step does is timed: forward, losses, backward, optimizer, the loss check and the logged metrics. The
+instance ids hold `--reps` copies of each image, as repeated augmentation gives them. Targets: ≤ 1.05×
+on the CPU, ≤ 1.02× on a GPU.
+"""
+import argparse
+import contextlib
+import copy
+import io
+
+import torch
+
+import train
+from benchmarks.timing import describe_machine, format_table, median_ratio, time_side_by_side, verdict
+from multigrain.distance_weighted_sampling import NEGATIVE_SAMPLING_MODES, DistanceWeightedSampler
+from multigrain.joint_loss import MultiGrainLoss
+from multigrain.margin_loss import MarginLoss
+from multigrain.model import build_model
+
+CPU_SETTINGS = {"model": "resnet18", "input_size": 64, "batch_size": 48, "amp": False}
+PAPER_SETTINGS = {"model": "resnet50", "input_size": 224, "batch_size": 64, "amp": True}
+
+
+def train_args(args, classif_weight):
+    """train.py's arguments for one of the two steps."""
+    flags = [
+        "--device", args.device, "-b", str(args.batch_size), "--classif-weight", str(classif_weight),
+        "--ra-reps", str(args.reps), "--lr", "0.001", "--print-freq", "1000000", "--output-dir", "",
+        "--amp-dtype", args.amp_dtype, "--negative-sampling", args.negative_sampling,
+    ]  # fmt: skip
+    if args.amp:
+        flags.append("--amp")
+    namespace = train.get_args_parser().parse_args(flags)
+    namespace.distributed = False
+    return namespace
+
+
+def make_step(model, args, classif_weight, batches, device, channels_last=False, compiled=False):
+    """A function running train_one_epoch over `batches` with a fresh copy of `model`, made channels-last
+    and compiled as train.py's --channels-last and --compile do."""
+    namespace = train_args(args, classif_weight)
+    model = copy.deepcopy(model)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    criterion = MultiGrainLoss(
+        classif_weight, DistanceWeightedSampler(mode=args.negative_sampling), MarginLoss()
+    ).to(device)
+    optimizer = train.build_optimizer(namespace, model, criterion)
+    scaler = torch.amp.GradScaler(device.type) if args.amp and args.amp_dtype == "float16" else None
+    if compiled:
+        model = torch.compile(model)
+
+    def run():
+        with contextlib.redirect_stdout(io.StringIO()):
+            train.train_one_epoch(model, criterion, optimizer, batches, device, 0, namespace, scaler)
+
+    return run
+
+
+def main(args):
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = PAPER_SETTINGS if args.paper else CPU_SETTINGS
+    for name, value in settings.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.batch_size < args.reps:
+        raise ValueError(f"--batch-size {args.batch_size} cannot hold the {args.reps} copies of an image (--reps)")
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    model = build_model(args.model, num_classes=args.num_classes).to(device)
+    images = torch.randn(args.batch_size, 3, args.input_size, args.input_size, device=device)
+    targets = torch.randint(args.num_classes, (args.batch_size,), device=device)
+    ids = torch.arange(args.batch_size, device=device) // args.reps
+    batches = [(images, targets, ids)] * args.steps
+
+    candidates = {
+        "classification only (λ=1)": make_step(model, args, 1.0, batches, device),
+        f"MultiGrain (λ={args.classif_weight}, reps={args.reps})": make_step(
+            model, args, args.classif_weight, batches, device
+        ),
+    }
+    times = time_side_by_side(candidates, args.rounds, device=device)
+    (base_name, base), (name, multigrain) = times.items()
+    ratio = median_ratio(multigrain, base)
+    target = 1.02 if device.type == "cuda" else 1.05
+    rows = [
+        [base_name, f"{1000 * min(base) / args.steps:.1f}", "1.000", "", ""],
+        [name, f"{1000 * min(multigrain) / args.steps:.1f}", f"{ratio:.3f}", f"≤ {target}", verdict(ratio, target, True)],
+    ]
+    print(
+        f"Step overhead: {args.model}, {args.batch_size} images of {args.input_size}x{args.input_size}, "
+        f"amp {'on' if args.amp else 'off'}, {args.rounds} rounds of {args.steps} steps, {describe_machine(device)}"
+    )
+    print(format_table(["step", "ms/step (best round)", "ratio (median)", "target", "status"], rows))
+    return {"ratio": ratio, "target": target, "times": times}
+
+
+def get_args_parser(add_help=True):
+    parser = argparse.ArgumentParser(
+        description="Training step time, MultiGrain against classification only",
+        add_help=add_help,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--threads", default=None, type=int, help="torch threads of this process (default: torch's choice)")
+    parser.add_argument("--paper", action="store_true", help=f"the paper's settings {PAPER_SETTINGS} instead of {CPU_SETTINGS}")
+    parser.add_argument("--model", default=None, help="torchvision model")
+    parser.add_argument("--input-size", default=None, type=int, help="side of the square input images")
+    parser.add_argument("-b", "--batch-size", default=None, type=int, help="images per step")
+    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="automatic mixed precision")
+    parser.add_argument("--amp-dtype", default="float16", choices=["float16", "bfloat16"], help="autocast dtype of --amp")
+    parser.add_argument("--reps", default=3, type=int, help="copies of each image in the batch (repeated augmentation)")
+    parser.add_argument("--classif-weight", default=0.5, type=float, help="λ of the MultiGrain step")
+    parser.add_argument("--negative-sampling", default="reference", choices=NEGATIVE_SAMPLING_MODES, help="negative sampling mode")
+    parser.add_argument("--num-classes", default=1000, type=int, help="classifier outputs")
+    parser.add_argument("--steps", default=2, type=int, help="training steps per timed round")
+    parser.add_argument("--rounds", default=9, type=int, help="timed rounds of each step")
+    return parser
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())

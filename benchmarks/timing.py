@@ -1,0 +1,67 @@
+"""Side-by-side timing and the tables the benchmarks print.
+
+Absolute times drift on a shared machine, so the alternatives of a benchmark run in interleaved
+rounds (A B, B A, A B, ...) and a ratio is the median over the rounds of the ratio within a round.
+"""
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+
+def synchronize(device) -> None:
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_side_by_side(
+    candidates: dict[str, Callable[[], object]], rounds: int, device="cpu", warmup: int = 1
+) -> dict[str, list[float]]:
+    """Seconds taken by each call of each candidate, `rounds` calls each, interleaved.
+
+    Every candidate is first called `warmup` times untimed. The order alternates between rounds so
+    that neither candidate always runs right after the other. The device is synchronised around each
+    timed call.
+    """
+    if rounds < 1:
+        raise ValueError(f"rounds must be at least 1, got {rounds}")
+    for fn in candidates.values():
+        for _ in range(warmup):
+            fn()
+    names = list(candidates)
+    times = {name: [] for name in names}
+    for round_index in range(rounds):
+        for name in names if round_index % 2 == 0 else names[::-1]:
+            synchronize(device)
+            start = time.perf_counter()
+            candidates[name]()
+            synchronize(device)
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def median_ratio(numerator: list[float], denominator: list[float]) -> float:
+    """Median over rounds of numerator[i] / denominator[i]."""
+    return statistics.median(a / b for a, b in zip(numerator, denominator))
+
+
+def format_table(header: list[str], rows: list[list]) -> str:
+    cells = [[str(cell) for cell in row] for row in [header, *rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def verdict(value: float, target: float, at_most: bool) -> str:
+    met = value <= target if at_most else value >= target
+    return "met" if met else "missed"
+
+
+def describe_machine(device) -> str:
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+    return f"CPU, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
