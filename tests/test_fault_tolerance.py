@@ -55,7 +55,9 @@ def test_killed_worker_restarts_and_the_run_finishes_with_a_continuous_log(data,
         "train.py", "--data-path", str(data), "--output-dir", str(out), *SMALL, "-b", "3", "--epochs", "4",
         "--lr", "0.01", "--epoch-len-factor", "6",
     ]  # fmt: skip
-    torchrun = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    torchrun = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     try:
         deadline = time.time() + 240
         while not (out / "log.jsonl").exists() or not read_log(out):
@@ -68,7 +70,7 @@ def test_killed_worker_restarts_and_the_run_finishes_with_a_continuous_log(data,
         output, _ = torchrun.communicate(timeout=300)
     finally:
         if torchrun.poll() is None:
-            torchrun.kill()
+            os.killpg(torchrun.pid, signal.SIGKILL)  # torchrun and its workers
     assert torchrun.returncode == 0, output[-4000:]
     assert "Resuming from" in output
     assert [record["epoch"] for record in read_log(out)] == [0, 1, 2, 3]
