@@ -150,14 +150,20 @@ def render_image(class_id: int, rng: np.random.Generator, size=64) -> Image.Imag
     return Image.fromarray(np.clip(pixels * 255 + 0.5, 0, 255).astype(np.uint8), mode="RGB")
 
 
-def make_variant(image: Image.Image, rng: np.random.Generator, strength: float, rotate: bool = False) -> Image.Image:
+def make_variant(
+    image: Image.Image, rng: np.random.Generator, strength: float, rotate: bool = False, mirror: bool = False
+) -> Image.Image:
     """An attacked copy of `image` of the same size: crop, rescale, colour change and JPEG re-encoding.
 
-    `strength` in [0, 1] scales every attack; `rotate` adds a rotation of up to 25 * strength degrees.
+    `strength` in [0, 1] scales every attack; `rotate` adds a rotation of up to 25 * strength degrees;
+    `mirror` flips the image left-right first, a common copy attack that untrained features do not see
+    through (learned features do, from the flips of the training augmentation).
     """
     if not 0 <= strength <= 1:
         raise ValueError(f"strength must be in [0, 1], got {strength}")
     width, height = image.size
+    if mirror:
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     if rotate:
         image = image.rotate(rng.uniform(-25, 25) * strength, resample=Image.Resampling.BICUBIC)
 
@@ -229,7 +235,7 @@ def make_holidays(root, num_groups=20, images_per_group=3, image_size=(96, 72), 
         names = [f"{1000 + group:04d}{index:02d}.jpg" for index in range(group_size)]
         upright_images[names[0]] = scene
         for name in names[1:]:
-            upright_images[name] = make_variant(scene, rng, strength=0.5, rotate=True)
+            upright_images[name] = make_variant(scene, rng, strength=0.5, rotate=True, mirror=rng.random() < 0.5)
         groups.append(names)
 
     all_names = [name for names in groups for name in names]
@@ -261,7 +267,8 @@ def make_ukbench(root, num_groups=25, image_size=(80, 60), seed=0):
         instance = render_image(int(rng.integers(MAX_CLASSES)), rng, size)
         for view in range(4):
             name = f"ukbench{4 * group + view:05d}.jpg"
-            _save_jpeg(make_variant(instance, rng, strength=0.35, rotate=True), root / "full" / name)
+            variant = make_variant(instance, rng, strength=0.35, rotate=True, mirror=rng.random() < 0.5)
+            _save_jpeg(variant, root / "full" / name)
             names.append(name)
     return names
 
@@ -286,7 +293,8 @@ def make_copydays(root, num_originals=12, num_distractors=40, image_size=(96, 72
         originals.append(original_name)
         for attack in range(1, rng.integers(1, 4) + 1):
             query_name = f"{2000 + index:04d}{attack:02d}.jpg"
-            _save_jpeg(make_variant(original, rng, strength=1.0, rotate=True), root / "strong" / query_name)
+            attacked = make_variant(original, rng, strength=1.0, rotate=True, mirror=rng.random() < 0.5)
+            _save_jpeg(attacked, root / "strong" / query_name)
             queries[query_name] = original_name
 
     distractors = []
