@@ -15,7 +15,7 @@ import time
 import torch
 
 from benchmarks.step_overhead import CPU_SETTINGS, PAPER_SETTINGS, make_step
-from benchmarks.timing import describe_machine, format_table, median_ratio, synchronize, time_side_by_side
+from benchmarks.timing import apply_settings, describe_machine, format_table, median_ratio, synchronize, time_side_by_side
 from multigrain.distance_weighted_sampling import NEGATIVE_SAMPLING_MODES
 from multigrain.model import build_model
 
@@ -49,10 +49,7 @@ def first_call_seconds(fn, device):
 def main(args):
     if args.threads:
         torch.set_num_threads(args.threads)
-    settings = PAPER_SETTINGS if args.paper else CPU_SETTINGS
-    for name, value in settings.items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
+    apply_settings(args, CPU_SETTINGS, PAPER_SETTINGS)
     unknown = sorted(set(args.variants) - set(VARIANTS))
     if unknown or "eager" not in args.variants:
         raise ValueError(f"--variants must include eager and only name {', '.join(VARIANTS)}, got {args.variants}")

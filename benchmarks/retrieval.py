@@ -18,7 +18,7 @@ import torch
 from torch.nn import functional as F
 
 import presets
-from benchmarks.timing import describe_machine, format_table, median_ratio, synchronize, time_side_by_side, verdict
+from benchmarks.timing import apply_settings, describe_machine, format_table, median_ratio, synchronize, time_side_by_side, verdict
 from multigrain.extraction import extract_descriptors
 from multigrain.model import build_model
 from multigrain.nn_search import knn
@@ -127,10 +127,7 @@ def benchmark_search(args, device):
 def main(args):
     if args.threads:
         torch.set_num_threads(args.threads)
-    settings = PAPER_SETTINGS if args.paper else CPU_SETTINGS
-    for name, value in settings.items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
+    apply_settings(args, CPU_SETTINGS, PAPER_SETTINGS)
     if args.batch_size < 2:
         raise ValueError(f"--batch-size must be at least 2 to compare with one image at a time, got {args.batch_size}")
     device = torch.device(args.device)

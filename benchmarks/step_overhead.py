@@ -17,7 +17,7 @@ import io
 import torch
 
 import train
-from benchmarks.timing import describe_machine, format_table, median_ratio, time_side_by_side, verdict
+from benchmarks.timing import apply_settings, describe_machine, format_table, median_ratio, time_side_by_side, verdict
 from multigrain.distance_weighted_sampling import NEGATIVE_SAMPLING_MODES, DistanceWeightedSampler
 from multigrain.joint_loss import MultiGrainLoss
 from multigrain.margin_loss import MarginLoss
@@ -66,10 +66,7 @@ def make_step(model, args, classif_weight, batches, device, channels_last=False,
 def main(args):
     if args.threads:
         torch.set_num_threads(args.threads)
-    settings = PAPER_SETTINGS if args.paper else CPU_SETTINGS
-    for name, value in settings.items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
+    apply_settings(args, CPU_SETTINGS, PAPER_SETTINGS)
     if args.batch_size < args.reps:
         raise ValueError(f"--batch-size {args.batch_size} cannot hold the {args.reps} copies of an image (--reps)")
     device = torch.device(args.device)

@@ -10,6 +10,13 @@ from typing import Callable
 import torch
 
 
+def apply_settings(args, cpu_settings: dict, paper_settings: dict) -> None:
+    """Fills the flags left at None with the paper's settings (--paper) or the small CPU ones."""
+    for name, value in (paper_settings if args.paper else cpu_settings).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+
+
 def synchronize(device) -> None:
     device = torch.device(device)
     if device.type == "cuda":
