@@ -7,6 +7,11 @@ deterministically from --seed, so the demo and the tests go through the real ima
 Each class is a hue family combined with a texture spread over the whole picture, so that the class
 survives a RandomResizedCrop of 8% of the area and colour jitter. Each image is its own instance: a
 random texture phase, shades, illumination and a random set of coloured shapes.
+
+The retrieval layouts draw their pictures from classes 0 .. --num-classes - 1 (default 10, the classes
+of the default ImageFolder), as the scenes of the real benchmarks fall in ImageNet's classes: a model
+trained on the synthetic ImageFolder then has seen their kind of picture, and distractors share
+classes with the queries.
 """
 
 import argparse
@@ -157,7 +162,9 @@ def make_variant(
 
     `strength` in [0, 1] scales every attack; `rotate` adds a rotation of up to 25 * strength degrees;
     `mirror` flips the image left-right first, a common copy attack that untrained features do not see
-    through (learned features do, from the flips of the training augmentation).
+    through (learned features do, from the flips of the training augmentation). Colour changes stay
+    within 15%: brightness, contrast and saturation carry the class and the instance in these
+    pictures, and a trained network is more sensitive to them than an untrained one.
     """
     if not 0 <= strength <= 1:
         raise ValueError(f"strength must be in [0, 1], got {strength}")
@@ -181,7 +188,7 @@ def make_variant(
     image = image.resize(low_resolution, Image.Resampling.BILINEAR).resize((width, height), Image.Resampling.BICUBIC)
 
     for enhancer in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
-        image = enhancer(image).enhance(1 + rng.uniform(-0.35, 0.35) * strength)
+        image = enhancer(image).enhance(1 + rng.uniform(-0.15, 0.15) * strength)
 
     quality = round(95 - 70 * strength * rng.uniform(0.5, 1))
     buffer = io.BytesIO()
@@ -210,7 +217,9 @@ def make_imagefolder(root, num_classes=10, train_per_class=40, val_per_class=10,
     return written
 
 
-def make_holidays(root, num_groups=20, images_per_group=3, image_size=(96, 72), rotated_fraction=0.25, seed=0):
+def make_holidays(
+    root, num_groups=20, images_per_group=3, image_size=(96, 72), rotated_fraction=0.25, num_classes=10, seed=0
+):
     """INRIA Holidays layout: root/jpg/NNNNXX.jpg and root/rotations.txt.
 
     Group NNNN (from 1000) is one scene: XX=00 is the query, XX=01.. are variants of it. Group sizes are
@@ -221,6 +230,7 @@ def make_holidays(root, num_groups=20, images_per_group=3, image_size=(96, 72), 
     """
     _check_range(num_groups, 1, 9000, "--num-groups")
     _check_range(images_per_group, 2, 100, "--images-per-group")
+    _check_range(num_classes, 1, MAX_CLASSES, "--num-classes")
     if not 0 <= rotated_fraction <= 1:
         raise ValueError(f"--rotated-fraction must be in [0, 1], got {rotated_fraction}")
     size = _as_size(image_size)
@@ -231,7 +241,7 @@ def make_holidays(root, num_groups=20, images_per_group=3, image_size=(96, 72), 
 
     groups, upright_images = [], {}
     for group, group_size in enumerate(group_sizes):
-        scene = render_image(int(rng.integers(MAX_CLASSES)), rng, _random_orientation(size, rng))
+        scene = render_image(int(rng.integers(num_classes)), rng, _random_orientation(size, rng))
         names = [f"{1000 + group:04d}{index:02d}.jpg" for index in range(group_size)]
         upright_images[names[0]] = scene
         for name in names[1:]:
@@ -253,18 +263,19 @@ def make_holidays(root, num_groups=20, images_per_group=3, image_size=(96, 72), 
     return {"groups": groups, "rotations": rotations}
 
 
-def make_ukbench(root, num_groups=25, image_size=(80, 60), seed=0):
+def make_ukbench(root, num_groups=25, image_size=(80, 60), num_classes=10, seed=0):
     """UKBench layout: root/full/ukbenchNNNNN.jpg, 4 consecutive images per object, all the same size.
 
     Returns the file names in order.
     """
     _check_range(num_groups, 1, 25000, "--num-groups")
+    _check_range(num_classes, 1, MAX_CLASSES, "--num-classes")
     size = _as_size(image_size)
     root = _prepare_output(root)
     rng = _layout_rng(seed, "ukbench")
     names = []
     for group in range(num_groups):
-        instance = render_image(int(rng.integers(MAX_CLASSES)), rng, size)
+        instance = render_image(int(rng.integers(num_classes)), rng, size)
         for view in range(4):
             name = f"ukbench{4 * group + view:05d}.jpg"
             variant = make_variant(instance, rng, strength=0.35, rotate=True, mirror=rng.random() < 0.5)
@@ -273,7 +284,7 @@ def make_ukbench(root, num_groups=25, image_size=(80, 60), seed=0):
     return names
 
 
-def make_copydays(root, num_originals=12, num_distractors=40, image_size=(96, 72), seed=0):
+def make_copydays(root, num_originals=12, num_distractors=40, image_size=(96, 72), num_classes=10, seed=0):
     """Copydays (CD10k) layout: root/original/NNNN00.jpg, root/strong/NNNNXX.jpg, root/distractors/*.jpg.
 
     Each original (NNNN from 2000) has 1 to 3 strongly attacked copies in strong/ sharing its first 4
@@ -282,12 +293,13 @@ def make_copydays(root, num_originals=12, num_distractors=40, image_size=(96, 72
     """
     _check_range(num_originals, 1, 8000, "--num-originals")
     _check_range(num_distractors, 0, 10**6, "--num-distractors")
+    _check_range(num_classes, 1, MAX_CLASSES, "--num-classes")
     size = _as_size(image_size)
     root = _prepare_output(root)
     rng = _layout_rng(seed, "copydays")
     originals, queries = [], {}
     for index in range(num_originals):
-        original = render_image(int(rng.integers(MAX_CLASSES)), rng, _random_orientation(size, rng))
+        original = render_image(int(rng.integers(num_classes)), rng, _random_orientation(size, rng))
         original_name = f"{2000 + index:04d}00.jpg"
         _save_jpeg(original, root / "original" / original_name)
         originals.append(original_name)
@@ -300,7 +312,8 @@ def make_copydays(root, num_originals=12, num_distractors=40, image_size=(96, 72
     distractors = []
     for index in range(num_distractors):
         relative = f"distractors/distractor_{index:06d}.jpg"
-        _save_jpeg(render_image(int(rng.integers(MAX_CLASSES)), rng, _random_orientation(size, rng)), root / relative)
+        distractor = render_image(int(rng.integers(num_classes)), rng, _random_orientation(size, rng))
+        _save_jpeg(distractor, root / relative)
         distractors.append(relative)
     (root / "distractors.txt").write_text("".join(f"{relative}\n" for relative in distractors))
     return {"originals": originals, "queries": queries, "distractors": distractors}
@@ -318,7 +331,9 @@ def _paste_instance(instance, size, box_fraction, rng, background_class):
     return picture, [float(left), float(top), float(left + box_width), float(top + box_height)]
 
 
-def make_revisitop(root, name="roxford5k", num_queries=5, num_database=40, image_size=(96, 72), seed=0):
+def make_revisitop(
+    root, name="roxford5k", num_queries=5, num_database=40, image_size=(96, 72), num_classes=10, seed=0
+):
     """Revisited Oxford / Paris layout: root/<name>/jpg/*.jpg and root/<name>/gnd_<name>.pkl.
 
     Each query shows an instance inside clutter (its box is `bbx`). The database holds 2 easy (mild
@@ -328,6 +343,8 @@ def make_revisitop(root, name="roxford5k", num_queries=5, num_database=40, image
     if name not in REVISITOP_PREFIXES:
         raise ValueError(f"--name must be one of {sorted(REVISITOP_PREFIXES)}, got {name!r}")
     _check_range(num_queries, 1, 1000, "--num-queries")
+    # A query's instance and its clutter come from two different classes.
+    _check_range(num_classes, 2, MAX_CLASSES, "--num-classes")
     if num_database < 5 * num_queries:
         raise ValueError(f"--num-database must be at least 5 x --num-queries = {5 * num_queries}, got {num_database}")
     size = _as_size(image_size)
@@ -342,7 +359,7 @@ def make_revisitop(root, name="roxford5k", num_queries=5, num_database=40, image
     database_images = [None] * num_database
     qimlist, gnd = [], []
     for query in range(num_queries):
-        instance_class, background_class = rng.choice(MAX_CLASSES, size=2, replace=False)
+        instance_class, background_class = rng.choice(num_classes, size=2, replace=False)
         box_fraction = rng.uniform(0.55, 0.7)
         instance_size = (round(size[0] * box_fraction), round(size[1] * box_fraction))
         instance = render_image(int(instance_class), rng, instance_size)
@@ -354,9 +371,9 @@ def make_revisitop(root, name="roxford5k", num_queries=5, num_database=40, image
         ground_truth = {"bbx": bbx, "easy": [], "hard": [], "junk": []}
         for slot, (kind, strength, fraction) in enumerate(relevant_kinds):
             database_index = int(database_order[5 * query + slot])
-            variant = make_variant(instance, rng, strength, rotate=kind != "easy")
+            variant = make_variant(instance, rng, strength, rotate=kind != "easy", mirror=rng.random() < 0.5)
             database_images[database_index], _ = _paste_instance(
-                variant, size, fraction, rng, int(rng.integers(MAX_CLASSES))
+                variant, size, fraction, rng, int(rng.integers(num_classes))
             )
             ground_truth[kind].append(database_index)
         for kind in ("easy", "hard", "junk"):
@@ -367,7 +384,7 @@ def make_revisitop(root, name="roxford5k", num_queries=5, num_database=40, image
     for index, image_name in enumerate(imlist):
         image = database_images[index]
         if image is None:
-            image = render_image(int(rng.integers(MAX_CLASSES)), rng, size)
+            image = render_image(int(rng.integers(num_classes)), rng, size)
         _save_jpeg(image, root / "jpg" / f"{image_name}.jpg")
 
     ground_truth_file = {"imlist": imlist, "qimlist": qimlist, "gnd": gnd}
@@ -407,22 +424,31 @@ def get_args_parser(add_help=True):
     imagefolder.add_argument("--val-per-class", default=10, type=int, help="validation images per class")
     imagefolder.add_argument("--image-size", default="64", type=parse_size, help="side, or WIDTHxHEIGHT")
 
+    def add_num_classes(subparser, low=1):
+        subparser.add_argument(
+            "--num-classes", default=10, type=int, help=f"pictures come from classes 0 .. N-1 ({low} <= N <= {MAX_CLASSES})"
+        )
+
     holidays = add_layout("holidays", "INRIA Holidays: OUTPUT/jpg/NNNNXX.jpg and OUTPUT/rotations.txt")
+    add_num_classes(holidays)
     holidays.add_argument("--num-groups", default=20, type=int, help="number of scenes (queries)")
     holidays.add_argument("--images-per-group", default=3, type=int, help="largest group size, query included")
     holidays.add_argument("--image-size", default="96x72", type=parse_size, help="side, or WIDTHxHEIGHT")
     holidays.add_argument("--rotated-fraction", default=0.25, type=float, help="fraction of files stored rotated")
 
     ukbench = add_layout("ukbench", "UKBench: OUTPUT/full/ukbenchNNNNN.jpg, groups of 4")
+    add_num_classes(ukbench)
     ukbench.add_argument("--num-groups", default=25, type=int, help="number of objects (4 images each)")
     ukbench.add_argument("--image-size", default="80x60", type=parse_size, help="side, or WIDTHxHEIGHT")
 
     copydays = add_layout("copydays", "Copydays: OUTPUT/{original,strong,distractors}/*.jpg, distractors.txt")
+    add_num_classes(copydays)
     copydays.add_argument("--num-originals", default=12, type=int, help="number of original images")
     copydays.add_argument("--num-distractors", default=40, type=int, help="number of distractor images")
     copydays.add_argument("--image-size", default="96x72", type=parse_size, help="side, or WIDTHxHEIGHT")
 
     revisitop = add_layout("revisitop", "ROxford5k / RParis6k: OUTPUT/NAME/jpg/*.jpg and gnd_NAME.pkl")
+    add_num_classes(revisitop, low=2)
     revisitop.add_argument("--name", default="roxford5k", choices=sorted(REVISITOP_PREFIXES), help="benchmark")
     revisitop.add_argument("--num-queries", default=5, type=int, help="number of queries")
     revisitop.add_argument("--num-database", default=40, type=int, help="database size (at least 5 per query)")
@@ -440,21 +466,24 @@ def main(args):
         summary = f"{len(written['train'])} training and {len(written['val'])} validation images"
     elif args.layout == "holidays":
         written = make_holidays(
-            args.output, args.num_groups, args.images_per_group, args.image_size, args.rotated_fraction, args.seed
+            args.output, args.num_groups, args.images_per_group, args.image_size, args.rotated_fraction,
+            args.num_classes, args.seed,
         )
         summary = f"{sum(len(group) for group in written['groups'])} images in {len(written['groups'])} groups"
     elif args.layout == "ukbench":
-        written = make_ukbench(args.output, args.num_groups, args.image_size, args.seed)
+        written = make_ukbench(args.output, args.num_groups, args.image_size, args.num_classes, args.seed)
         summary = f"{len(written)} images"
     elif args.layout == "copydays":
-        written = make_copydays(args.output, args.num_originals, args.num_distractors, args.image_size, args.seed)
+        written = make_copydays(
+            args.output, args.num_originals, args.num_distractors, args.image_size, args.num_classes, args.seed
+        )
         summary = (
             f"{len(written['originals'])} originals, {len(written['queries'])} strong queries, "
             f"{len(written['distractors'])} distractors"
         )
     elif args.layout == "revisitop":
         written = make_revisitop(
-            args.output, args.name, args.num_queries, args.num_database, args.image_size, args.seed
+            args.output, args.name, args.num_queries, args.num_database, args.image_size, args.num_classes, args.seed
         )
         summary = f"{args.name}: {len(written['qimlist'])} queries, {len(written['imlist'])} database images"
     else:
@@ -464,5 +493,9 @@ def main(args):
 
 
 if __name__ == "__main__":
-    args = get_args_parser().parse_args()
-    main(args)
+    parser = get_args_parser()
+    args = parser.parse_args()
+    try:
+        main(args)
+    except ValueError as error:
+        parser.error(str(error))

@@ -15,18 +15,20 @@ TrainedCheckpoint = namedtuple("TrainedCheckpoint", ["path", "data_path", "val_a
 @pytest.fixture(scope="session")
 def trained_checkpoint(tmp_path_factory):
     """A resnet18 trained once per test session by `python train.py` (λ = 0.5, repeated augmentation)
-    on a synthetic ImageFolder of 5 classes x 30 images of 48 px, in about 10 s on 2 CPU cores.
+    on a synthetic ImageFolder of 10 classes x 40 images of 64 px, in about 35 s on 2 CPU cores: the
+    smallest run found whose descriptors beat an untrained network's on the synthetic retrieval
+    benchmarks by a wide margin, whatever the training seed.
 
     Gives the checkpoint path, the ImageFolder root (train/ and val/) and the final validation top-1.
     """
     root = tmp_path_factory.mktemp("trained_checkpoint")
     data_path, output_dir = root / "data", root / "train"
-    make_imagefolder(data_path, num_classes=5, train_per_class=30, val_per_class=10, image_size=48, seed=0)
+    make_imagefolder(data_path, num_classes=10, train_per_class=40, val_per_class=10, image_size=64, seed=0)
     command = [
         sys.executable, "train.py", "--data-path", str(data_path), "--output-dir", str(output_dir),
-        "--model", "resnet18", "--device", "cpu", "-j", "0", "--print-freq", "1000", "-b", "32", "--epochs", "4",
-        "--lr", "0.01", "--lr-scheduler", "cosineannealinglr", "--train-crop-size", "48", "--val-resize-size", "54",
-        "--val-crop-size", "48",
+        "--model", "resnet18", "--device", "cpu", "-j", "0", "--print-freq", "1000", "-b", "64", "--epochs", "6",
+        "--lr", "0.04", "--lr-scheduler", "cosineannealinglr", "--lr-warmup-epochs", "1", "--lr-warmup-decay", "0.1",
+        "--train-crop-size", "64", "--val-resize-size", "73", "--val-crop-size", "64",
     ]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=ROOT)
     run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)

@@ -17,7 +17,7 @@ from multigrain.retrieval_datasets import ImageList
 from multigrain.retrieval_metrics import copydays_map, holidays_map, revisitop_map, ukbench_score
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-INPUT_SIZE = 48
+INPUT_SIZE = 64
 BENCHMARKS = ("holidays", "ukbench", "copydays", "roxford5k", "rparis6k")
 
 
@@ -63,7 +63,7 @@ def benchmark_flags(root):
 @pytest.fixture(scope="module")
 def untrained_checkpoint(tmp_path_factory):
     torch.manual_seed(0)
-    model = build_model("resnet18", num_classes=5)
+    model = build_model("resnet18", num_classes=10)
     path = tmp_path_factory.mktemp("untrained") / "checkpoint.pth"
     torch.save({"model": model.state_dict(), "args": {"model": "resnet18"}}, path)
     return path
@@ -160,15 +160,15 @@ def test_trained_model_beats_untrained_on_imagenet_val(evaluations):
     # The trained checkpoint's classification comes through evaluate.py's loading and center crop.
     assert trained["imagenet-val"]["acc1"] >= 80.0
     assert trained["imagenet-val"]["acc1"] >= untrained["imagenet-val"]["acc1"] + 40.0
-    assert trained["imagenet-val"]["acc5"] == 100.0  # 5 classes
+    assert trained["imagenet-val"]["acc5"] >= 90.0
     assert "whitening no" in evaluations["trained"]["stdout"] and "p=3" in evaluations["trained"]["stdout"]
 
 
 def test_classification_without_crop(trained_checkpoint, evaluations, tmp_path):
-    argv = ["--resume", str(trained_checkpoint.path), "--device", "cpu", "-j", "0", "--input-size", "48", "--input-crop",
+    argv = ["--resume", str(trained_checkpoint.path), "--device", "cpu", "-j", "0", "--input-size", "64", "--input-crop",
             "none", "--dataset", "imagenet-val", "--imagenet-path", str(trained_checkpoint.data_path), "--output-dir", str(tmp_path)]  # fmt: skip
     results = evaluate.main(evaluate.get_args_parser().parse_args(argv))
-    # The synthetic images are square: largest side 48 equals the training view, without the 54 -> 48 crop.
+    # The synthetic images are square: largest side 64 equals the training view, without the 73 -> 64 crop.
     assert results["imagenet-val"]["acc1"] >= 80.0
     assert results["imagenet-val"]["acc1"] >= evaluations["untrained"]["metrics"]["imagenet-val"]["acc1"] + 40.0
 
@@ -176,7 +176,7 @@ def test_classification_without_crop(trained_checkpoint, evaluations, tmp_path):
 @pytest.mark.parametrize("model", ["trained", "untrained"])
 def test_retrieval_scores_are_far_above_chance(evaluations, bench, model):
     """Holidays, UKBench and Copydays far above the scores of shuffled descriptors. (The synthetic
-    revisitop images, small at 48 px, come out too close to chance for such a check.)"""
+    revisitop images, small at 64 px, come out too close to chance for such a check.)"""
     _, written = bench
     metrics = evaluations[model]["metrics"]
     assert set(metrics) == {"imagenet-val", *BENCHMARKS}
@@ -191,6 +191,35 @@ def test_retrieval_scores_are_far_above_chance(evaluations, bench, model):
             assert metrics[name][metric] > chance + 2.0, (name, metrics[name], chance)  # at most 4
         else:
             assert metrics[name][metric] > 3 * chance + 20.0, (name, metrics[name], chance)
+
+
+@pytest.fixture(scope="module")
+def quality_bench(tmp_path_factory):
+    """Holidays, UKBench and Copydays at the generator's default image sizes, with 2 to 4 times the default
+    numbers of images: on 20 groups the scores swing by 10 points from one generator seed to the next."""
+    root = tmp_path_factory.mktemp("quality_bench")
+    synthetic_data.make_holidays(root / "holidays", num_groups=80)
+    synthetic_data.make_ukbench(root / "ukbench", num_groups=50)
+    synthetic_data.make_copydays(root / "copydays", num_originals=48, num_distractors=160)
+    return root
+
+
+def test_trained_model_beats_untrained_on_retrieval(quality_bench, trained_checkpoint, untrained_checkpoint, tmp_path):
+    """The trained model's descriptors retrieve clearly better than an untrained network's. Measured with
+    3 training seeds x 3 untrained networks x 2 benchmark seeds, the smallest gains were 8.9 mAP (Holidays),
+    0.41 N-S (UKBench) and 9.4 mAP (Copydays); the thresholds are about half of that. (The synthetic
+    revisitop layouts put small instances in clutter; there both models stay near 15 M mAP.)"""
+    flags = ["--device", "cpu", "-j", "0", "--input-size", "96", "--dataset", "holidays", "ukbench", "copydays",
+             *benchmark_flags(quality_bench)]  # fmt: skip
+    flags[flags.index("--num-distractors") + 1] = "160"
+    scores = {}
+    for name, checkpoint in (("trained", trained_checkpoint.path), ("untrained", untrained_checkpoint)):
+        argv = ["--resume", str(checkpoint), *flags, "--output-dir", str(tmp_path / name)]
+        scores[name] = evaluate.main(evaluate.get_args_parser().parse_args(argv))
+    trained, untrained = scores["trained"], scores["untrained"]
+    assert trained["holidays"]["mAP"] >= untrained["holidays"]["mAP"] + 5.0, scores
+    assert trained["ukbench"]["N-S"] >= untrained["ukbench"]["N-S"] + 0.2, scores
+    assert trained["copydays"]["mAP"] >= untrained["copydays"]["mAP"] + 5.0, scores
 
 
 def test_saved_descriptors_and_scores_match_an_independent_computation(evaluations, bench, trained_checkpoint):
