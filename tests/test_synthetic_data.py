@@ -281,3 +281,33 @@ def test_command_line(tmp_path):
 
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     assert result.returncode != 0 and "not empty" in result.stderr
+
+
+def dominant_hue(path):
+    """Circular mean of the hue in [0, 1), weighted by saturation."""
+    hsv = np.asarray(Image.open(path).convert("HSV"), dtype=np.float64) / 255
+    angle = 2 * np.pi * hsv[..., 0]
+    weight = hsv[..., 1]
+    mean = np.arctan2((weight * np.sin(angle)).sum(), (weight * np.cos(angle)).sum())
+    return (mean / (2 * np.pi)) % 1.0
+
+
+def test_retrieval_pictures_come_from_the_first_num_classes(tmp_path):
+    # Class 0 is the red hue family: with one class every picture is red, with all 72 many are not.
+    distance_to_red = {}
+    for num_classes in (1, synthetic_data.MAX_CLASSES):
+        root = tmp_path / str(num_classes)
+        written = synthetic_data.make_copydays(root, num_originals=6, num_distractors=6, num_classes=num_classes)
+        paths = [root / "original" / name for name in written["originals"]] + [root / rel for rel in written["distractors"]]
+        distance_to_red[num_classes] = [min(hue, 1 - hue) for hue in map(dominant_hue, paths)]
+    assert max(distance_to_red[1]) < 0.06, distance_to_red[1]
+    assert max(distance_to_red[synthetic_data.MAX_CLASSES]) > 0.15, distance_to_red[synthetic_data.MAX_CLASSES]
+
+
+def test_command_line_refuses_a_bad_class_count(tmp_path):
+    output = tmp_path / "revisitop"
+    command = [sys.executable, "synthetic_data.py", "revisitop", "--output", str(output), "--num-classes", "1"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "--num-classes must be between 2 and 72, got 1" in result.stderr and "Traceback" not in result.stderr
+    assert not output.exists()
