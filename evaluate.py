@@ -26,7 +26,8 @@ from multigrain.checkpoint import load_model
 from multigrain.extraction import extract_descriptors
 from multigrain.image_io import load_rgb
 from multigrain.model import l2n
-from multigrain.nn_search import knn
+from multigrain.nn_search import knn, ranking_positions
+from multigrain.retrieval_metrics import KnownPositions
 
 RETRIEVAL_DATASETS = ("holidays", "ukbench", "copydays", *retrieval_datasets.REVISITOP_BENCHMARKS)
 DATASETS = ("imagenet-val", *RETRIEVAL_DATASETS)
@@ -182,12 +183,17 @@ def evaluate_retrieval(name, model, device, args):
         queries = features[f"{name}_queries"]
     else:
         queries = database[benchmark.query_indices]
-    num_neighbors = benchmark.num_neighbors or len(database)
+    if benchmark.items is not None:
+        positions = ranking_positions(
+            torch.from_numpy(queries).to(device), torch.from_numpy(database), benchmark.items, args.chunk_size
+        )
+        rankings = [KnownPositions(zip(items.tolist(), p.tolist())) for items, p in zip(benchmark.items, positions)]
+        return benchmark.score(rankings)
     search_device = torch.device("cpu") if args.search == "faiss" else device
     _, rankings = knn(
         torch.from_numpy(queries).to(search_device),
         torch.from_numpy(database),
-        num_neighbors,
+        benchmark.num_neighbors,
         chunk_size=args.chunk_size,
         use_faiss={"auto": None, "faiss": True, "torch": False}[args.search],
     )
@@ -293,8 +299,8 @@ def get_args_parser(add_help=True):
     parser.add_argument("--rparis6k-path", default=None, help="RParis6k folder with jpg/ and gnd_rparis6k.pkl")
     parser.add_argument("--save-features", default=None, help="write each retrieval benchmark's descriptors (NAME.npy, float32) and image names (NAME.txt) here; NAME_queries.* for separate queries")
     parser.add_argument("--load-features", default=None, help="evaluate descriptors written by --save-features instead of a model")
-    parser.add_argument("--search", default="auto", choices=["auto", "torch", "faiss"], help="exact nearest-neighbour search: auto uses faiss when installed and the search runs on the CPU")
-    parser.add_argument("--chunk-size", default=4096, type=int, help="queries and database rows scored at a time by the torch search")
+    parser.add_argument("--search", default="auto", choices=["auto", "torch", "faiss"], help="exact top-k search (UKBench's top 4): auto uses faiss when installed and the search runs on the CPU")
+    parser.add_argument("--chunk-size", default=4096, type=int, help="queries and database rows scored at a time by the torch search and the AP benchmarks' ranking positions")
     parser.add_argument("--device", default="cuda", help="cuda or cpu")
     parser.add_argument("-b", "--batch-size", default=32, type=int, help="images of identical size run as one batch, per process")
     parser.add_argument("-j", "--workers", default=8, type=int, help="data loading workers per process")

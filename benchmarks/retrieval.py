@@ -7,7 +7,10 @@ Extraction: UKBench-like images (all 640x480) through `multigrain.extraction.ext
 images of identical size batched by `-b` against one image at a time (`-b 1`); target ≥ 2× images/s,
 with the same descriptors (the largest difference is printed). Search: `multigrain.nn_search.knn`,
 chunked exact search of 10k queries against a 100k database, its time and its peak memory next to
-the size of the full score matrix that an unchunked search would hold.
+the size of the full score matrix that an unchunked search would hold. Positions: what average
+precision needs, the positions of each query's positives in its full ranking, from
+`multigrain.nn_search.ranking_positions` against a full ranking by `knn` (k = database size), for
+229 queries (as Copydays) with one positive each: time, peak memory and equality of the positions.
 """
 import argparse
 import tempfile
@@ -21,7 +24,7 @@ import presets
 from benchmarks.timing import apply_settings, describe_machine, format_table, median_ratio, synchronize, time_side_by_side, verdict
 from multigrain.extraction import extract_descriptors
 from multigrain.model import build_model
-from multigrain.nn_search import knn
+from multigrain.nn_search import knn, ranking_positions
 from multigrain.retrieval_datasets import read_ukbench
 from synthetic_data import make_ukbench
 
@@ -124,6 +127,44 @@ def benchmark_search(args, device):
     return results
 
 
+def benchmark_positions(args, device):
+    generator = torch.Generator().manual_seed(1)
+    database = F.normalize(torch.randn(args.num_database, args.dim, generator=generator), dim=1)
+    queries = F.normalize(torch.randn(args.num_ap_queries, args.dim, generator=generator), dim=1).to(device)
+    positives = torch.randint(args.num_database, (args.num_ap_queries, 1), generator=generator)
+    chunk_size = args.chunk_sizes[0]
+    outputs, results = {}, {}
+
+    def full_ranking():
+        _, ranking = knn(queries, database, args.num_database, chunk_size=chunk_size, use_faiss=False)
+        outputs["full ranking"] = (ranking.cpu() == positives).int().argmax(dim=1).numpy()
+
+    def positions():
+        found = ranking_positions(queries, database, positives.numpy(), chunk_size=chunk_size)
+        outputs["positions"] = [int(p[0]) for p in found]
+
+    for name, run in (("full ranking", full_ranking), ("positions", positions)):
+        synchronize(device)
+        start = time.perf_counter()
+        with PeakMemory(device) as memory:
+            run()
+            synchronize(device)
+        results[name] = {"seconds": time.perf_counter() - start, "peak_bytes": memory.peak_bytes}
+    same = outputs["full ranking"].tolist() == outputs["positions"]
+    memory_ratio = results["full ranking"]["peak_bytes"] / max(results["positions"]["peak_bytes"], 1)
+    rows = [
+        [name, f"{result['seconds']:.1f}", f"{result['peak_bytes'] / 2**20:.0f}"] for name, result in results.items()
+    ]
+    print(
+        f"Positions of the positives: {args.num_ap_queries} queries, {args.num_database} database vectors, "
+        f"d={args.dim}, chunk size {chunk_size}, {describe_machine(device)}"
+    )
+    print(format_table(["method", "seconds", "peak extra memory (MiB)"], rows))
+    print(f"same positions: {'yes' if same else 'NO'}; full ranking / positions peak memory: {memory_ratio:.1f}x")
+    results["same"] = same
+    return results
+
+
 def main(args):
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -136,6 +177,8 @@ def main(args):
         results["extraction"] = benchmark_extraction(args, device)
     if args.part in ("search", "all"):
         results["search"] = benchmark_search(args, device)
+    if args.part in ("positions", "all"):
+        results["positions"] = benchmark_positions(args, device)
     return results
 
 
@@ -148,7 +191,7 @@ def get_args_parser(add_help=True):
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--threads", default=None, type=int, help="torch threads of this process (default: torch's choice)")
     parser.add_argument("--paper", action="store_true", help=f"the paper's settings {PAPER_SETTINGS} instead of {CPU_SETTINGS}")
-    parser.add_argument("--part", default="all", choices=["extraction", "search", "all"], help="which benchmark to run")
+    parser.add_argument("--part", default="all", choices=["extraction", "search", "positions", "all"], help="which benchmark to run")
     parser.add_argument("--model", default=None, help="torchvision model of the extraction")
     parser.add_argument("--input-size", default=None, type=int, help="s: images are resized to largest side s")
     parser.add_argument("--num-groups", default=12, type=int, help="UKBench groups of 4 images to extract")
@@ -159,6 +202,7 @@ def get_args_parser(add_help=True):
     parser.add_argument("--num-database", default=100000, type=int, help="database vectors of the search")
     parser.add_argument("--dim", default=None, type=int, help="descriptor dimension of the search")
     parser.add_argument("-k", default=100, type=int, help="neighbours per query")
+    parser.add_argument("--num-ap-queries", default=229, type=int, help="queries of the positions benchmark")
     parser.add_argument("--chunk-sizes", default=[4096], nargs="+", type=int, help="chunk sizes of the search to time (evaluate.py's --chunk-size)")
     return parser
 

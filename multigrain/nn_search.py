@@ -1,4 +1,8 @@
-"""Exact k-nearest-neighbour search by inner product, scanning queries and database in chunks."""
+"""Exact nearest-neighbour search by inner product, scanning queries and database in chunks.
+
+`knn` returns the top k of each query's ranking; `ranking_positions` says where given database rows
+come in each query's full ranking, which is what average precision needs, without building it.
+"""
 import numpy as np
 import torch
 
@@ -49,13 +53,9 @@ def _torch_search(queries, database, k, chunk_size):
         query_chunk = queries[q_start : q_start + chunk_size].double()
         best = torch.empty((len(query_chunk), 0), dtype=torch.int64, device=device)
         for d_start in range(0, len(database), database_chunk_size):
-            database_chunk = database[d_start : d_start + database_chunk_size].to(device).double()
-            # float32 matmul results depend on how BLAS tiles each chunk, so a pair could score
-            # differently in another chunking; float64 rounded to float32 does not (in practice),
-            # so chunked and full search agree exactly and duplicate rows tie exactly.
-            scores = (query_chunk @ database_chunk.T).float()
-            positions = torch.arange(len(database_chunk), device=device).expand_as(scores)
-            if k < len(database_chunk):
+            scores = _chunk_scores(query_chunk, database[d_start : d_start + database_chunk_size])
+            positions = torch.arange(scores.shape[1], device=device).expand_as(scores)
+            if k < scores.shape[1]:
                 # Keep every score tied with the k-th best of the chunk (topk would drop an
                 # arbitrary subset of them); the tie-free keys choose among them below.
                 kth_best = scores.topk(k, dim=1).values[:, -1:]
@@ -65,6 +65,71 @@ def _torch_search(queries, database, k, chunk_size):
             best = candidates.topk(k, dim=1).values
         keys[q_start : q_start + chunk_size] = best
     return keys
+
+
+def ranking_positions(queries, database, items, chunk_size: int = 4096):
+    """Where the database rows `items[i]` come in query i's ranking of the whole database.
+
+    items: one sequence of database indices per query. Returns one int64 numpy array per query:
+    the 0-based positions of its items in the ranking `knn` would return with k = len(database)
+    (score descending, then lower index first), that is the number of rows ranked before each.
+    Memory stays at chunk_size x chunk_size scores whatever the database size. The items' own
+    scores are read from the same chunked products as the rest, so that they compare exactly: a
+    first scan computes only the chunks that hold items.
+    """
+    if queries.ndim != 2 or database.ndim != 2 or queries.shape[1] != database.shape[1]:
+        shapes = f"{tuple(queries.shape)} and {tuple(database.shape)}"
+        raise ValueError(f"queries and database must be (n, d) with the same d, got {shapes}")
+    if len(items) != len(queries):
+        raise ValueError(f"need one list of items per query: {len(items)} lists for {len(queries)} queries")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    queries = torch.as_tensor(queries, dtype=torch.float32).detach()
+    database = torch.as_tensor(database, dtype=torch.float32).detach()
+    device = queries.device
+    items = [np.asarray(query_items, dtype=np.int64).reshape(-1) for query_items in items]
+    width = max((len(query_items) for query_items in items), default=0)
+    padded = np.full((len(items), width), -1, dtype=np.int64)
+    for row, query_items in enumerate(items):
+        if len(query_items) and (query_items.min() < 0 or query_items.max() >= len(database)):
+            raise ValueError(f"items of query {row} must be database indices in [0, {len(database)})")
+        padded[row, : len(query_items)] = query_items
+    padded = torch.from_numpy(padded).to(device)
+
+    positions = torch.zeros(padded.shape, dtype=torch.int64, device=device)
+    for q_start in range(0, len(queries), chunk_size):
+        query_chunk = queries[q_start : q_start + chunk_size].double()
+        item_chunk = padded[q_start : q_start + chunk_size]
+        # Padding gets the largest key: no row ranks before it, and it is dropped below.
+        item_keys = torch.full(item_chunk.shape, torch.iinfo(torch.int64).max, dtype=torch.int64, device=device)
+        for d_start in range(0, len(database), chunk_size):
+            database_chunk = database[d_start : d_start + chunk_size]
+            inside = (item_chunk >= d_start) & (item_chunk < d_start + len(database_chunk))
+            if inside.any():
+                rows, columns = inside.nonzero(as_tuple=True)
+                indices = item_chunk[rows, columns]
+                scores = _chunk_scores(query_chunk, database_chunk)[rows, indices - d_start]
+                item_keys[rows, columns] = _encode(scores, indices)
+        count = torch.zeros(item_chunk.shape, dtype=torch.int64, device=device)
+        for d_start in range(0, len(database), chunk_size):
+            scores = _chunk_scores(query_chunk, database[d_start : d_start + chunk_size])
+            indices = torch.arange(d_start, d_start + scores.shape[1], device=device).expand_as(scores)
+            keys = _encode(scores, indices).sort(dim=1).values
+            # Rows ranked before an item are those with a larger key.
+            count += scores.shape[1] - torch.searchsorted(keys, item_keys, right=True)
+        positions[q_start : q_start + chunk_size] = count
+    positions = positions.cpu().numpy()
+    return [positions[row, : len(query_items)] for row, query_items in enumerate(items)]
+
+
+def _chunk_scores(query_chunk, database_chunk):
+    """float32 scores of float64 query rows against database rows.
+
+    float32 matmul results depend on how BLAS tiles each chunk, so a pair could score differently
+    in another chunking; float64 rounded to float32 does not (in practice), so chunked and full
+    search agree exactly and duplicate rows tie exactly.
+    """
+    return (query_chunk @ database_chunk.to(query_chunk.device).double().T).float()
 
 
 def _import_faiss(use_faiss, device):

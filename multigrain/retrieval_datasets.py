@@ -70,15 +70,18 @@ class ImageList(torch.utils.data.Dataset):
 @dataclass
 class RetrievalBenchmark:
     """database: the images searched. queries: separate query images, or None when the queries are
-    the database images at `query_indices`. num_neighbors: how long a ranking `score` needs (None:
-    the whole database). score(rankings): {metric: value} from one ranking per query."""
+    the database images at `query_indices`. score(rankings): {metric: value} from one ranking per
+    query, of which it reads either the top `num_neighbors` (from `knn`) or, when `items` is set,
+    only the positions of the database indices items[i] in query i's full ranking (a
+    `KnownPositions` from `ranking_positions`)."""
 
     name: str
     database: ImageList
     queries: ImageList | None
     query_indices: np.ndarray | None
     num_neighbors: int | None
-    score: Callable[[np.ndarray], dict]
+    items: list[np.ndarray] | None
+    score: Callable[[list], dict]
 
 
 def _require_folder(path, what):
@@ -141,7 +144,8 @@ def read_holidays(root, rotations_file=None):
         return {"mAP": 100.0 * holidays_map(files, rankings)}
 
     query_indices = np.array([query for query, _ in ground_truth])
-    return RetrievalBenchmark("holidays", database, None, query_indices, None, score)
+    items = [np.concatenate([[query], positives]) for query, positives in ground_truth]
+    return RetrievalBenchmark("holidays", database, None, query_indices, None, items, score)
 
 
 def read_ukbench(root):
@@ -160,7 +164,7 @@ def read_ukbench(root):
     def score(rankings):
         return {"N-S": ukbench_score(rankings)}
 
-    return RetrievalBenchmark("ukbench", database, None, np.arange(len(files)), 4, score)
+    return RetrievalBenchmark("ukbench", database, None, np.arange(len(files)), 4, None, score)
 
 
 def read_distractors(root, list_file=None, num_distractors=None):
@@ -225,7 +229,8 @@ def read_copydays(root, distractors_root=None, distractors_list=None, num_distra
     def score(rankings):
         return {"mAP": 100.0 * copydays_map(rankings, positives)}
 
-    return RetrievalBenchmark("copydays", database, queries, None, None, score)
+    items = [np.array([positive]) for positive in positives]
+    return RetrievalBenchmark("copydays", database, queries, None, None, items, score)
 
 
 def _check_revisitop_ground_truth(ground_truth, path):
@@ -279,4 +284,7 @@ def read_revisitop(root, name):
                 results[f"{protocol[0].upper()} {metric}"] = 100.0 * value
         return results
 
-    return RetrievalBenchmark(name, database, queries, None, None, score)
+    items = [
+        np.concatenate([np.asarray(g[key], dtype=np.int64).reshape(-1) for key in ("easy", "hard", "junk")]) for g in gnd
+    ]
+    return RetrievalBenchmark(name, database, queries, None, None, items, score)

@@ -3,7 +3,10 @@
 A ranking is a 1-D array of database indices sorted best first (one row of the indices returned
 by `multigrain.nn_search.knn`, or of an argsort of distances). Rankings may be truncated: a
 positive that is not ranked adds nothing to the AP. Functions taking several rankings accept a
-2-D array with one row per query or a sequence of 1-D arrays.
+2-D array with one row per query or a sequence of 1-D arrays. Where a function only needs the
+positions of the positives and junk items, a ranking can also be given as `KnownPositions`, which
+holds just those (from `multigrain.nn_search.ranking_positions`), so that a million-image ranking
+is never built.
 """
 from pathlib import Path
 
@@ -28,13 +31,27 @@ def average_precision(ranks, num_positives: int) -> float:
     return float(np.sum((precision_before + precision_after) / 2.0) / num_positives)
 
 
+class KnownPositions(dict):
+    """A ranking known at some database indices only: {database index: 0-based position}."""
+
+    def positions(self, indices):
+        """Sorted positions of `indices`; each must be known."""
+        missing = [int(index) for index in indices if int(index) not in self]
+        if missing:
+            raise KeyError(f"the positions of database items {missing[:5]} are not known")
+        return np.sort(np.array([self[int(index)] for index in indices], dtype=np.int64))
+
+
 def positive_ranks(ranking, positives, junk=()):
     """0-based ranks of the positives in `ranking` once the junk items are taken out of it."""
-    ranking = np.asarray(ranking)
-    if ranking.ndim != 1:
-        raise ValueError(f"a ranking must be 1-D, got shape {ranking.shape}")
-    positions = np.flatnonzero(np.isin(ranking, np.asarray(positives)))
-    junk_positions = np.flatnonzero(np.isin(ranking, np.asarray(junk)))
+    if isinstance(ranking, KnownPositions):
+        positions, junk_positions = ranking.positions(positives), ranking.positions(junk)
+    else:
+        ranking = np.asarray(ranking)
+        if ranking.ndim != 1:
+            raise ValueError(f"a ranking must be 1-D, got shape {ranking.shape}")
+        positions = np.flatnonzero(np.isin(ranking, np.asarray(positives)))
+        junk_positions = np.flatnonzero(np.isin(ranking, np.asarray(junk)))
     # Each positive moves up by the number of junk items ranked before it.
     return positions - np.searchsorted(junk_positions, positions)
 
@@ -72,8 +89,7 @@ def holidays_map(image_names, rankings) -> float:
     for (query, positives), ranking in zip(ground_truth, rankings):
         if len(positives) == 0:
             raise ValueError(f"Holidays query {image_names[query]} has no other image in its group")
-        ranking = np.asarray(ranking)
-        ranks = positive_ranks(ranking[ranking != query], positives)
+        ranks = positive_ranks(ranking, positives, junk=[query])
         aps.append(average_precision(ranks, len(positives)))
     return float(np.mean(aps))
 

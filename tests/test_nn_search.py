@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from multigrain.nn_search import knn
+from multigrain.nn_search import knn, ranking_positions
 
 
 def make_descriptors(num_queries=37, num_database=203, dim=16, seed=0):
@@ -64,6 +64,38 @@ def test_all_scores_tied():
         scores, indices = knn(queries, database, 6, chunk_size=chunk_size, use_faiss=False)
         assert indices.tolist() == [list(range(6))] * 2
         assert (scores == 0).all()
+
+
+def test_ranking_positions_are_the_positions_in_the_full_ranking():
+    queries, database = make_descriptors()
+    _, full = knn(queries, database, len(database), use_faiss=False)
+    rng = np.random.default_rng(0)
+    items = [rng.choice(len(database), size=rng.integers(0, 12), replace=False) for _ in range(len(queries))]
+    items[0] = [200, 3, 150]  # the three-way tie for first place, out of order
+    items[36] = [120, 77]
+    items[5] = np.arange(len(database))  # every row: positions 0 .. 202
+    expected = [np.array([full[i].tolist().index(int(j)) for j in query_items]) for i, query_items in enumerate(items)]
+    assert expected[0].tolist() == [2, 0, 1] and expected[36].tolist() == [1, 0]
+    for chunk_size in (1, 7, 29, 203, 4096):
+        positions = ranking_positions(queries, database, items, chunk_size=chunk_size)
+        assert len(positions) == len(queries)
+        for query, (got, want) in enumerate(zip(positions, expected)):
+            assert got.dtype == np.int64 and np.array_equal(got, want), (chunk_size, query)
+    # numpy inputs, and no items at all
+    positions = ranking_positions(queries.numpy(), database.numpy(), [[]] * len(queries), chunk_size=50)
+    assert all(p.shape == (0,) for p in positions)
+
+
+def test_ranking_positions_bad_arguments():
+    queries, database = make_descriptors()
+    with pytest.raises(ValueError, match="36 lists for 37 queries"):
+        ranking_positions(queries, database, [[0]] * 36)
+    with pytest.raises(ValueError, match=r"items of query 2 must be database indices in \[0, 203\)"):
+        ranking_positions(queries, database, [[0], [1], [203]] + [[0]] * 34)
+    with pytest.raises(ValueError, match=r"\(37, 8\) and \(203, 16\)"):
+        ranking_positions(queries[:, :8], database, [[0]] * 37)
+    with pytest.raises(ValueError, match="chunk_size"):
+        ranking_positions(queries, database, [[0]] * 37, chunk_size=0)
 
 
 def test_numpy_inputs_give_numpy_outputs():
@@ -143,3 +175,7 @@ def test_cuda_queries_match_cpu_search():
     scores, indices = knn(queries.cuda(), database, 20, chunk_size=13)
     assert indices.is_cuda and torch.equal(indices.cpu(), expected_indices)
     torch.testing.assert_close(scores.cpu(), expected_scores, rtol=0, atol=1e-6)
+    items = [np.arange(0, 203, 3)] * len(queries)
+    cuda_positions = ranking_positions(queries.cuda(), database, items, chunk_size=13)
+    for got, want in zip(cuda_positions, ranking_positions(queries, database, items, chunk_size=13)):
+        assert np.array_equal(got, want)

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from multigrain.retrieval_metrics import (
+    KnownPositions,
     average_precision,
     compute_map,
     copydays_map,
@@ -228,3 +229,39 @@ def test_holidays_and_copydays_match_naive_restatement_on_random_rankings():
     positives = rng.integers(0, len(names), size=len(rankings))
     expected = [naive_ap_and_precisions(r, [p], [], ())[0] for r, p in zip(rankings, positives)]
     assert copydays_map(rankings, positives) == pytest.approx(np.mean(expected), abs=1e-12)
+
+
+def known_positions(ranking, items):
+    """What `ranking_positions` gives for a full ranking, as a KnownPositions."""
+    position = {int(item): index for index, item in enumerate(ranking)}
+    return KnownPositions((int(item), position[int(item)]) for item in items)
+
+
+def test_known_positions_give_the_scores_of_full_rankings():
+    rng = np.random.default_rng(2)
+    names = [f"{group:04d}{member:02d}.jpg" for group in range(1000, 1012) for member in range(rng.integers(2, 6))]
+    ground_truth = holidays_ground_truth(names)
+    rankings = [rng.permutation(len(names)) for _ in ground_truth]
+    known = [known_positions(r, [q, *p]) for r, (q, p) in zip(rankings, ground_truth)]
+    assert holidays_map(names, known) == pytest.approx(holidays_map(names, rankings), abs=1e-15)
+
+    positives = rng.integers(0, len(names), size=len(rankings))
+    known = [known_positions(r, [p]) for r, p in zip(rankings, positives)]
+    assert copydays_map(known, positives) == pytest.approx(copydays_map(rankings, positives), abs=1e-15)
+
+    gnd = []
+    for _ in rankings:
+        shuffled = rng.permutation(len(names))
+        sizes = np.cumsum(rng.integers(0, 5, size=3))
+        gnd.append({"easy": shuffled[: sizes[0]], "hard": shuffled[sizes[0] : sizes[1]], "junk": shuffled[sizes[1] : sizes[2]]})
+    known = [known_positions(r, np.concatenate([g["easy"], g["hard"], g["junk"]])) for r, g in zip(rankings, gnd)]
+    expected = revisitop_map(rankings, gnd)
+    results = revisitop_map(known, gnd)
+    for protocol in expected:
+        for metric, value in expected[protocol].items():
+            assert results[protocol][metric] == pytest.approx(value, abs=1e-15, nan_ok=True), (protocol, metric)
+
+
+def test_known_positions_refuse_an_unknown_item():
+    with pytest.raises(KeyError, match=r"database items \[7\]"):
+        copydays_map([KnownPositions({3: 0})], [7])
