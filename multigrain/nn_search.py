@@ -18,8 +18,9 @@ def knn(queries, database, k: int, chunk_size: int = 4096, use_faiss: bool | Non
     The torch search runs on the queries' device, moving database chunks there as they are
     scanned: only chunk_size queries x max(chunk_size, k) database rows are scored at a time.
     use_faiss: None uses faiss (IndexFlatIP) when it can be imported and the queries are on the
-    CPU, True requires faiss, False always uses torch. faiss scores in float32 arithmetic, so
-    items whose scores differ by a rounding error may come in another order than with torch.
+    CPU, True requires faiss, False always uses torch. Both give the same result: faiss's float32
+    scores only choose candidates, which are scored again as the torch search scores them (see
+    `_faiss_search`).
     """
     if queries.ndim != 2 or database.ndim != 2 or queries.shape[1] != database.shape[1]:
         shapes = f"{tuple(queries.shape)} and {tuple(database.shape)}"
@@ -34,7 +35,7 @@ def knn(queries, database, k: int, chunk_size: int = 4096, use_faiss: bool | Non
 
     faiss = _import_faiss(use_faiss, queries.device)
     if faiss is not None:
-        keys = _faiss_search(faiss, queries, database, k)
+        keys = _faiss_search(faiss, queries, database, k, chunk_size)
     else:
         keys = _torch_search(queries, database, k, chunk_size)
     scores, indices = _decode(keys)
@@ -148,13 +149,36 @@ def _import_faiss(use_faiss, device):
     return faiss
 
 
-def _faiss_search(faiss, queries, database, k):
-    index = faiss.IndexFlatIP(database.shape[1])
-    index.add(np.ascontiguousarray(database.cpu().numpy()))
-    scores, indices = index.search(np.ascontiguousarray(queries.numpy()), k)
-    # Re-sort so that equal scores come in the same order as in the torch search.
-    keys = _encode(torch.from_numpy(scores), torch.from_numpy(indices))
-    return keys.sort(dim=1, descending=True).values
+def _faiss_search(faiss, queries, database, k, chunk_size):
+    """The torch search's result, with faiss choosing which rows to score exactly.
+
+    faiss's float32 scores are off by at most `error`, so a row whose faiss score is below the
+    k-th best faiss score minus 2 * error has k rows strictly better than it: the top k lies among
+    the rows above that line, a prefix of faiss's list, which are scored again as the torch search
+    scores them. A query whose line falls beyond the 2k + 16 rows faiss returned goes to the torch
+    search instead.
+    """
+    num_rows, dim = database.shape
+    index = faiss.IndexFlatIP(dim)
+    index.add(np.ascontiguousarray(database.numpy()))
+    faiss_scores, candidates = index.search(np.ascontiguousarray(queries.numpy()), min(num_rows, 2 * k + 16))
+    faiss_scores, candidates = torch.from_numpy(faiss_scores), torch.from_numpy(candidates).long()
+    # |float32 dot product - exact| <= dim * 2**-24 * |q| * |x|, whatever the summation order.
+    error = dim * 2.0**-23 * queries.norm(dim=1, keepdim=True) * database.norm(dim=1).max()
+    above_line = faiss_scores >= faiss_scores[:, k - 1 : k] - 2 * error
+    num_exact = int(above_line.sum(dim=1).max())
+    exact = torch.empty((len(queries), num_exact), dtype=torch.float32)
+    queries_per_step = max(1, 2**24 // (num_exact * dim))  # 128 MiB of gathered float64 rows
+    for start in range(0, len(queries), queries_per_step):
+        block = slice(start, start + queries_per_step)
+        rows = database[candidates[block, :num_exact]].double()
+        exact[block] = torch.einsum("qd,qkd->qk", queries[block].double(), rows).float()
+    keys = _encode(exact, candidates[:, :num_exact]).sort(dim=1, descending=True).values[:, :k]
+    if num_rows > candidates.shape[1]:
+        unsure = above_line[:, -1]
+        if unsure.any():
+            keys[unsure] = _torch_search(queries[unsure], database, k, chunk_size)
+    return keys
 
 
 def _encode(scores, indices):

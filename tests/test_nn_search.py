@@ -168,6 +168,54 @@ def test_faiss_results_follow_the_same_tie_order(monkeypatch):
     assert (np.diff(scores, axis=1) == 0).any()  # the data does have ties to order
 
 
+class NoisyIndexFlatIP(ReversedTiesIndexFlatIP):
+    """Stands in for faiss.IndexFlatIP with rounding errors: scores off by up to 1e-6, ranked by them."""
+
+    def search(self, queries, k):
+        scores = queries @ self.database.T
+        scores += np.random.default_rng(0).uniform(-1e-6, 1e-6, size=scores.shape).astype(np.float32)
+        indices = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(scores, indices, axis=1), indices
+
+
+def test_faiss_rounding_errors_do_not_change_the_result(monkeypatch):
+    monkeypatch.setitem(sys.modules, "faiss", types.SimpleNamespace(IndexFlatIP=NoisyIndexFlatIP))
+    queries, database = make_descriptors()
+    # Near ties: rows 1e-7 apart, which the noise reorders.
+    database[100:110] = database[40] + 1e-7 * torch.randn(10, 16, generator=torch.Generator().manual_seed(2))
+    queries[1] = database[40]
+    for k in (1, 5, 12, 203):
+        scores, indices = knn(queries, database, k)
+        expected_scores, expected_indices = knn(queries, database, k, use_faiss=False)
+        assert torch.equal(indices, expected_indices), k
+        assert torch.equal(scores, expected_scores), k
+    noisy_index = NoisyIndexFlatIP(16)
+    noisy_index.add(database.numpy())
+    _, noisy_indices = noisy_index.search(queries.numpy(), 12)
+    _, expected_indices = knn(queries, database, 12, use_faiss=False)
+    assert not np.array_equal(noisy_indices, expected_indices.numpy())  # the noise does reorder
+
+
+def test_faiss_falls_back_when_its_candidates_cannot_settle_the_top_k(monkeypatch):
+    monkeypatch.setitem(sys.modules, "faiss", types.SimpleNamespace(IndexFlatIP=ReversedTiesIndexFlatIP))
+    database = torch.ones(200, 4) / 2  # 200 tied rows: faiss's 2k + 16 = 26 candidates are rows 199 .. 174
+    queries = torch.tensor([[0.5, 0.5, 0.5, 0.5], [1.0, 0.0, 0.0, 0.0]])
+    _, indices = knn(queries, database, 5)
+    assert indices.tolist() == [[0, 1, 2, 3, 4]] * 2
+
+
+def test_real_faiss_gives_the_torch_result():
+    pytest.importorskip("faiss")
+    generator = torch.Generator().manual_seed(3)
+    # Non-negative, like GeM descriptors: dense scores, where float32 rounding reorders neighbours.
+    database = torch.nn.functional.normalize(torch.randn(5000, 256, generator=generator).relu(), dim=1)
+    queries = torch.nn.functional.normalize(database[:200] + 0.05 * torch.rand(200, 256, generator=generator), dim=1)
+    for k in (1, 10, 300):
+        scores, indices = knn(queries, database, k, use_faiss=True)
+        expected_scores, expected_indices = knn(queries, database, k, use_faiss=False)
+        assert torch.equal(indices, expected_indices) and torch.equal(scores, expected_scores), k
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_queries_match_cpu_search():
     queries, database = make_descriptors()
