@@ -35,7 +35,8 @@ class KnownPositions(dict):
     """A ranking known at some database indices only: {database index: 0-based position}."""
 
     def positions(self, indices):
-        """Sorted positions of `indices`; each must be known."""
+        """Sorted positions of the distinct `indices` (as a ranking lists each item once); each must be known."""
+        indices = np.unique(np.asarray(indices, dtype=np.int64))
         missing = [int(index) for index in indices if int(index) not in self]
         if missing:
             raise KeyError(f"the positions of database items {missing[:5]} are not known")

@@ -262,6 +262,12 @@ def test_known_positions_give_the_scores_of_full_rankings():
             assert results[protocol][metric] == pytest.approx(value, abs=1e-15, nan_ok=True), (protocol, metric)
 
 
+def test_known_positions_count_a_repeated_item_once_like_a_ranking():
+    ranking = np.array([4, 0, 3, 1, 2])
+    known = known_positions(ranking, [0, 1, 3])
+    assert positive_ranks(known, [1, 1, 0], junk=[3, 3]).tolist() == positive_ranks(ranking, [1, 1, 0], [3, 3]).tolist()
+
+
 def test_known_positions_refuse_an_unknown_item():
     with pytest.raises(KeyError, match=r"database items \[7\]"):
         copydays_map([KnownPositions({3: 0})], [7])
