@@ -436,10 +436,4 @@ def get_args_parser(add_help=True):
 
 
 if __name__ == "__main__":
-    parser = get_args_parser()
-    args = parser.parse_args()
-    try:
-        check_args(args)
-    except ValueError as e:
-        parser.error(str(e))
-    main(args)
+    main(utils.parse_checked_args(get_args_parser(), check_args))

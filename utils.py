@@ -290,3 +290,13 @@ def append_json_line(path, record):
         f.write(json.dumps(record) + "\n")
         f.flush()
         os.fsync(f.fileno())
+
+
+def parse_checked_args(parser, check_args):
+    """The command line's arguments; a ValueError from check_args(args) becomes a usage error (exit code 2)."""
+    args = parser.parse_args()
+    try:
+        check_args(args)
+    except ValueError as e:
+        parser.error(str(e))
+    return args

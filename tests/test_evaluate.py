@@ -50,12 +50,12 @@ def bench(tmp_path_factory):
     return root, written
 
 
-def benchmark_flags(root):
+def benchmark_flags(root, num_distractors=20):
     copydays = root / "copydays"
     return [
         "--holidays-path", str(root / "holidays"), "--holidays-rotations", str(root / "holidays" / "rotations.txt"),
         "--ukbench-path", str(root / "ukbench"), "--copydays-path", str(copydays), "--distractors-path", str(copydays),
-        "--distractors-list", str(copydays / "distractors.txt"), "--num-distractors", "20",
+        "--distractors-list", str(copydays / "distractors.txt"), "--num-distractors", str(num_distractors),
         "--roxford5k-path", str(root / "revisitop" / "roxford5k"), "--rparis6k-path", str(root / "revisitop" / "rparis6k"),
     ]  # fmt: skip
 
@@ -210,8 +210,7 @@ def test_trained_model_beats_untrained_on_retrieval(quality_bench, trained_check
     8.6 mAP (Holidays), 0.37 N-S (UKBench) and 7.4 mAP (Copydays). (The synthetic revisitop layouts put
     small instances in clutter; there neither model has an edge, both at 16 to 28 Medium mAP.)"""
     flags = ["--device", "cpu", "-j", "0", "--input-size", "96", "--dataset", "holidays", "ukbench", "copydays",
-             *benchmark_flags(quality_bench)]  # fmt: skip
-    flags[flags.index("--num-distractors") + 1] = "160"
+             *benchmark_flags(quality_bench, num_distractors=160)]  # fmt: skip
     scores = {}
     for name, checkpoint in (("trained", trained_checkpoint.path), ("untrained", untrained_checkpoint)):
         argv = ["--resume", str(checkpoint), *flags, "--output-dir", str(tmp_path / name)]
