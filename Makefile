@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO := data/demo
 
-.PHONY: venv demo test clean
+.PHONY: venv demo test lint clean
 
 venv: $(VENV)/.installed
 
@@ -38,6 +38,10 @@ demo: venv
 
 test: venv
 	$(BIN)/python -m pytest
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 clean:
 	rm -rf $(VENV) data

@@ -6,6 +6,7 @@
 
 Under torchrun every process extracts a share of the images. See README.md for the datasets.
 """
+
 import argparse
 import json
 import math
@@ -19,8 +20,6 @@ import torch.utils.data
 import torchvision
 from torchvision.transforms.functional import InterpolationMode
 
-import presets
-import utils
 from multigrain import retrieval_datasets
 from multigrain.checkpoint import load_model
 from multigrain.extraction import extract_descriptors
@@ -28,6 +27,9 @@ from multigrain.image_io import load_rgb
 from multigrain.model import l2n
 from multigrain.nn_search import knn, ranking_positions
 from multigrain.retrieval_metrics import KnownPositions
+
+import presets
+import utils
 
 RETRIEVAL_DATASETS = ("holidays", "ukbench", "copydays", *retrieval_datasets.REVISITOP_BENCHMARKS)
 DATASETS = ("imagenet-val", *RETRIEVAL_DATASETS)
@@ -101,7 +103,12 @@ def extract_sharded(model, images, device, args):
     rank, world_size = utils.get_rank(), utils.get_world_size()
     shard = torch.utils.data.Subset(images, range(rank, len(images), world_size))
     local = extract_descriptors(
-        model, shard, device, batch_size=args.batch_size, num_workers=args.workers, amp_dtype=amp_dtype(args),
+        model,
+        shard,
+        device,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        amp_dtype=amp_dtype(args),
         print_freq=progress_freq(args),
     ).numpy()
     if world_size == 1:
@@ -215,9 +222,15 @@ def evaluate_imagenet(model, device, args):
         )
     shard = torch.utils.data.Subset(dataset, range(utils.get_rank(), len(dataset), utils.get_world_size()))
     logits = extract_descriptors(
-        model, shard, device, output="logits", batch_size=args.batch_size, num_workers=args.workers,
-        amp_dtype=amp_dtype(args), print_freq=progress_freq(args),
-    )  # fmt: skip
+        model,
+        shard,
+        device,
+        output="logits",
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        amp_dtype=amp_dtype(args),
+        print_freq=progress_freq(args),
+    )
     targets = torch.tensor([dataset.targets[index] for index in shard.indices], dtype=torch.long)
     correct1, correct5 = utils.accuracy_counts(logits, targets, topk=(1, 5))
     correct1, correct5, count = utils.reduce_sum([correct1, correct5, len(targets)])
@@ -280,35 +293,106 @@ def get_args_parser(add_help=True):
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--dataset", nargs="+", required=True, choices=DATASETS, help="benchmarks to evaluate")
-    parser.add_argument("--resume", default="", help="checkpoint to evaluate (train.py, finetune_p.py, whiten.py or published)")
+    parser.add_argument(
+        "--resume", default="", help="checkpoint to evaluate (train.py, finetune_p.py, whiten.py or published)"
+    )
     parser.add_argument("--model", default=None, help="architecture, for checkpoints that do not name it")
-    parser.add_argument("--input-size", default=500, type=int, help="s: retrieval images are resized to largest side s; classification see --input-crop")
-    parser.add_argument("--input-crop", default="center", choices=["center", "none"], help="classification input: center: shorter side to 256/224·s and a center crop of s; none: largest side s, no crop")
-    parser.add_argument("--pooling-exponent", default=None, type=float, help="GeM exponent p (default: the checkpoint's)")
-    parser.add_argument("--multiscale", action="store_true", help="retrieval descriptor: normalised mean of the descriptors at largest sides s, s/√2, s/2")
-    parser.add_argument("--interpolation", default="bilinear", choices=["nearest", "bilinear", "bicubic"], help="resize interpolation")
+    parser.add_argument(
+        "--input-size",
+        default=500,
+        type=int,
+        help="s: retrieval images are resized to largest side s; classification see --input-crop",
+    )
+    parser.add_argument(
+        "--input-crop",
+        default="center",
+        choices=["center", "none"],
+        help="classification input: center: shorter side to 256/224·s and a center crop of s; "
+        "none: largest side s, no crop",
+    )
+    parser.add_argument(
+        "--pooling-exponent", default=None, type=float, help="GeM exponent p (default: the checkpoint's)"
+    )
+    parser.add_argument(
+        "--multiscale",
+        action="store_true",
+        help="retrieval descriptor: normalised mean of the descriptors at largest sides s, s/√2, s/2",
+    )
+    parser.add_argument(
+        "--interpolation", default="bilinear", choices=["nearest", "bilinear", "bicubic"], help="resize interpolation"
+    )
     parser.add_argument("--imagenet-path", default=None, help="folder with the val/ ImageFolder (imagenet-val)")
     parser.add_argument("--holidays-path", default=None, help="INRIA Holidays folder with jpg/")
-    parser.add_argument("--holidays-rotations", default=None, help="rotation list of Holidays: lines '<file name> <degrees>', applied with PIL rotate(degrees, expand=True)")
+    parser.add_argument(
+        "--holidays-rotations",
+        default=None,
+        help="rotation list of Holidays: lines '<file name> <degrees>', applied with PIL rotate(degrees, expand=True)",
+    )
     parser.add_argument("--ukbench-path", default=None, help="UKBench folder with full/ (or the images)")
     parser.add_argument("--copydays-path", default=None, help="Copydays folder with original/ and strong/")
-    parser.add_argument("--distractors-path", default=None, help="Copydays distractors: folder of images (or the root of --distractors-list)")
-    parser.add_argument("--distractors-list", default=None, help="distractor images, one path relative to --distractors-path a line (default: all images under it, sorted)")
-    parser.add_argument("--num-distractors", default=10000, type=int, help="take the first N distractors (CD10k: 10000); fewer available is an error")
+    parser.add_argument(
+        "--distractors-path",
+        default=None,
+        help="Copydays distractors: folder of images (or the root of --distractors-list)",
+    )
+    parser.add_argument(
+        "--distractors-list",
+        default=None,
+        help="distractor images, one path relative to --distractors-path a line (default: all images under it, sorted)",
+    )
+    parser.add_argument(
+        "--num-distractors",
+        default=10000,
+        type=int,
+        help="take the first N distractors (CD10k: 10000); fewer available is an error",
+    )
     parser.add_argument("--roxford5k-path", default=None, help="ROxford5k folder with jpg/ and gnd_roxford5k.pkl")
     parser.add_argument("--rparis6k-path", default=None, help="RParis6k folder with jpg/ and gnd_rparis6k.pkl")
-    parser.add_argument("--save-features", default=None, help="write each retrieval benchmark's descriptors (NAME.npy, float32) and image names (NAME.txt) here; NAME_queries.* for separate queries")
-    parser.add_argument("--load-features", default=None, help="evaluate descriptors written by --save-features instead of a model")
-    parser.add_argument("--search", default="auto", choices=["auto", "torch", "faiss"], help="exact top-k search (UKBench's top 4): auto uses faiss when installed and the search runs on the CPU")
-    parser.add_argument("--chunk-size", default=4096, type=int, help="queries and database rows scored at a time by the torch search and the AP benchmarks' ranking positions")
+    parser.add_argument(
+        "--save-features",
+        default=None,
+        help="write each retrieval benchmark's descriptors (NAME.npy, float32) and image names (NAME.txt) here; "
+        "NAME_queries.* for separate queries",
+    )
+    parser.add_argument(
+        "--load-features", default=None, help="evaluate descriptors written by --save-features instead of a model"
+    )
+    parser.add_argument(
+        "--search",
+        default="auto",
+        choices=["auto", "torch", "faiss"],
+        help="exact top-k search (UKBench's top 4): auto uses faiss when installed and the search runs on the CPU",
+    )
+    parser.add_argument(
+        "--chunk-size",
+        default=4096,
+        type=int,
+        help="queries and database rows scored at a time by the torch search and the AP benchmarks' ranking positions",
+    )
     parser.add_argument("--device", default="cuda", help="cuda or cpu")
-    parser.add_argument("-b", "--batch-size", default=32, type=int, help="images of identical size run as one batch, per process")
+    parser.add_argument(
+        "-b", "--batch-size", default=32, type=int, help="images of identical size run as one batch, per process"
+    )
     parser.add_argument("-j", "--workers", default=8, type=int, help="data loading workers per process")
-    parser.add_argument("--amp", action="store_true", help="automatic mixed precision (GeM and whitening stay in float32)")
-    parser.add_argument("--amp-dtype", default="float16", choices=["float16", "bfloat16"], help="autocast dtype of --amp")
-    parser.add_argument("--channels-last", action="store_true", help="channels-last memory format (faster convolutions with --amp on tensor-core GPUs)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model's trunk (a second image size compiles once more, then sizes are dynamic)")
-    parser.add_argument("--print-freq", default=1000, type=int, help="print the extraction progress every this many images")
+    parser.add_argument(
+        "--amp", action="store_true", help="automatic mixed precision (GeM and whitening stay in float32)"
+    )
+    parser.add_argument(
+        "--amp-dtype", default="float16", choices=["float16", "bfloat16"], help="autocast dtype of --amp"
+    )
+    parser.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="channels-last memory format (faster convolutions with --amp on tensor-core GPUs)",
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the model's trunk (a second image size compiles once more, then sizes are dynamic)",
+    )
+    parser.add_argument(
+        "--print-freq", default=1000, type=int, help="print the extraction progress every this many images"
+    )
     parser.add_argument("--output-dir", default=".", help="where metrics.json is written")
     parser.add_argument("--dist-url", default="env://", help="url of the process group set-up")
     return parser

@@ -9,6 +9,7 @@ that their largest side is s*, without crop. With --p-grid, p is chosen by cross
 images instead. The checkpoint holds the model with the new p; a whitened model loses its whitening,
 which is specific to p and s*: run whiten.py on the result.
 """
+
 import argparse
 import math
 import os
@@ -20,19 +21,22 @@ import torchvision
 from torch.nn import functional as F
 from torchvision.transforms.functional import InterpolationMode
 
-import presets
-import utils
 from multigrain.checkpoint import architecture_name, load_checkpoint, model_from_checkpoint
 from multigrain.extraction import collate_image_list, extract_descriptors, forward_by_size
 from multigrain.image_io import load_rgb
 from multigrain.whitening import remove_whitening
+
+import presets
+import utils
 
 
 def parse_p_grid(text):
     try:
         values = [float(value) for value in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--p-grid must be comma-separated numbers, e.g. 1,2,3,4, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"--p-grid must be comma-separated numbers, e.g. 1,2,3,4, got {text!r}"
+        ) from None
     if not all(value > 0 and math.isfinite(value) for value in values):
         raise argparse.ArgumentTypeError(f"--p-grid values must be positive and finite, got {text!r}")
     return values
@@ -215,23 +219,49 @@ def get_args_parser(add_help=True):
         add_help=add_help,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--data-path", default="/datasets01/imagenet_full_size/061417/", help="folder with train/ and val/ ImageFolders")
-    parser.add_argument("--resume", required=True, help="checkpoint to start from (train.py, finetune_p.py, whiten.py or published)")
-    parser.add_argument("--model", default=None, help="architecture, for checkpoints that do not name it (published files: resnet50)")
+    parser.add_argument(
+        "--data-path", default="/datasets01/imagenet_full_size/061417/", help="folder with train/ and val/ ImageFolders"
+    )
+    parser.add_argument(
+        "--resume", required=True, help="checkpoint to start from (train.py, finetune_p.py, whiten.py or published)"
+    )
+    parser.add_argument(
+        "--model", default=None, help="architecture, for checkpoints that do not name it (published files: resnet50)"
+    )
     parser.add_argument("--device", default="cuda", help="cuda or cpu")
     parser.add_argument("--input-size", default=500, type=int, help="test resolution s*: largest image side, no crop")
-    parser.add_argument("--images-per-class", default=50, type=int, help="fine-tune on the first N training images of each class")
+    parser.add_argument(
+        "--images-per-class", default=50, type=int, help="fine-tune on the first N training images of each class"
+    )
     parser.add_argument("-b", "--batch-size", default=4, type=int, help="fine-tuning batch size")
-    parser.add_argument("--eval-batch-size", default=32, type=int, help="largest batch of same-size images when evaluating")
+    parser.add_argument(
+        "--eval-batch-size", default=32, type=int, help="largest batch of same-size images when evaluating"
+    )
     parser.add_argument("--lr", default=0.005, type=float, help="learning rate of p")
     parser.add_argument("--momentum", default=0.9, type=float, help="SGD momentum")
-    parser.add_argument("--lr-power", default=0.9, type=float, help="power of the per-iteration polynomial learning rate decay")
-    parser.add_argument("--p-grid", default=None, type=parse_p_grid, help="comma-separated p values: choose p by cross-validation on the fine-tuning images instead of SGD")
-    parser.add_argument("--validate-first", action=argparse.BooleanOptionalAction, default=True, help="validate at the test resolution before fine-tuning (--no-validate-first skips it)")
-    parser.add_argument("--interpolation", default="bilinear", choices=["nearest", "bilinear", "bicubic"], help="resize interpolation")
+    parser.add_argument(
+        "--lr-power", default=0.9, type=float, help="power of the per-iteration polynomial learning rate decay"
+    )
+    parser.add_argument(
+        "--p-grid",
+        default=None,
+        type=parse_p_grid,
+        help="comma-separated p values: choose p by cross-validation on the fine-tuning images instead of SGD",
+    )
+    parser.add_argument(
+        "--validate-first",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="validate at the test resolution before fine-tuning (--no-validate-first skips it)",
+    )
+    parser.add_argument(
+        "--interpolation", default="bilinear", choices=["nearest", "bilinear", "bicubic"], help="resize interpolation"
+    )
     parser.add_argument("-j", "--workers", default=8, type=int, help="data loading workers")
     parser.add_argument("--print-freq", default=100, type=int, help="print every this many iterations")
-    parser.add_argument("--output-dir", default=".", help="where checkpoint.pth and log.jsonl (started afresh) are written")
+    parser.add_argument(
+        "--output-dir", default=".", help="where checkpoint.pth and log.jsonl (started afresh) are written"
+    )
     parser.add_argument("--seed", default=0, type=int, help="seed of the order of the fine-tuning images")
     return parser
 

@@ -14,12 +14,14 @@ of every image is present, and the copies of an image sit in the same global bat
         num_workers=8,
     )
 """
+
 import math
 
 import torch
 import torch.utils.data
 
 from multigrain.image_io import BadImageError
+
 from sampler import RASampler
 
 

@@ -331,9 +331,7 @@ def _paste_instance(instance, size, box_fraction, rng, background_class):
     return picture, [float(left), float(top), float(left + box_width), float(top + box_height)]
 
 
-def make_revisitop(
-    root, name="roxford5k", num_queries=5, num_database=40, image_size=(96, 72), num_classes=10, seed=0
-):
+def make_revisitop(root, name="roxford5k", num_queries=5, num_database=40, image_size=(96, 72), num_classes=10, seed=0):
     """Revisited Oxford / Paris layout: root/<name>/jpg/*.jpg and root/<name>/gnd_<name>.pkl.
 
     Each query shows an instance inside clutter (its box is `bbx`). The database holds 2 easy (mild
@@ -352,8 +350,13 @@ def make_revisitop(
     rng = _layout_rng(seed, name)
     prefix = REVISITOP_PREFIXES[name]
     # (kind, variant strength, box side as a fraction of the picture side)
-    relevant_kinds = [("easy", 0.2, 0.75), ("easy", 0.3, 0.65), ("hard", 0.8, 0.5), ("hard", 0.9, 0.42),
-                      ("junk", 1.0, 0.25)]
+    relevant_kinds = [
+        ("easy", 0.2, 0.75),
+        ("easy", 0.3, 0.65),
+        ("hard", 0.8, 0.5),
+        ("hard", 0.9, 0.42),
+        ("junk", 1.0, 0.25),
+    ]
 
     database_order = rng.permutation(num_database)
     database_images = [None] * num_database
@@ -426,7 +429,10 @@ def get_args_parser(add_help=True):
 
     def add_num_classes(subparser, low=1):
         subparser.add_argument(
-            "--num-classes", default=10, type=int, help=f"pictures come from classes 0 .. N-1 ({low} <= N <= {MAX_CLASSES})"
+            "--num-classes",
+            default=10,
+            type=int,
+            help=f"pictures come from classes 0 .. N-1 ({low} <= N <= {MAX_CLASSES})",
         )
 
     holidays = add_layout("holidays", "INRIA Holidays: OUTPUT/jpg/NNNNXX.jpg and OUTPUT/rotations.txt")
@@ -466,8 +472,13 @@ def main(args):
         summary = f"{len(written['train'])} training and {len(written['val'])} validation images"
     elif args.layout == "holidays":
         written = make_holidays(
-            args.output, args.num_groups, args.images_per_group, args.image_size, args.rotated_fraction,
-            args.num_classes, args.seed,
+            args.output,
+            args.num_groups,
+            args.images_per_group,
+            args.image_size,
+            args.rotated_fraction,
+            args.num_classes,
+            args.seed,
         )
         summary = f"{sum(len(group) for group in written['groups'])} images in {len(written['groups'])} groups"
     elif args.layout == "ukbench":

@@ -4,6 +4,7 @@
 
 The defaults are the paper's recipe for 8 processes (global batch 512); see README.md.
 """
+
 import argparse
 import datetime
 import math
@@ -17,15 +18,16 @@ import torchvision
 from torch import nn
 from torchvision.transforms.functional import InterpolationMode
 
-import presets
-import utils
 from multigrain.checkpoint import load_checkpoint, load_model, model_state_dict
-from multigrain.image_io import load_rgb
 from multigrain.distance_weighted_sampling import NEGATIVE_SAMPLING_MODES, DistanceWeightedSampler
+from multigrain.image_io import load_rgb
 from multigrain.joint_loss import MultiGrainLoss
 from multigrain.margin_loss import MarginLoss
 from multigrain.model import build_model
 from repeated_views import DecodeOnceBatchSampler, RepeatedViews, collate_views
+
+import presets
+import utils
 from sampler import RASampler
 
 
@@ -48,7 +50,9 @@ def check_args(args):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
     if args.classif_weight < 1.0 and args.batch_size < args.ra_reps:
-        raise ValueError(f"--batch-size {args.batch_size} cannot hold the {args.ra_reps} copies of an image (--ra-reps)")
+        raise ValueError(
+            f"--batch-size {args.batch_size} cannot hold the {args.ra_reps} copies of an image (--ra-reps)"
+        )
     if args.workers < 0:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
     if args.lr <= 0:
@@ -172,7 +176,9 @@ def train_one_epoch(model, criterion, optimizer, data_loader, device, epoch, arg
     beta = criterion.margin_loss.beta
     images_per_step = args.batch_size * utils.get_world_size()
     header = f"Epoch: [{epoch}]"
-    for step, (images, targets, ids) in enumerate(metric_logger.log_every(data_loader, args.print_freq, header, images_per_step)):
+    for step, (images, targets, ids) in enumerate(
+        metric_logger.log_every(data_loader, args.print_freq, header, images_per_step)
+    ):
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
         ids = ids.to(device, non_blocking=True)
@@ -183,7 +189,12 @@ def train_one_epoch(model, criterion, optimizer, data_loader, device, epoch, arg
         if not math.isfinite(loss.item()):
             raise FloatingPointError(
                 f"non-finite loss {loss.item()} at epoch {epoch}, iteration {step}: stopping. The last good "
-                f"checkpoint is {os.path.join(args.output_dir, 'checkpoint.pth') if args.output_dir else 'not saved (no --output-dir)'}"
+                "checkpoint is "
+                + (
+                    os.path.join(args.output_dir, "checkpoint.pth")
+                    if args.output_dir
+                    else "not saved (no --output-dir)"
+                )
             )
 
         optimizer.zero_grad(set_to_none=True)
@@ -233,8 +244,16 @@ def evaluate(model, data_loader, device, args, header="Test:"):
         loss_sum += loss.item()
         count += images.shape[0]
     correct1, correct5, loss_sum, count = utils.reduce_sum([correct1, correct5, loss_sum, count])
-    metrics = {"acc1": 100.0 * correct1 / count, "acc5": 100.0 * correct5 / count, "loss": loss_sum / count, "images": int(count)}
-    utils.print_main(f"{header} Acc@1 {metrics['acc1']:.3f} Acc@5 {metrics['acc5']:.3f} loss {metrics['loss']:.4f} on {int(count)} images")
+    metrics = {
+        "acc1": 100.0 * correct1 / count,
+        "acc5": 100.0 * correct5 / count,
+        "loss": loss_sum / count,
+        "images": int(count),
+    }
+    utils.print_main(
+        f"{header} Acc@1 {metrics['acc1']:.3f} Acc@5 {metrics['acc5']:.3f} loss {metrics['loss']:.4f} "
+        f"on {int(count)} images"
+    )
     return metrics
 
 
@@ -249,7 +268,10 @@ def main(args):
     dataset, train_sampler, dataset_val, classes = load_data(args)
     collate_fn = utils.collate_skipping_bad if args.skip_bad_images else None
     val_loader = torch.utils.data.DataLoader(
-        dataset_val, batch_size=args.batch_size, num_workers=args.workers, pin_memory=device.type == "cuda",
+        dataset_val,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        pin_memory=device.type == "cuda",
         collate_fn=collate_fn,
     )
 
@@ -257,7 +279,9 @@ def main(args):
         if args.resume:
             model = load_model(args.resume, model_name=args.model, device=device)
         else:
-            model = build_model(args.model, weights=args.weights, num_classes=len(classes), pooling_exponent=args.pooling_exponent)
+            model = build_model(
+                args.model, weights=args.weights, num_classes=len(classes), pooling_exponent=args.pooling_exponent
+            )
         return evaluate(model.to(device), val_loader, device, args)
 
     utils.seed_everything(args.seed)
@@ -322,9 +346,17 @@ def main(args):
         sampling_generator.manual_seed(int(np.random.SeedSequence([args.seed, epoch]).generate_state(1)[0]))
         train_sampler.set_epoch(epoch)
         if args.ra_decode_once:
-            batching = {"batch_sampler": DecodeOnceBatchSampler(train_sampler, args.batch_size, drop_last), "collate_fn": collate_views}
+            batching = {
+                "batch_sampler": DecodeOnceBatchSampler(train_sampler, args.batch_size, drop_last),
+                "collate_fn": collate_views,
+            }
         else:
-            batching = {"batch_size": args.batch_size, "sampler": train_sampler, "drop_last": drop_last, "collate_fn": collate_fn}
+            batching = {
+                "batch_size": args.batch_size,
+                "sampler": train_sampler,
+                "drop_last": drop_last,
+                "collate_fn": collate_fn,
+            }
         train_loader = torch.utils.data.DataLoader(
             dataset, num_workers=args.workers, pin_memory=device.type == "cuda", **batching
         )
@@ -368,47 +400,114 @@ def get_args_parser(add_help=True):
         add_help=add_help,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--data-path", default="/datasets01/imagenet_full_size/061417/", help="folder with train/ and val/ ImageFolders")
-    parser.add_argument("--model", default="resnet50", help="torchvision model name (ResNet, ResNeXt, Wide-ResNet, RegNet, EfficientNet)")
-    parser.add_argument("--weights", default=None, help="torchvision weights for the trunk, e.g. ResNet50_Weights.IMAGENET1K_V1")
+    parser.add_argument(
+        "--data-path", default="/datasets01/imagenet_full_size/061417/", help="folder with train/ and val/ ImageFolders"
+    )
+    parser.add_argument(
+        "--model",
+        default="resnet50",
+        help="torchvision model name (ResNet, ResNeXt, Wide-ResNet, RegNet, EfficientNet)",
+    )
+    parser.add_argument(
+        "--weights", default=None, help="torchvision weights for the trunk, e.g. ResNet50_Weights.IMAGENET1K_V1"
+    )
     parser.add_argument("--device", default="cuda", help="cuda or cpu")
-    parser.add_argument("-b", "--batch-size", default=64, type=int, help="images per process; the global batch is this times the number of processes")
+    parser.add_argument(
+        "-b",
+        "--batch-size",
+        default=64,
+        type=int,
+        help="images per process; the global batch is this times the number of processes",
+    )
     parser.add_argument("--epochs", default=120, type=int, help="number of epochs")
     parser.add_argument("-j", "--workers", default=8, type=int, help="data loading workers per process")
     parser.add_argument("--opt", default="sgd", choices=["sgd", "sgd_nesterov", "rmsprop", "adamw"], help="optimizer")
-    parser.add_argument("--lr", default=0.2, type=float, help="learning rate (the paper: 0.2 for a global batch of 512)")
+    parser.add_argument(
+        "--lr", default=0.2, type=float, help="learning rate (the paper: 0.2 for a global batch of 512)"
+    )
     parser.add_argument("--momentum", default=0.9, type=float, help="momentum")
     parser.add_argument("--wd", "--weight-decay", default=1e-4, type=float, dest="weight_decay", help="weight decay")
-    parser.add_argument("--norm-weight-decay", default=None, type=float, help="weight decay of normalization layers (default: --wd)")
+    parser.add_argument(
+        "--norm-weight-decay", default=None, type=float, help="weight decay of normalization layers (default: --wd)"
+    )
     parser.add_argument("--label-smoothing", default=0.0, type=float, help="label smoothing of the cross-entropy")
-    parser.add_argument("--lr-scheduler", default="steplr", choices=["steplr", "multisteplr", "cosineannealinglr"], help="learning rate schedule, stepped every epoch")
-    parser.add_argument("--lr-steps", default=[30, 60, 90], nargs="+", type=int, help="epochs of the multisteplr decays")
+    parser.add_argument(
+        "--lr-scheduler",
+        default="steplr",
+        choices=["steplr", "multisteplr", "cosineannealinglr"],
+        help="learning rate schedule, stepped every epoch",
+    )
+    parser.add_argument(
+        "--lr-steps", default=[30, 60, 90], nargs="+", type=int, help="epochs of the multisteplr decays"
+    )
     parser.add_argument("--lr-step-size", default=30, type=int, help="period of the steplr decays, in epochs")
     parser.add_argument("--lr-gamma", default=0.1, type=float, help="decay factor of steplr / multisteplr")
     parser.add_argument("--lr-min", default=0.0, type=float, help="final learning rate of cosineannealinglr")
     parser.add_argument("--lr-warmup-epochs", default=0, type=int, help="warm-up epochs (the paper: none)")
     parser.add_argument("--lr-warmup-method", default="linear", choices=["linear", "constant"], help="warm-up shape")
-    parser.add_argument("--lr-warmup-decay", default=0.01, type=float, help="learning rate factor at the start of the warm-up")
+    parser.add_argument(
+        "--lr-warmup-decay", default=0.01, type=float, help="learning rate factor at the start of the warm-up"
+    )
     parser.add_argument("--print-freq", default=10, type=int, help="print every this many iterations")
     parser.add_argument("--output-dir", default=".", help="where checkpoint.pth and log.jsonl are written")
     parser.add_argument("--resume", default="", help="checkpoint to resume from")
-    parser.add_argument("--auto-resume", action=argparse.BooleanOptionalAction, default=True, help="resume from <output-dir>/checkpoint.pth when it exists")
-    parser.add_argument("--skip-bad-images", action="store_true", help="log and skip images that cannot be decoded instead of stopping")
+    parser.add_argument(
+        "--auto-resume",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="resume from <output-dir>/checkpoint.pth when it exists",
+    )
+    parser.add_argument(
+        "--skip-bad-images", action="store_true", help="log and skip images that cannot be decoded instead of stopping"
+    )
     parser.add_argument("--start-epoch", default=0, type=int, help="first epoch (overridden by --resume)")
     parser.add_argument("--sync-bn", action="store_true", help="synchronised BatchNorm across processes")
     parser.add_argument("--test-only", action="store_true", help="only evaluate (the model of --resume if given)")
-    parser.add_argument("--auto-augment", default=None, choices=presets.AUTO_AUGMENT_POLICIES, help="augmentation policy replacing colour jitter and lighting (the paper's variant: autoaugment)")
+    parser.add_argument(
+        "--auto-augment",
+        default=None,
+        choices=presets.AUTO_AUGMENT_POLICIES,
+        help="augmentation policy replacing colour jitter and lighting (the paper's variant: autoaugment)",
+    )
     parser.add_argument("--ra-magnitude", default=9, type=int, help="magnitude of --auto-augment ra")
     parser.add_argument("--augmix-severity", default=3, type=int, help="severity of --auto-augment augmix")
-    parser.add_argument("--color-jitter", default=0.3, type=float, help="brightness, contrast and saturation jitter of the full augmentation")
-    parser.add_argument("--lighting", default=0.1, type=float, help="std of the PCA lighting noise of the full augmentation")
+    parser.add_argument(
+        "--color-jitter",
+        default=0.3,
+        type=float,
+        help="brightness, contrast and saturation jitter of the full augmentation",
+    )
+    parser.add_argument(
+        "--lighting", default=0.1, type=float, help="std of the PCA lighting noise of the full augmentation"
+    )
     parser.add_argument("--amp", action="store_true", help="automatic mixed precision")
-    parser.add_argument("--amp-dtype", default="float16", choices=["float16", "bfloat16"], help="autocast dtype of --amp (float16 uses a gradient scaler)")
-    parser.add_argument("--clip-grad-norm", default=None, type=float, help="maximum gradient norm of the model's parameters")
-    parser.add_argument("--ra-sampler", action=argparse.BooleanOptionalAction, default=True, help="repeated augmentation: every image --ra-reps times per batch")
+    parser.add_argument(
+        "--amp-dtype",
+        default="float16",
+        choices=["float16", "bfloat16"],
+        help="autocast dtype of --amp (float16 uses a gradient scaler)",
+    )
+    parser.add_argument(
+        "--clip-grad-norm", default=None, type=float, help="maximum gradient norm of the model's parameters"
+    )
+    parser.add_argument(
+        "--ra-sampler",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="repeated augmentation: every image --ra-reps times per batch",
+    )
     parser.add_argument("--ra-reps", default=3, type=int, help="copies of each image under --ra-sampler")
-    parser.add_argument("--ra-decode-once", action="store_true", help="decode each image once and augment its --ra-reps copies from it (the copies of an image then sit on one process)")
-    parser.add_argument("--channels-last", action="store_true", help="channels-last memory format (faster convolutions with --amp on tensor-core GPUs)")
+    parser.add_argument(
+        "--ra-decode-once",
+        action="store_true",
+        help="decode each image once and augment its --ra-reps copies from it "
+        "(the copies of an image then sit on one process)",
+    )
+    parser.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="channels-last memory format (faster convolutions with --amp on tensor-core GPUs)",
+    )
     parser.add_argument("--compile", action="store_true", help="torch.compile the model for training")
     parser.add_argument(
         "--epoch-len-factor",
@@ -421,16 +520,40 @@ def get_args_parser(add_help=True):
     parser.add_argument("--val-resize-size", default=256, type=int, help="validation resize of the shorter side")
     parser.add_argument("--val-crop-size", default=224, type=int, help="validation center crop")
     parser.add_argument("--train-crop-size", default=224, type=int, help="training random-resized-crop size")
-    parser.add_argument("--interpolation", default="bilinear", choices=["nearest", "bilinear", "bicubic"], help="resize interpolation")
+    parser.add_argument(
+        "--interpolation", default="bilinear", choices=["nearest", "bilinear", "bicubic"], help="resize interpolation"
+    )
     parser.add_argument("--seed", default=0, type=int, help="random seed")
-    parser.add_argument("--classif-weight", "--classify-weight", default=0.5, type=float, dest="classif_weight", help="λ: loss = λ·CE + (1−λ)·margin loss; 1 is plain classification")
-    parser.add_argument("--pooling-exponent", default=3.0, type=float, help="GeM exponent p (1: average pooling, inf: max pooling)")
+    parser.add_argument(
+        "--classif-weight",
+        "--classify-weight",
+        default=0.5,
+        type=float,
+        dest="classif_weight",
+        help="λ: loss = λ·CE + (1−λ)·margin loss; 1 is plain classification",
+    )
+    parser.add_argument(
+        "--pooling-exponent", default=3.0, type=float, help="GeM exponent p (1: average pooling, inf: max pooling)"
+    )
     parser.add_argument("--beta-init", default=1.2, type=float, help="initial margin-loss boundary beta")
     parser.add_argument("--beta-lr", default=1.0, type=float, help="beta's learning rate as a multiple of --lr")
     parser.add_argument("--margin", default=0.2, type=float, help="margin alpha of the margin loss")
-    parser.add_argument("--sampling-cutoff", default=0.5, type=float, help="distances are clamped below at this value for the sampling weights")
-    parser.add_argument("--nonzero-loss-cutoff", default=1.4, type=float, help="negatives are drawn among the ones closer than this")
-    parser.add_argument("--negative-sampling", default="reference", choices=NEGATIVE_SAMPLING_MODES, help="reference: the published code's computation (global max, float32 underflow, uniform fallback); exact: the paper's distribution")
+    parser.add_argument(
+        "--sampling-cutoff",
+        default=0.5,
+        type=float,
+        help="distances are clamped below at this value for the sampling weights",
+    )
+    parser.add_argument(
+        "--nonzero-loss-cutoff", default=1.4, type=float, help="negatives are drawn among the ones closer than this"
+    )
+    parser.add_argument(
+        "--negative-sampling",
+        default="reference",
+        choices=NEGATIVE_SAMPLING_MODES,
+        help="reference: the published code's computation (global max, float32 underflow, uniform fallback); "
+        "exact: the paper's distribution",
+    )
     parser.add_argument("--dist-url", default="env://", help="url of the process group set-up")
     return parser
 

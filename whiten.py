@@ -8,6 +8,7 @@ Pooled vectors g of the whitening images (largest side --input-size, no crop) gi
 the classifier is rewritten to read (x − m)·P, which leaves every top-k prediction unchanged. The
 checkpoint loads in evaluate.py, finetune_p.py and train.py --test-only.
 """
+
 import argparse
 import os
 import time
@@ -17,12 +18,13 @@ import torch.utils.data
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms.functional import InterpolationMode
 
-import presets
-import utils
 from multigrain.checkpoint import architecture_name, load_checkpoint, model_from_checkpoint
 from multigrain.extraction import extract_descriptors
 from multigrain.image_io import load_rgb
 from multigrain.whitening import fit_whitening, fold_whitening, remove_whitening
+
+import presets
+import utils
 
 
 class ImageList(torch.utils.data.Dataset):
@@ -130,7 +132,12 @@ def main(args):
     print(f"Extracting {len(dataset)} pooled vectors at input size {args.input_size}, p={float(model.pool.p):.4f}")
     start = time.time()
     pooled = extract_descriptors(
-        model, dataset, device, output="pooled", batch_size=args.batch_size, num_workers=args.workers,
+        model,
+        dataset,
+        device,
+        output="pooled",
+        batch_size=args.batch_size,
+        num_workers=args.workers,
         print_freq=args.print_freq,
     )
     print(f"Extraction took {time.time() - start:.1f} s; fitting the whitening in float64")
@@ -167,10 +174,22 @@ def get_args_parser(add_help=True):
         add_help=add_help,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--resume", required=True, help="checkpoint to whiten (train.py, finetune_p.py, whiten.py or published)")
-    parser.add_argument("--model", default=None, help="architecture, for checkpoints that do not name it (published files: resnet50)")
-    parser.add_argument("--whiten-path", required=True, help="folder of the whitening images (every image below it, unless --whiten-list)")
-    parser.add_argument("--whiten-list", default=None, help="file naming the whitening images, one path relative to --whiten-path per line")
+    parser.add_argument(
+        "--resume", required=True, help="checkpoint to whiten (train.py, finetune_p.py, whiten.py or published)"
+    )
+    parser.add_argument(
+        "--model", default=None, help="architecture, for checkpoints that do not name it (published files: resnet50)"
+    )
+    parser.add_argument(
+        "--whiten-path",
+        required=True,
+        help="folder of the whitening images (every image below it, unless --whiten-list)",
+    )
+    parser.add_argument(
+        "--whiten-list",
+        default=None,
+        help="file naming the whitening images, one path relative to --whiten-path per line",
+    )
     parser.add_argument("--num-whiten-images", default=-1, type=int, help="use only the first N images (-1: all)")
     parser.add_argument("--input-size", default=500, type=int, help="test resolution: largest image side, no crop")
     parser.add_argument(
@@ -183,7 +202,9 @@ def get_args_parser(add_help=True):
     )
     parser.add_argument("--device", default="cuda", help="cuda or cpu")
     parser.add_argument("-b", "--batch-size", default=32, type=int, help="largest batch of same-size images")
-    parser.add_argument("--interpolation", default="bilinear", choices=["nearest", "bilinear", "bicubic"], help="resize interpolation")
+    parser.add_argument(
+        "--interpolation", default="bilinear", choices=["nearest", "bilinear", "bicubic"], help="resize interpolation"
+    )
     parser.add_argument("-j", "--workers", default=8, type=int, help="data loading workers")
     parser.add_argument("--print-freq", default=1000, type=int, help="print progress every this many images")
     parser.add_argument("--output-dir", default=".", help="where checkpoint.pth and log.jsonl are written")

@@ -8,6 +8,7 @@ wrapped in torch.compile, as train.py does. Evaluation: a batch through the mode
 with the model made channels-last and/or its trunk compiled, as evaluate.py does. The first calls,
 compilation included, are not timed: the table gives how long they took. A ratio below 1 is a gain.
 """
+
 import argparse
 import copy
 import time
@@ -15,7 +16,14 @@ import time
 import torch
 
 from benchmarks.step_overhead import CPU_SETTINGS, PAPER_SETTINGS, make_step
-from benchmarks.timing import apply_settings, describe_machine, format_table, median_ratio, synchronize, time_side_by_side
+from benchmarks.timing import (
+    apply_settings,
+    describe_machine,
+    format_table,
+    median_ratio,
+    synchronize,
+    time_side_by_side,
+)
 from multigrain.distance_weighted_sampling import NEGATIVE_SAMPLING_MODES
 from multigrain.model import build_model
 
@@ -75,7 +83,12 @@ def main(args):
         times = time_side_by_side(candidates, args.rounds, device=device, warmup=1)
         results[kind] = {variant: median_ratio(values, times["eager"]) for variant, values in times.items()}
         rows = [
-            [variant, f"{1000 * min(values) / args.steps:.1f}", f"{results[kind][variant]:.3f}", f"{first_call[variant]:.1f}"]
+            [
+                variant,
+                f"{1000 * min(values) / args.steps:.1f}",
+                f"{results[kind][variant]:.3f}",
+                f"{first_call[variant]:.1f}",
+            ]
             for variant, values in times.items()
         ]
         print(
@@ -93,17 +106,30 @@ def get_args_parser(add_help=True):
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--threads", default=None, type=int, help="torch threads of this process (default: torch's choice)")
-    parser.add_argument("--paper", action="store_true", help=f"the paper's settings {PAPER_SETTINGS} instead of {CPU_SETTINGS}")
+    parser.add_argument(
+        "--threads", default=None, type=int, help="torch threads of this process (default: torch's choice)"
+    )
+    parser.add_argument(
+        "--paper", action="store_true", help=f"the paper's settings {PAPER_SETTINGS} instead of {CPU_SETTINGS}"
+    )
     parser.add_argument("--model", default=None, help="torchvision model")
     parser.add_argument("--input-size", default=None, type=int, help="side of the square input images")
     parser.add_argument("-b", "--batch-size", default=None, type=int, help="images per step")
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="automatic mixed precision")
-    parser.add_argument("--amp-dtype", default="float16", choices=["float16", "bfloat16"], help="autocast dtype of --amp")
-    parser.add_argument("--variants", default=list(VARIANTS), nargs="+", help=f"what to time, among {', '.join(VARIANTS)} (eager is the reference)")
+    parser.add_argument(
+        "--amp-dtype", default="float16", choices=["float16", "bfloat16"], help="autocast dtype of --amp"
+    )
+    parser.add_argument(
+        "--variants",
+        default=list(VARIANTS),
+        nargs="+",
+        help=f"what to time, among {', '.join(VARIANTS)} (eager is the reference)",
+    )
     parser.add_argument("--reps", default=3, type=int, help="copies of each image in the batch (repeated augmentation)")
     parser.add_argument("--classif-weight", default=0.5, type=float, help="λ of the training step")
-    parser.add_argument("--negative-sampling", default="reference", choices=NEGATIVE_SAMPLING_MODES, help="negative sampling mode")
+    parser.add_argument(
+        "--negative-sampling", default="reference", choices=NEGATIVE_SAMPLING_MODES, help="negative sampling mode"
+    )
     parser.add_argument("--num-classes", default=1000, type=int, help="classifier outputs")
     parser.add_argument("--steps", default=2, type=int, help="steps per timed round")
     parser.add_argument("--rounds", default=5, type=int, help="timed rounds of each variant")

@@ -10,6 +10,7 @@ with `-j` workers, worker start-up included as in training. The table also gives
 and the augmentation time A of one image measured in this process: decoding once per image can at
 most reach (D + A) / (D / reps + A). Target: ≥ 2×.
 """
+
 import argparse
 import os
 import random
@@ -21,13 +22,14 @@ import torch
 import torch.utils.data
 import torchvision
 
-import presets
-import utils
 from benchmarks.timing import format_table, median_ratio, time_side_by_side, verdict
 from multigrain.image_io import load_rgb
 from repeated_views import DecodeOnceBatchSampler, RepeatedViews, collate_views
-from sampler import RASampler
 from synthetic_data import make_imagefolder, parse_size
+
+import presets
+import utils
+from sampler import RASampler
 
 
 def image_folder(args, transform):
@@ -43,9 +45,13 @@ def per_copy_loader(args, transform):
     dataset = utils.WithIndex(image_folder(args, transform))
     sampler = RASampler(len(dataset), reps=args.reps, epoch_len_factor=args.epoch_len_factor)
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers, drop_last=True,
+        dataset,
+        batch_size=args.batch_size,
+        sampler=sampler,
+        num_workers=args.workers,
+        drop_last=True,
         pin_memory=args.device.type == "cuda",
-    )  # fmt: skip
+    )
     return loader, sampler
 
 
@@ -54,9 +60,12 @@ def decode_once_loader(args, transform):
     sampler = RASampler(len(dataset), reps=args.reps, epoch_len_factor=args.epoch_len_factor)
     batch_sampler = DecodeOnceBatchSampler(sampler, args.batch_size, drop_last=True)
     loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=batch_sampler, collate_fn=collate_views, num_workers=args.workers,
+        dataset,
+        batch_sampler=batch_sampler,
+        collate_fn=collate_views,
+        num_workers=args.workers,
         pin_memory=args.device.type == "cuda",
-    )  # fmt: skip
+    )
     return loader, sampler
 
 
@@ -88,7 +97,10 @@ def decode_and_augment_ms(args, transform, num_images=20):
 
 def run(args):
     transform = presets.ClassificationPresetTrain(crop_size=args.crop_size, auto_augment_policy=args.auto_augment)
-    pipelines = {"decode per copy": per_copy_loader(args, transform), "decode once": decode_once_loader(args, transform)}
+    pipelines = {
+        "decode per copy": per_copy_loader(args, transform),
+        "decode once": decode_once_loader(args, transform),
+    }
     counts = {name: [] for name in pipelines}
     candidates = {
         name: epoch_runner(loader, sampler, counts[name], args.device) for name, (loader, sampler) in pipelines.items()
@@ -113,7 +125,13 @@ def run(args):
     )
     rows = [
         ["decode per copy", f"{statistics.median(rates['decode per copy']):.1f}", "1.00", "", ""],
-        ["decode once", f"{statistics.median(rates['decode once']):.1f}", f"{ratio:.2f}", "≥ 2", verdict(ratio, 2.0, False)],
+        [
+            "decode once",
+            f"{statistics.median(rates['decode once']):.1f}",
+            f"{ratio:.2f}",
+            "≥ 2",
+            verdict(ratio, 2.0, False),
+        ],
     ]
     print(format_table(["pipeline", "samples/s (median)", "ratio", "target", "status"], rows))
     print(
@@ -133,9 +151,12 @@ def main(args):
     with tempfile.TemporaryDirectory() as root:
         num_classes = 4
         make_imagefolder(
-            root, num_classes=num_classes, train_per_class=-(-args.num_images // num_classes), val_per_class=1,
+            root,
+            num_classes=num_classes,
+            train_per_class=-(-args.num_images // num_classes),
+            val_per_class=1,
             image_size=parse_size(args.image_size),
-        )  # fmt: skip
+        )
         args.image_folder = os.path.join(root, "train")
         return run(args)
 
@@ -147,16 +168,34 @@ def get_args_parser(add_help=True):
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--device", default="cpu", help="where the batches go (cuda: pinned memory, as in training)")
-    parser.add_argument("--data-path", default=None, help="ImageFolder root (class folders of JPEGs); default: synthetic images")
-    parser.add_argument("--max-images", default=None, type=int, help="use a fixed random subset of this many images of --data-path")
-    parser.add_argument("--num-images", default=96, type=int, help="synthetic images to write when there is no --data-path")
-    parser.add_argument("--image-size", default="500x375", help="WIDTHxHEIGHT of the synthetic images (ImageNet's typical size)")
+    parser.add_argument(
+        "--data-path", default=None, help="ImageFolder root (class folders of JPEGs); default: synthetic images"
+    )
+    parser.add_argument(
+        "--max-images", default=None, type=int, help="use a fixed random subset of this many images of --data-path"
+    )
+    parser.add_argument(
+        "--num-images", default=96, type=int, help="synthetic images to write when there is no --data-path"
+    )
+    parser.add_argument(
+        "--image-size", default="500x375", help="WIDTHxHEIGHT of the synthetic images (ImageNet's typical size)"
+    )
     parser.add_argument("--reps", default=3, type=int, help="copies of each image (--ra-reps)")
-    parser.add_argument("--epoch-len-factor", default=3.0, type=float, help="samples per epoch / images (3.0 with reps 3: every copy of every image)")
+    parser.add_argument(
+        "--epoch-len-factor",
+        default=3.0,
+        type=float,
+        help="samples per epoch / images (3.0 with reps 3: every copy of every image)",
+    )
     parser.add_argument("-b", "--batch-size", default=48, type=int, help="samples per batch")
     parser.add_argument("-j", "--workers", default=2, type=int, help="DataLoader workers")
     parser.add_argument("--crop-size", default=224, type=int, help="training crop size")
-    parser.add_argument("--auto-augment", default=None, choices=presets.AUTO_AUGMENT_POLICIES, help="augmentation policy instead of the full augmentation")
+    parser.add_argument(
+        "--auto-augment",
+        default=None,
+        choices=presets.AUTO_AUGMENT_POLICIES,
+        help="augmentation policy instead of the full augmentation",
+    )
     parser.add_argument("--rounds", default=3, type=int, help="timed epochs of each pipeline")
     return parser
 

@@ -12,6 +12,7 @@ precision needs, the positions of each query's positives in its full ranking, fr
 `multigrain.nn_search.ranking_positions` against a full ranking by `knn` (k = database size), for
 229 queries (as Copydays) with one positive each: time, peak memory and equality of the positions.
 """
+
 import argparse
 import tempfile
 import threading
@@ -20,13 +21,22 @@ import time
 import torch
 from torch.nn import functional as F
 
-import presets
-from benchmarks.timing import apply_settings, describe_machine, format_table, median_ratio, synchronize, time_side_by_side, verdict
+from benchmarks.timing import (
+    apply_settings,
+    describe_machine,
+    format_table,
+    median_ratio,
+    synchronize,
+    time_side_by_side,
+    verdict,
+)
 from multigrain.extraction import extract_descriptors
 from multigrain.model import build_model
 from multigrain.nn_search import knn, ranking_positions
 from multigrain.retrieval_datasets import read_ukbench
 from synthetic_data import make_ukbench
+
+import presets
 
 CPU_SETTINGS = {"model": "resnet18", "input_size": 224, "dim": 256}
 PAPER_SETTINGS = {"model": "resnet50", "input_size": 500, "dim": 2048}
@@ -54,8 +64,14 @@ def benchmark_extraction(args, device):
     num_images = 4 * args.num_groups
     rows = [
         ["one at a time (-b 1)", f"{num_images / min(times['one at a time']):.1f}", "1.00", "", ""],
-        [f"batched by size (-b {args.batch_size})", f"{num_images / min(times['batched']):.1f}", f"{ratio:.2f}", "≥ 2", verdict(ratio, 2.0, False)],
-    ]  # fmt: skip
+        [
+            f"batched by size (-b {args.batch_size})",
+            f"{num_images / min(times['batched']):.1f}",
+            f"{ratio:.2f}",
+            "≥ 2",
+            verdict(ratio, 2.0, False),
+        ],
+    ]
     print(
         f"Extraction: {num_images} images of 640x480, {args.model} at largest side {args.input_size}, "
         f"-j {args.workers}, {args.rounds} rounds, {describe_machine(device)}"
@@ -116,14 +132,19 @@ def benchmark_search(args, device):
             synchronize(device)
         seconds = time.perf_counter() - start
         results[chunk_size] = {"seconds": seconds, "peak_bytes": memory.peak_bytes}
-        rows.append([str(chunk_size), f"{seconds:.1f}", f"{args.num_queries / seconds:.0f}", f"{memory.peak_bytes / 2**20:.0f}"])
+        rows.append(
+            [str(chunk_size), f"{seconds:.1f}", f"{args.num_queries / seconds:.0f}", f"{memory.peak_bytes / 2**20:.0f}"]
+        )
     full_matrix = args.num_queries * args.num_database * 4 / 2**20
     print(
         f"Search: {args.num_queries} queries, {args.num_database} database vectors, d={args.dim}, k={args.k}, "
         f"exact (torch), {describe_machine(device)}"
     )
     print(format_table(["chunk size", "seconds", "queries/s", "peak extra memory (MiB)"], rows))
-    print(f"an unchunked search would hold the {args.num_queries}x{args.num_database} float32 scores: {full_matrix:.0f} MiB")
+    print(
+        f"an unchunked search would hold the {args.num_queries}x{args.num_database} float32 scores: "
+        f"{full_matrix:.0f} MiB"
+    )
     return results
 
 
@@ -189,9 +210,15 @@ def get_args_parser(add_help=True):
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--threads", default=None, type=int, help="torch threads of this process (default: torch's choice)")
-    parser.add_argument("--paper", action="store_true", help=f"the paper's settings {PAPER_SETTINGS} instead of {CPU_SETTINGS}")
-    parser.add_argument("--part", default="all", choices=["extraction", "search", "positions", "all"], help="which benchmark to run")
+    parser.add_argument(
+        "--threads", default=None, type=int, help="torch threads of this process (default: torch's choice)"
+    )
+    parser.add_argument(
+        "--paper", action="store_true", help=f"the paper's settings {PAPER_SETTINGS} instead of {CPU_SETTINGS}"
+    )
+    parser.add_argument(
+        "--part", default="all", choices=["extraction", "search", "positions", "all"], help="which benchmark to run"
+    )
     parser.add_argument("--model", default=None, help="torchvision model of the extraction")
     parser.add_argument("--input-size", default=None, type=int, help="s: images are resized to largest side s")
     parser.add_argument("--num-groups", default=12, type=int, help="UKBench groups of 4 images to extract")
@@ -203,7 +230,13 @@ def get_args_parser(add_help=True):
     parser.add_argument("--dim", default=None, type=int, help="descriptor dimension of the search")
     parser.add_argument("-k", default=100, type=int, help="neighbours per query")
     parser.add_argument("--num-ap-queries", default=229, type=int, help="queries of the positions benchmark")
-    parser.add_argument("--chunk-sizes", default=[4096], nargs="+", type=int, help="chunk sizes of the search to time (evaluate.py's --chunk-size)")
+    parser.add_argument(
+        "--chunk-sizes",
+        default=[4096],
+        nargs="+",
+        type=int,
+        help="chunk sizes of the search to time (evaluate.py's --chunk-size)",
+    )
     return parser
 
 

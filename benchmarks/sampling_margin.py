@@ -9,6 +9,7 @@ the device, copied to the host (a device sync), and a Python loop draws each anc
 numpy; the margin loss then runs on the lists of (anchor, positive, negative) indices. It lives here,
 as the baseline, and not in the library. Target: the vectorised version ≥ 20× faster on the CPU.
 """
+
 import argparse
 
 import numpy as np
@@ -62,7 +63,9 @@ def per_anchor_loop(embeddings, ids, margin_loss, rng, cutoff=0.5, nonzero_loss_
         positives.extend(row_positives.tolist())
 
     device = embeddings.device
-    anchor, positive, negative = (embeddings[torch.tensor(rows, device=device)] for rows in (anchors, positives, negatives))
+    anchor, positive, negative = (
+        embeddings[torch.tensor(rows, device=device)] for rows in (anchors, positives, negatives)
+    )
     positive_distance = torch.sqrt(((anchor - positive) ** 2).sum(dim=1) + 1e-8)
     negative_distance = torch.sqrt(((anchor - negative) ** 2).sum(dim=1) + 1e-8)
     beta = margin_loss.beta
@@ -139,13 +142,22 @@ def get_args_parser(add_help=True):
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--threads", default=None, type=int, help="torch threads of this process (default: torch's choice)")
+    parser.add_argument(
+        "--threads", default=None, type=int, help="torch threads of this process (default: torch's choice)"
+    )
     parser.add_argument("-b", "--batch-size", default=512, type=int, help="B: embeddings in the (global) batch")
     parser.add_argument("--dim", default=2048, type=int, help="d: embedding dimension")
     parser.add_argument("--reps", default=3, type=int, help="copies of each instance in the batch")
-    parser.add_argument("--negative-sampling", default="reference", choices=NEGATIVE_SAMPLING_MODES, help="negative sampling mode")
+    parser.add_argument(
+        "--negative-sampling", default="reference", choices=NEGATIVE_SAMPLING_MODES, help="negative sampling mode"
+    )
     parser.add_argument("--rounds", default=15, type=int, help="timed calls of each implementation")
-    parser.add_argument("--breakdown", action=argparse.BooleanOptionalAction, default=True, help="also time the sampling and the margin loss alone")
+    parser.add_argument(
+        "--breakdown",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time the sampling and the margin loss alone",
+    )
     parser.add_argument("--target", default=20.0, type=float, help="speed-up the vectorised version should reach")
     return parser
 

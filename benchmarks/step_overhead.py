@@ -9,6 +9,7 @@ step does is timed: forward, losses, backward, optimizer, the loss check and the
 instance ids hold `--reps` copies of each image, as repeated augmentation gives them. Targets: ≤ 1.05×
 on the CPU, ≤ 1.02× on a GPU.
 """
+
 import argparse
 import contextlib
 import copy
@@ -16,12 +17,13 @@ import io
 
 import torch
 
-import train
 from benchmarks.timing import apply_settings, describe_machine, format_table, median_ratio, time_side_by_side, verdict
 from multigrain.distance_weighted_sampling import NEGATIVE_SAMPLING_MODES, DistanceWeightedSampler
 from multigrain.joint_loss import MultiGrainLoss
 from multigrain.margin_loss import MarginLoss
 from multigrain.model import build_model
+
+import train
 
 CPU_SETTINGS = {"model": "resnet18", "input_size": 64, "batch_size": 48, "amp": False}
 PAPER_SETTINGS = {"model": "resnet50", "input_size": 224, "batch_size": 64, "amp": True}
@@ -30,10 +32,25 @@ PAPER_SETTINGS = {"model": "resnet50", "input_size": 224, "batch_size": 64, "amp
 def train_args(args, classif_weight):
     """train.py's arguments for one of the two steps."""
     flags = [
-        "--device", args.device, "-b", str(args.batch_size), "--classif-weight", str(classif_weight),
-        "--ra-reps", str(args.reps), "--lr", "0.001", "--print-freq", "1000000", "--output-dir", "",
-        "--amp-dtype", args.amp_dtype, "--negative-sampling", args.negative_sampling,
-    ]  # fmt: skip
+        "--device",
+        args.device,
+        "-b",
+        str(args.batch_size),
+        "--classif-weight",
+        str(classif_weight),
+        "--ra-reps",
+        str(args.reps),
+        "--lr",
+        "0.001",
+        "--print-freq",
+        "1000000",
+        "--output-dir",
+        "",
+        "--amp-dtype",
+        args.amp_dtype,
+        "--negative-sampling",
+        args.negative_sampling,
+    ]
     if args.amp:
         flags.append("--amp")
     namespace = train.get_args_parser().parse_args(flags)
@@ -48,9 +65,9 @@ def make_step(model, args, classif_weight, batches, device, channels_last=False,
     model = copy.deepcopy(model)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    criterion = MultiGrainLoss(
-        classif_weight, DistanceWeightedSampler(mode=args.negative_sampling), MarginLoss()
-    ).to(device)
+    criterion = MultiGrainLoss(classif_weight, DistanceWeightedSampler(mode=args.negative_sampling), MarginLoss()).to(
+        device
+    )
     optimizer = train.build_optimizer(namespace, model, criterion)
     scaler = torch.amp.GradScaler(device.type) if args.amp and args.amp_dtype == "float16" else None
     if compiled:
@@ -89,7 +106,13 @@ def main(args):
     target = 1.02 if device.type == "cuda" else 1.05
     rows = [
         [base_name, f"{1000 * min(base) / args.steps:.1f}", "1.000", "", ""],
-        [name, f"{1000 * min(multigrain) / args.steps:.1f}", f"{ratio:.3f}", f"≤ {target}", verdict(ratio, target, True)],
+        [
+            name,
+            f"{1000 * min(multigrain) / args.steps:.1f}",
+            f"{ratio:.3f}",
+            f"≤ {target}",
+            verdict(ratio, target, True),
+        ],
     ]
     print(
         f"Step overhead: {args.model}, {args.batch_size} images of {args.input_size}x{args.input_size}, "
@@ -106,16 +129,24 @@ def get_args_parser(add_help=True):
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--threads", default=None, type=int, help="torch threads of this process (default: torch's choice)")
-    parser.add_argument("--paper", action="store_true", help=f"the paper's settings {PAPER_SETTINGS} instead of {CPU_SETTINGS}")
+    parser.add_argument(
+        "--threads", default=None, type=int, help="torch threads of this process (default: torch's choice)"
+    )
+    parser.add_argument(
+        "--paper", action="store_true", help=f"the paper's settings {PAPER_SETTINGS} instead of {CPU_SETTINGS}"
+    )
     parser.add_argument("--model", default=None, help="torchvision model")
     parser.add_argument("--input-size", default=None, type=int, help="side of the square input images")
     parser.add_argument("-b", "--batch-size", default=None, type=int, help="images per step")
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="automatic mixed precision")
-    parser.add_argument("--amp-dtype", default="float16", choices=["float16", "bfloat16"], help="autocast dtype of --amp")
+    parser.add_argument(
+        "--amp-dtype", default="float16", choices=["float16", "bfloat16"], help="autocast dtype of --amp"
+    )
     parser.add_argument("--reps", default=3, type=int, help="copies of each image in the batch (repeated augmentation)")
     parser.add_argument("--classif-weight", default=0.5, type=float, help="λ of the MultiGrain step")
-    parser.add_argument("--negative-sampling", default="reference", choices=NEGATIVE_SAMPLING_MODES, help="negative sampling mode")
+    parser.add_argument(
+        "--negative-sampling", default="reference", choices=NEGATIVE_SAMPLING_MODES, help="negative sampling mode"
+    )
     parser.add_argument("--num-classes", default=1000, type=int, help="classifier outputs")
     parser.add_argument("--steps", default=2, type=int, help="training steps per timed round")
     parser.add_argument("--rounds", default=9, type=int, help="timed rounds of each step")

@@ -3,9 +3,10 @@
 Absolute times drift on a shared machine, so the alternatives of a benchmark run in interleaved
 rounds (A B, B A, A B, ...) and a ratio is the median over the rounds of the ratio within a round.
 """
+
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

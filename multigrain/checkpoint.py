@@ -6,6 +6,7 @@ ResNet-50): a dict whose `model_state` entry has the same `features.*`, `pool.p`
 keys, possibly behind a `module.` prefix, and for whitened models `whitening.pca.pca_m`,
 `whitening.pca.pca_P` with a classifier of width 2049 that reads the whitened vector.
 """
+
 import os
 import pickle
 import types
@@ -145,7 +146,7 @@ def model_state_dict(checkpoint, path="checkpoint"):
     if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
         raise ValueError(f"{path}: the model entry is not a state_dict of tensors")
     if state and all(key.startswith("module.") for key in state):
-        state = {key[len("module."):]: value for key, value in state.items()}
+        state = {key[len("module.") :]: value for key, value in state.items()}
     state = {PUBLISHED_WHITENING_KEYS.get(key, key): value for key, value in state.items()}
     for key in ("pool.p", "classifier.weight"):
         if key not in state:

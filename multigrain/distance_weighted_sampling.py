@@ -5,6 +5,7 @@ training step waits for the device: `positive_mask[i, j]` marks the ordered posi
 instance id, j != i) that are anchors of a triplet, and `negatives[i, j]` is the negative drawn for
 that pair from row i of the negative distribution.
 """
+
 import torch
 from torch import nn
 
@@ -113,7 +114,9 @@ class DistanceWeightedSampler(nn.Module):
         """Returns (positive_mask, negatives), both B x B; see the module docstring."""
         same = ids[:, None] == ids[None, :]
         positive_mask = same & ~torch.eye(len(ids), dtype=torch.bool, device=ids.device)
-        negatives, triplet_mask = draw_negatives(self.negative_log_probs(embeddings, ids), positive_mask, self.generator)
+        negatives, triplet_mask = draw_negatives(
+            self.negative_log_probs(embeddings, ids), positive_mask, self.generator
+        )
         return triplet_mask, negatives
 
     def extra_repr(self) -> str:

@@ -4,6 +4,7 @@ Retrieval and finetune_p inputs keep their aspect ratio (largest side s, no crop
 dataset differ in size. Padding them into one batch would change what GeM averages over; instead
 images of identical size are stacked into one batch and every other image runs on its own.
 """
+
 import time
 from collections import defaultdict
 

@@ -1,4 +1,5 @@
 """Opening image files as the RGB picture a person sees, with errors that name the file."""
+
 import numpy as np
 from PIL import Image, ImageOps
 

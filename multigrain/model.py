@@ -64,9 +64,7 @@ class MultiGrainNet(nn.Module):
 def _split_trunk(trunk: nn.Module):
     """The feature extractor, the final Linear and the head's dropout rate of a torchvision CNN."""
     if isinstance(trunk, torchvision.models.ResNet):
-        children = OrderedDict(
-            (name, child) for name, child in trunk.named_children() if name not in ("avgpool", "fc")
-        )
+        children = OrderedDict((name, child) for name, child in trunk.named_children() if name not in ("avgpool", "fc"))
         return nn.Sequential(children), trunk.fc, 0.0
     if isinstance(trunk, torchvision.models.RegNet):
         return nn.Sequential(OrderedDict(stem=trunk.stem, trunk_output=trunk.trunk_output)), trunk.fc, 0.0

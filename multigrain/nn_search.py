@@ -3,6 +3,7 @@
 `knn` returns the top k of each query's ranking; `ranking_positions` says where given database rows
 come in each query's full ranking, which is what average precision needs, without building it.
 """
+
 import numpy as np
 import torch
 

@@ -5,12 +5,13 @@ query images (or the indices of the database images that serve as queries), how 
 each query needs, and the function scoring the rankings with the official protocol. Scores are
 percentages, except the UKBench N-S score (0 to 4).
 """
+
 import copy
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch.utils.data
@@ -185,9 +186,7 @@ def read_distractors(root, list_file=None, num_distractors=None):
         source = f"the images under {root}"
     if num_distractors is not None:
         if len(names) < num_distractors:
-            raise ValueError(
-                f"--num-distractors {num_distractors} but {source} gives only {len(names)} distractors"
-            )
+            raise ValueError(f"--num-distractors {num_distractors} but {source} gives only {len(names)} distractors")
         names = names[:num_distractors]
     paths = [root / name for name in names]
     for path in paths:
@@ -285,6 +284,7 @@ def read_revisitop(root, name):
         return results
 
     items = [
-        np.concatenate([np.asarray(g[key], dtype=np.int64).reshape(-1) for key in ("easy", "hard", "junk")]) for g in gnd
+        np.concatenate([np.asarray(g[key], dtype=np.int64).reshape(-1) for key in ("easy", "hard", "junk")])
+        for g in gnd
     ]
     return RetrievalBenchmark(name, database, queries, None, None, items, score)

@@ -8,6 +8,7 @@ positions of the positives and junk items, a ranking can also be given as `Known
 holds just those (from `multigrain.nn_search.ranking_positions`), so that a million-image ranking
 is never built.
 """
+
 from pathlib import Path
 
 import numpy as np

@@ -1,4 +1,5 @@
 """Loading pickles (e.g. revisitop's ground truth) without running arbitrary code."""
+
 import codecs
 import os
 import pickle

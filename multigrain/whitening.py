@@ -6,6 +6,7 @@ W' = [W | b]·(Pᵀ)⁻¹ and b' = [W | b]·m give W'e + b' = [W | b]·x = (W g 
 logits times a positive factor of each image, so every top-k prediction is unchanged and a stored e
 can be classified without its image. The retrieval descriptor is l2n(e).
 """
+
 import torch
 from torch import nn
 

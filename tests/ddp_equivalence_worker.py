@@ -5,6 +5,7 @@ Each rank takes its chunk of a fixed global batch, computes the MultiGrain loss 
 gathered global batch, back-propagates through DDP and takes a few SGD steps. Rank 0 writes the first
 step's loss (averaged over ranks), margin loss and gradients and every rank's beta after the steps to OUTPUT.pt.
 """
+
 import sys
 
 import torch
@@ -74,7 +75,11 @@ def main(output):
             # The cross-entropy is each rank's own mean (DDP averages it); the margin loss is global.
             mean_loss = losses["loss"].detach().clone()
             dist.all_reduce(mean_loss)
-            result = {"loss": mean_loss / world, "margin_loss": losses["margin_loss"].detach(), "grads": gradients(model, criterion)}
+            result = {
+                "loss": mean_loss / world,
+                "margin_loss": losses["margin_loss"].detach(),
+                "grads": gradients(model, criterion),
+            }
         optimizer.step()
     betas = [torch.zeros(()) for _ in range(world)]
     dist.all_gather(betas, criterion.margin_loss.beta.detach().clone())

@@ -2,10 +2,9 @@ import os
 import subprocess
 import sys
 
+import ddp_equivalence_worker as worker
 import pytest
 import torch
-
-import ddp_equivalence_worker as worker
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -8,13 +8,14 @@ import pytest
 import torch
 from PIL import Image
 
-import evaluate
-import presets
 import synthetic_data
 from multigrain.checkpoint import load_model
 from multigrain.model import build_model, l2n
 from multigrain.retrieval_datasets import ImageList
 from multigrain.retrieval_metrics import copydays_map, holidays_map, revisitop_map, ukbench_score
+
+import evaluate
+import presets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INPUT_SIZE = 64
@@ -27,7 +28,9 @@ def run_evaluate(args, nproc=None):
     if nproc:
         env["OMP_NUM_THREADS"] = "1"
         launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    run = subprocess.run([*launcher, "evaluate.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    run = subprocess.run(
+        [*launcher, "evaluate.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     return run
 
@@ -43,7 +46,9 @@ def bench(tmp_path_factory):
     written = {
         "holidays": synthetic_data.make_holidays(root / "holidays", num_groups=12, image_size=(64, 48)),
         "ukbench": synthetic_data.make_ukbench(root / "ukbench", num_groups=12, image_size=(64, 48)),
-        "copydays": synthetic_data.make_copydays(root / "copydays", num_originals=8, num_distractors=20, image_size=(64, 48)),
+        "copydays": synthetic_data.make_copydays(
+            root / "copydays", num_originals=8, num_distractors=20, image_size=(64, 48)
+        ),
         "roxford5k": synthetic_data.make_revisitop(root / "revisitop", "roxford5k", 4, 30, image_size=(64, 48)),
         "rparis6k": synthetic_data.make_revisitop(root / "revisitop", "rparis6k", 4, 30, image_size=(64, 48)),
     }
@@ -53,11 +58,25 @@ def bench(tmp_path_factory):
 def benchmark_flags(root, num_distractors=20):
     copydays = root / "copydays"
     return [
-        "--holidays-path", str(root / "holidays"), "--holidays-rotations", str(root / "holidays" / "rotations.txt"),
-        "--ukbench-path", str(root / "ukbench"), "--copydays-path", str(copydays), "--distractors-path", str(copydays),
-        "--distractors-list", str(copydays / "distractors.txt"), "--num-distractors", str(num_distractors),
-        "--roxford5k-path", str(root / "revisitop" / "roxford5k"), "--rparis6k-path", str(root / "revisitop" / "rparis6k"),
-    ]  # fmt: skip
+        "--holidays-path",
+        str(root / "holidays"),
+        "--holidays-rotations",
+        str(root / "holidays" / "rotations.txt"),
+        "--ukbench-path",
+        str(root / "ukbench"),
+        "--copydays-path",
+        str(copydays),
+        "--distractors-path",
+        str(copydays),
+        "--distractors-list",
+        str(copydays / "distractors.txt"),
+        "--num-distractors",
+        str(num_distractors),
+        "--roxford5k-path",
+        str(root / "revisitop" / "roxford5k"),
+        "--rparis6k-path",
+        str(root / "revisitop" / "rparis6k"),
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -78,10 +97,25 @@ def evaluations(bench, trained_checkpoint, untrained_checkpoint, tmp_path_factor
     for name, checkpoint in (("trained", trained_checkpoint.path), ("untrained", untrained_checkpoint)):
         out = tmp_path_factory.mktemp(f"{name}_evaluation")
         argv = [
-            "--resume", str(checkpoint), "--device", "cpu", "-j", "0", "--input-size", str(INPUT_SIZE),
-            "--dataset", "imagenet-val", *BENCHMARKS, "--imagenet-path", str(trained_checkpoint.data_path),
-            *benchmark_flags(root), "--output-dir", str(out), "--save-features", str(out / "features"),
-        ]  # fmt: skip
+            "--resume",
+            str(checkpoint),
+            "--device",
+            "cpu",
+            "-j",
+            "0",
+            "--input-size",
+            str(INPUT_SIZE),
+            "--dataset",
+            "imagenet-val",
+            *BENCHMARKS,
+            "--imagenet-path",
+            str(trained_checkpoint.data_path),
+            *benchmark_flags(root),
+            "--output-dir",
+            str(out),
+            "--save-features",
+            str(out / "features"),
+        ]
         if name == "trained":
             stdout = run_evaluate(argv).stdout
         else:
@@ -104,7 +138,9 @@ def oracle_images(root, written, name):
         return {"ukbench": [Image.open(root / "ukbench" / "full" / n).convert("RGB") for n in written]}
     if name == "copydays":
         folder = root / "copydays"
-        database = [folder / "original" / n for n in written["originals"]] + [folder / n for n in written["distractors"]]
+        database = [folder / "original" / n for n in written["originals"]] + [
+            folder / n for n in written["distractors"]
+        ]
         queries = [folder / "strong" / n for n in sorted(written["queries"])]
         return {
             "copydays": [Image.open(path).convert("RGB") for path in database],
@@ -112,9 +148,13 @@ def oracle_images(root, written, name):
         }
     folder = root / "revisitop" / name / "jpg"
     queries = [
-        Image.open(folder / f"{q}.jpg").convert("RGB").crop(g["bbx"]) for q, g in zip(written["qimlist"], written["gnd"])
+        Image.open(folder / f"{q}.jpg").convert("RGB").crop(g["bbx"])
+        for q, g in zip(written["qimlist"], written["gnd"])
     ]
-    return {name: [Image.open(folder / f"{n}.jpg").convert("RGB") for n in written["imlist"]], f"{name}_queries": queries}
+    return {
+        name: [Image.open(folder / f"{n}.jpg").convert("RGB") for n in written["imlist"]],
+        f"{name}_queries": queries,
+    }
 
 
 @torch.no_grad()
@@ -165,8 +205,24 @@ def test_trained_model_beats_untrained_on_imagenet_val(evaluations):
 
 
 def test_classification_without_crop(trained_checkpoint, evaluations, tmp_path):
-    argv = ["--resume", str(trained_checkpoint.path), "--device", "cpu", "-j", "0", "--input-size", "64", "--input-crop",
-            "none", "--dataset", "imagenet-val", "--imagenet-path", str(trained_checkpoint.data_path), "--output-dir", str(tmp_path)]  # fmt: skip
+    argv = [
+        "--resume",
+        str(trained_checkpoint.path),
+        "--device",
+        "cpu",
+        "-j",
+        "0",
+        "--input-size",
+        "64",
+        "--input-crop",
+        "none",
+        "--dataset",
+        "imagenet-val",
+        "--imagenet-path",
+        str(trained_checkpoint.data_path),
+        "--output-dir",
+        str(tmp_path),
+    ]
     results = evaluate.main(evaluate.get_args_parser().parse_args(argv))
     # The synthetic images are square: largest side 64 equals the training view, without the 73 -> 64 crop.
     assert results["imagenet-val"]["acc1"] >= 80.0
@@ -183,10 +239,14 @@ def test_retrieval_scores_are_far_above_chance(evaluations, bench, model):
     rng = np.random.default_rng(0)
     for name, metric in (("holidays", "mAP"), ("ukbench", "N-S"), ("copydays", "mAP")):
         features = {stem: load_saved(evaluations[model]["dir"] / "features", stem)[0] for stem in features_stems(name)}
-        chance = np.mean([
-            oracle_scores(name, written[name], {stem: rng.permutation(a, axis=0) for stem, a in features.items()})[metric]
-            for _ in range(10)
-        ])  # fmt: skip
+        chance = np.mean(
+            [
+                oracle_scores(name, written[name], {stem: rng.permutation(a, axis=0) for stem, a in features.items()})[
+                    metric
+                ]
+                for _ in range(10)
+            ]
+        )
         if metric == "N-S":
             assert metrics[name][metric] > chance + 2.0, (name, metrics[name], chance)  # at most 4
         else:
@@ -209,8 +269,19 @@ def test_trained_model_beats_untrained_on_retrieval(quality_bench, trained_check
     seeds against 3 untrained networks (and 3 x 3 on a second generator seed), the smallest gains were
     8.6 mAP (Holidays), 0.37 N-S (UKBench) and 7.4 mAP (Copydays). (The synthetic revisitop layouts put
     small instances in clutter; there neither model has an edge, both at 16 to 28 Medium mAP.)"""
-    flags = ["--device", "cpu", "-j", "0", "--input-size", "96", "--dataset", "holidays", "ukbench", "copydays",
-             *benchmark_flags(quality_bench, num_distractors=160)]  # fmt: skip
+    flags = [
+        "--device",
+        "cpu",
+        "-j",
+        "0",
+        "--input-size",
+        "96",
+        "--dataset",
+        "holidays",
+        "ukbench",
+        "copydays",
+        *benchmark_flags(quality_bench, num_distractors=160),
+    ]
     scores = {}
     for name, checkpoint in (("trained", trained_checkpoint.path), ("untrained", untrained_checkpoint)):
         argv = ["--resume", str(checkpoint), *flags, "--output-dir", str(tmp_path / name)]
@@ -243,9 +314,18 @@ def test_saved_descriptors_and_scores_match_an_independent_computation(evaluatio
 def test_evaluation_from_saved_features_needs_no_model(evaluations, bench, tmp_path):
     root, _ = bench
     args = evaluate.get_args_parser().parse_args(
-        ["--dataset", *BENCHMARKS, *benchmark_flags(root), "--load-features", str(evaluations["trained"]["dir"] / "features"),
-         "--output-dir", str(tmp_path), "--device", "cpu"]
-    )  # fmt: skip
+        [
+            "--dataset",
+            *BENCHMARKS,
+            *benchmark_flags(root),
+            "--load-features",
+            str(evaluations["trained"]["dir"] / "features"),
+            "--output-dir",
+            str(tmp_path),
+            "--device",
+            "cpu",
+        ]
+    )
     evaluate.main(args)
     expected = {name: evaluations["trained"]["metrics"][name] for name in BENCHMARKS}
     assert read_metrics(tmp_path)["results"] == expected
@@ -266,10 +346,25 @@ def test_two_process_extraction_equals_one_process(evaluations, bench, untrained
     root, _ = bench
     datasets = ["holidays", "copydays", "roxford5k"]
     run_evaluate(
-        ["--resume", str(untrained_checkpoint), "--device", "cpu", "-j", "0", "--input-size", str(INPUT_SIZE),
-         "--dataset", *datasets, *benchmark_flags(root), "--output-dir", str(tmp_path), "--save-features", str(tmp_path)],
+        [
+            "--resume",
+            str(untrained_checkpoint),
+            "--device",
+            "cpu",
+            "-j",
+            "0",
+            "--input-size",
+            str(INPUT_SIZE),
+            "--dataset",
+            *datasets,
+            *benchmark_flags(root),
+            "--output-dir",
+            str(tmp_path),
+            "--save-features",
+            str(tmp_path),
+        ],
         nproc=2,
-    )  # fmt: skip
+    )
     single = evaluations["untrained"]["dir"] / "features"
     for name in datasets:
         for stem in features_stems(name):
@@ -291,7 +386,9 @@ def test_multiscale_is_the_normalised_mean_over_three_sizes(tmp_path):
     images = ImageList(paths, ["0.png", "1.png"])
     torch.manual_seed(0)
     model = build_model("resnet18", num_classes=3).eval()
-    args = evaluate.get_args_parser().parse_args(["--dataset", "holidays", "--input-size", "32", "-j", "0", "--multiscale"])
+    args = evaluate.get_args_parser().parse_args(
+        ["--dataset", "holidays", "--input-size", "32", "-j", "0", "--multiscale"]
+    )
     multiscale = evaluate.retrieval_descriptors(model, images, torch.device("cpu"), args)
     per_scale = []
     for size in (32, 23, 16):  # 32, 32 / sqrt(2), 32 / 2
@@ -308,9 +405,25 @@ def test_multiscale_is_the_normalised_mean_over_three_sizes(tmp_path):
 def test_pooling_exponent_flag_overrides_the_checkpoint(untrained_checkpoint, bench, tmp_path):
     root, _ = bench
     args = evaluate.get_args_parser().parse_args(
-        ["--resume", str(untrained_checkpoint), "--device", "cpu", "-j", "0", "--input-size", "32", "--dataset", "ukbench",
-         "--ukbench-path", str(root / "ukbench"), "--pooling-exponent", "1", "--output-dir", str(tmp_path)]
-    )  # fmt: skip
+        [
+            "--resume",
+            str(untrained_checkpoint),
+            "--device",
+            "cpu",
+            "-j",
+            "0",
+            "--input-size",
+            "32",
+            "--dataset",
+            "ukbench",
+            "--ukbench-path",
+            str(root / "ukbench"),
+            "--pooling-exponent",
+            "1",
+            "--output-dir",
+            str(tmp_path),
+        ]
+    )
     with_p1 = evaluate.main(args)
     record = read_metrics(tmp_path)
     assert "p=1," in record["description"] and record["results"] == {"ukbench": with_p1["ukbench"]}
@@ -322,13 +435,55 @@ def test_pooling_exponent_flag_overrides_the_checkpoint(untrained_checkpoint, be
         (["--dataset", "holidays", "--resume", "{ckpt}"], "--dataset holidays needs --holidays-path"),
         (["--dataset", "ukbench", "--ukbench-path", "{bench}/ukbench"], "--resume CHECKPOINT"),
         (["--dataset", "ukbench", "--ukbench-path", "{bench}/nothing", "--resume", "{ckpt}"], "is not a folder"),
-        (["--dataset", "imagenet-val", "--imagenet-path", "{bench}", "--load-features", "{bench}"], "cannot be evaluated"),
-        (["--dataset", "ukbench", "--ukbench-path", "{bench}/ukbench", "--load-features", "{bench}", "--resume", "{ckpt}"], "drop --resume"),
-        (["--dataset", "ukbench", "--ukbench-path", "{bench}/ukbench", "--resume", "{ckpt}", "--input-size", "0"], "--input-size"),
-        (["--dataset", "ukbench", "--ukbench-path", "{bench}/ukbench", "--resume", "{ckpt}", "--pooling-exponent", "-1"], "--pooling-exponent"),
-        (["--dataset", "copydays", "--copydays-path", "{bench}/copydays", "--resume", "{ckpt}", "--distractors-list", "{bench}/copydays/distractors.txt"], "needs --distractors-path"),
+        (
+            ["--dataset", "imagenet-val", "--imagenet-path", "{bench}", "--load-features", "{bench}"],
+            "cannot be evaluated",
+        ),
+        (
+            [
+                "--dataset",
+                "ukbench",
+                "--ukbench-path",
+                "{bench}/ukbench",
+                "--load-features",
+                "{bench}",
+                "--resume",
+                "{ckpt}",
+            ],
+            "drop --resume",
+        ),
+        (
+            ["--dataset", "ukbench", "--ukbench-path", "{bench}/ukbench", "--resume", "{ckpt}", "--input-size", "0"],
+            "--input-size",
+        ),
+        (
+            [
+                "--dataset",
+                "ukbench",
+                "--ukbench-path",
+                "{bench}/ukbench",
+                "--resume",
+                "{ckpt}",
+                "--pooling-exponent",
+                "-1",
+            ],
+            "--pooling-exponent",
+        ),
+        (
+            [
+                "--dataset",
+                "copydays",
+                "--copydays-path",
+                "{bench}/copydays",
+                "--resume",
+                "{ckpt}",
+                "--distractors-list",
+                "{bench}/copydays/distractors.txt",
+            ],
+            "needs --distractors-path",
+        ),
     ],
-)  # fmt: skip
+)
 def test_check_args_refuses_bad_flags(flags, message, bench, untrained_checkpoint):
     root, _ = bench
     flags = [flag.format(bench=root, ckpt=untrained_checkpoint) for flag in flags]
@@ -340,8 +495,19 @@ def test_check_args_refuses_bad_flags(flags, message, bench, untrained_checkpoin
 def test_copydays_needs_enough_distractors(bench, untrained_checkpoint, tmp_path):
     root, _ = bench
     args = evaluate.get_args_parser().parse_args(
-        ["--resume", str(untrained_checkpoint), "--device", "cpu", "--dataset", "copydays", *benchmark_flags(root),
-         "--num-distractors", "10000", "--output-dir", str(tmp_path)]
-    )  # fmt: skip
+        [
+            "--resume",
+            str(untrained_checkpoint),
+            "--device",
+            "cpu",
+            "--dataset",
+            "copydays",
+            *benchmark_flags(root),
+            "--num-distractors",
+            "10000",
+            "--output-dir",
+            str(tmp_path),
+        ]
+    )
     with pytest.raises(ValueError, match="--num-distractors 10000 but .* gives only 20"):
         evaluate.main(args)

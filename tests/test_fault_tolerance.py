@@ -8,13 +8,28 @@ import time
 import pytest
 import torch
 
-import train
-import utils
 from synthetic_data import make_imagefolder
 
+import train
+import utils
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMALL = ["--model", "resnet18", "--device", "cpu", "-j", "0", "--print-freq", "1000",
-         "--train-crop-size", "32", "--val-resize-size", "36", "--val-crop-size", "32"]  # fmt: skip
+SMALL = [
+    "--model",
+    "resnet18",
+    "--device",
+    "cpu",
+    "-j",
+    "0",
+    "--print-freq",
+    "1000",
+    "--train-crop-size",
+    "32",
+    "--val-resize-size",
+    "36",
+    "--val-crop-size",
+    "32",
+]
 
 
 @pytest.fixture
@@ -51,10 +66,27 @@ def test_killed_worker_restarts_and_the_run_finishes_with_a_continuous_log(data,
     out = tmp_path / "run"
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--max-restarts=1",
-        "train.py", "--data-path", str(data), "--output-dir", str(out), *SMALL, "-b", "3", "--epochs", "4",
-        "--lr", "0.01", "--epoch-len-factor", "6",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "--max-restarts=1",
+        "train.py",
+        "--data-path",
+        str(data),
+        "--output-dir",
+        str(out),
+        *SMALL,
+        "-b",
+        "3",
+        "--epochs",
+        "4",
+        "--lr",
+        "0.01",
+        "--epoch-len-factor",
+        "6",
+    ]
     torchrun = subprocess.Popen(
         cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
     )
@@ -90,7 +122,12 @@ def test_auto_resume_continues_and_can_be_turned_off(data, tmp_path):
 
     fresh = tmp_path / "fresh"
     train.main(parse(common[:-6] + ["--output-dir", str(fresh), *SMALL, "-b", "6", "--lr", "0.01", "--epochs", "1"]))
-    train.main(parse(common[:-6] + ["--output-dir", str(fresh), *SMALL, "-b", "6", "--lr", "0.01", "--epochs", "1", "--no-auto-resume"]))
+    train.main(
+        parse(
+            common[:-6]
+            + ["--output-dir", str(fresh), *SMALL, "-b", "6", "--lr", "0.01", "--epochs", "1", "--no-auto-resume"]
+        )
+    )
     assert [r["epoch"] for r in read_log(fresh)] == [0, 0]  # started over, as asked
 
 

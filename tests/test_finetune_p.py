@@ -7,9 +7,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-import finetune_p
 from multigrain.extraction import EXTRACTION_OUTPUTS, extract_descriptors, forward_by_size
 from multigrain.model import MultiGrainNet
+
+import finetune_p
 
 
 def tiny_model(num_classes=6, p=3.0, seed=0):

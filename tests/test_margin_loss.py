@@ -30,7 +30,9 @@ def batch(seed=0, num_instances=5, reps=3, dim=8):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_matches_brute_force_value_and_gradients(seed):
     embeddings, ids = batch(seed)
-    mask, negatives = DistanceWeightedSampler(mode="exact", generator=torch.Generator().manual_seed(seed))(embeddings, ids)
+    mask, negatives = DistanceWeightedSampler(mode="exact", generator=torch.Generator().manual_seed(seed))(
+        embeddings, ids
+    )
     triplets = [(a, p, negatives[a, p].item()) for a, p in mask.nonzero().tolist()]
 
     ours_embeddings = embeddings.clone().requires_grad_()

@@ -1,5 +1,6 @@
 """Files in the layout of the published MultiGrain checkpoints (joint_3B_0.5.pth ...), written here from
 a ResNet-50 of ours with random weights, since the real files cannot be downloaded in the tests."""
+
 import os
 
 import pytest
@@ -7,12 +8,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-import finetune_p
-import train
-import whiten
 from multigrain.checkpoint import load_checkpoint, load_model
 from multigrain.model import build_model
 from synthetic_data import make_imagefolder
+
+import finetune_p
+import train
+import whiten
 
 
 class RunsCodeWhenUnpickled:
@@ -104,10 +106,14 @@ def test_published_whitened_layout_loads_with_identical_outputs(resnet50, tmp_pa
     weight = (weight_bias @ torch.linalg.inv(projection.double().T)).float()  # as the published whiten.py
     bias = (weight_bias @ mean.double()).float()
     state = {f"module.{key}": value for key, value in model.state_dict().items() if not key.startswith("classifier")}
-    state.update({
-        "module.classifier.weight": weight, "module.classifier.bias": bias,
-        "module.whitening.pca.pca_P": projection, "module.whitening.pca.pca_m": mean,
-    })  # fmt: skip
+    state.update(
+        {
+            "module.classifier.weight": weight,
+            "module.classifier.bias": bias,
+            "module.whitening.pca.pca_P": projection,
+            "module.whitening.pca.pca_m": mean,
+        }
+    )
     path = published_file(tmp_path / "joint_3B_0.5_whitened.pth", state)
 
     loaded = load_model(path)
@@ -152,23 +158,61 @@ def test_every_script_accepts_a_published_file(tmp_path):
     make_imagefolder(data, num_classes=3, train_per_class=2, val_per_class=1, image_size=32, seed=3)
     small = ["--model", "resnet18", "--device", "cpu", "-j", "0"]
 
-    metrics = train.main(train.get_args_parser().parse_args(
-        ["--test-only", "--resume", path, "--data-path", str(data), "--val-resize-size", "36", "--val-crop-size", "32",
-         "--print-freq", "1000", *small]
-    ))  # fmt: skip
+    metrics = train.main(
+        train.get_args_parser().parse_args(
+            [
+                "--test-only",
+                "--resume",
+                path,
+                "--data-path",
+                str(data),
+                "--val-resize-size",
+                "36",
+                "--val-crop-size",
+                "32",
+                "--print-freq",
+                "1000",
+                *small,
+            ]
+        )
+    )
     assert metrics["images"] == 3
 
     finetune_args = finetune_p.get_args_parser().parse_args(
-        ["--resume", path, "--data-path", str(data), "--output-dir", str(tmp_path / "p"), "--input-size", "32",
-         "--images-per-class", "1", "--p-grid", "2,4.25", "--no-validate-first", *small]
-    )  # fmt: skip
+        [
+            "--resume",
+            path,
+            "--data-path",
+            str(data),
+            "--output-dir",
+            str(tmp_path / "p"),
+            "--input-size",
+            "32",
+            "--images-per-class",
+            "1",
+            "--p-grid",
+            "2,4.25",
+            "--no-validate-first",
+            *small,
+        ]
+    )
     record = finetune_p.main(finetune_args)
     assert record["p"] in (2.0, 4.25)
     assert float(load_model(str(tmp_path / "p" / "checkpoint.pth")).pool.p) == record["p"]
 
     whiten_args = whiten.get_args_parser().parse_args(
-        ["--resume", path, "--whiten-path", str(data), "--output-dir", str(tmp_path / "w"), "--input-size", "32", *small]
-    )  # fmt: skip
+        [
+            "--resume",
+            path,
+            "--whiten-path",
+            str(data),
+            "--output-dir",
+            str(tmp_path / "w"),
+            "--input-size",
+            "32",
+            *small,
+        ]
+    )
     with pytest.raises(ValueError, match="needs at least 514 images, got 9"):
         whiten.main(whiten_args)
     whiten_args.shrinkage = 0.5

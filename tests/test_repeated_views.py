@@ -5,12 +5,13 @@ import pytest
 import torch
 import torchvision
 
-import presets
-import train
 from multigrain.image_io import BadImageError, load_rgb
 from repeated_views import DecodeOnceBatchSampler, RepeatedViews, collate_views
-from sampler import RASampler
 from synthetic_data import make_imagefolder
+
+import presets
+import train
+from sampler import RASampler
 
 
 def expand(batch):
@@ -121,10 +122,33 @@ def test_collate_views_leaves_out_bad_images():
 def test_train_py_with_decode_once_and_channels_last(tmp_path):
     make_imagefolder(tmp_path / "data", num_classes=3, train_per_class=8, val_per_class=3, image_size=32, seed=1)
     flags = [
-        "--data-path", str(tmp_path / "data"), "--output-dir", str(tmp_path / "run"), "--model", "resnet18",
-        "--device", "cpu", "-j", "0", "--print-freq", "1000", "--train-crop-size", "32", "--val-resize-size", "36",
-        "--val-crop-size", "32", "-b", "6", "--epochs", "1", "--lr", "0.01", "--ra-decode-once", "--channels-last",
-    ]  # fmt: skip
+        "--data-path",
+        str(tmp_path / "data"),
+        "--output-dir",
+        str(tmp_path / "run"),
+        "--model",
+        "resnet18",
+        "--device",
+        "cpu",
+        "-j",
+        "0",
+        "--print-freq",
+        "1000",
+        "--train-crop-size",
+        "32",
+        "--val-resize-size",
+        "36",
+        "--val-crop-size",
+        "32",
+        "-b",
+        "6",
+        "--epochs",
+        "1",
+        "--lr",
+        "0.01",
+        "--ra-decode-once",
+        "--channels-last",
+    ]
     metrics = train.main(train.get_args_parser().parse_args(flags))
     assert metrics["images"] == 9
     (record,) = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]

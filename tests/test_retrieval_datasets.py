@@ -22,10 +22,16 @@ from multigrain.retrieval_datasets import (
 def bench(tmp_path_factory):
     root = tmp_path_factory.mktemp("bench")
     written = {
-        "holidays": synthetic_data.make_holidays(root / "holidays", num_groups=8, image_size=(40, 30), rotated_fraction=0.5),
+        "holidays": synthetic_data.make_holidays(
+            root / "holidays", num_groups=8, image_size=(40, 30), rotated_fraction=0.5
+        ),
         "ukbench": synthetic_data.make_ukbench(root / "ukbench", num_groups=3, image_size=(32, 24)),
-        "copydays": synthetic_data.make_copydays(root / "copydays", num_originals=4, num_distractors=6, image_size=(40, 30)),
-        "roxford5k": synthetic_data.make_revisitop(root / "revisitop", num_queries=2, num_database=12, image_size=(48, 36)),
+        "copydays": synthetic_data.make_copydays(
+            root / "copydays", num_originals=4, num_distractors=6, image_size=(40, 30)
+        ),
+        "roxford5k": synthetic_data.make_revisitop(
+            root / "revisitop", num_queries=2, num_database=12, image_size=(48, 36)
+        ),
     }
     return root, written
 
@@ -40,7 +46,9 @@ def test_image_list_rotates_then_crops_then_transforms(tmp_path):
     pixels = np.zeros((20, 30, 3), dtype=np.uint8)  # 30 wide, 20 high
     pixels[:5, :, 0] = 255  # red band along the top
     Image.fromarray(pixels).save(tmp_path / "a.png")
-    images = ImageList([tmp_path / "a.png"] * 3, ["a0", "a1", "a2"], rotations=[0, 90, 90], boxes=[None, None, (0, 0, 5, 7)])
+    images = ImageList(
+        [tmp_path / "a.png"] * 3, ["a0", "a1", "a2"], rotations=[0, 90, 90], boxes=[None, None, (0, 0, 5, 7)]
+    )
     assert images[0].size == (30, 20)
     rotated = images[1]
     assert rotated.size == (20, 30)  # expand=True keeps the whole picture
@@ -87,7 +95,9 @@ def test_holidays_queries_rotations_and_score(bench):
         assert len(sizes) == 1, group
     unrotated = read_holidays(root / "holidays")
     rotated_name = next(name for name, degrees in rotations.items() if degrees in (90, 270))
-    assert unrotated.database[index[f"jpg/{rotated_name}"]].size != benchmark.database[index[f"jpg/{rotated_name}"]].size
+    assert (
+        unrotated.database[index[f"jpg/{rotated_name}"]].size != benchmark.database[index[f"jpg/{rotated_name}"]].size
+    )
 
     perfect = []
     for group in groups:
@@ -125,7 +135,9 @@ def test_copydays_database_positives_and_distractors(bench):
     list_file = copydays / "distractors.txt"
     benchmark = read_copydays(copydays, copydays, list_file, num_distractors=4)
     originals = written["copydays"]["originals"]
-    assert benchmark.database.names == [f"original/{name}" for name in originals] + written["copydays"]["distractors"][:4]
+    assert (
+        benchmark.database.names == [f"original/{name}" for name in originals] + written["copydays"]["distractors"][:4]
+    )
     query_names = sorted(written["copydays"]["queries"])
     assert benchmark.queries.names == [f"strong/{name}" for name in query_names]
 

@@ -42,10 +42,15 @@ def test_positive_ranks_removes_junk():
 
 
 HOLIDAYS_NAMES = [
-    "jpg/100000.jpg", "jpg/100001.jpg", "jpg/100002.jpg",  # query 0, positives 1 and 2
-    "jpg/100100.jpg", "jpg/100101.jpg",  # query 3, positive 4
-    "jpg/100200.jpg", "jpg/100201.jpg", "jpg/100202.jpg",  # last group: query 5, positives 6 and 7
-]  # fmt: skip
+    "jpg/100000.jpg",
+    "jpg/100001.jpg",
+    "jpg/100002.jpg",  # query 0, positives 1 and 2
+    "jpg/100100.jpg",
+    "jpg/100101.jpg",  # query 3, positive 4
+    "jpg/100200.jpg",
+    "jpg/100201.jpg",
+    "jpg/100202.jpg",  # last group: query 5, positives 6 and 7
+]
 
 
 def test_holidays_ground_truth():
@@ -87,16 +92,18 @@ def test_holidays_rejects_bad_input():
 
 
 def test_ukbench_score_by_hand():
-    rankings = np.array([
-        [0, 1, 2, 3, 7],  # 4 of group 0
-        [1, 0, 4, 2, 3],  # 3 (image 3 in fifth place does not count)
-        [2, 5, 6, 7, 0],  # 1
-        [4, 5, 6, 7, 3],  # 0, not even the query itself
-        [4, 5, 6, 7, 0],  # 4 of group 1
-        [5, 4, 6, 7, 0],
-        [6, 7, 4, 5, 0],
-        [7, 6, 5, 4, 0],
-    ])  # fmt: skip
+    rankings = np.array(
+        [
+            [0, 1, 2, 3, 7],  # 4 of group 0
+            [1, 0, 4, 2, 3],  # 3 (image 3 in fifth place does not count)
+            [2, 5, 6, 7, 0],  # 1
+            [4, 5, 6, 7, 3],  # 0, not even the query itself
+            [4, 5, 6, 7, 0],  # 4 of group 1
+            [5, 4, 6, 7, 0],
+            [6, 7, 4, 5, 0],
+            [7, 6, 5, 4, 0],
+        ]
+    )
     assert ukbench_score(rankings) == pytest.approx((4 + 3 + 1 + 0 + 16) / 8)
 
 
@@ -123,10 +130,12 @@ REVISITOP_GND = [
     {"easy": [1, 4], "hard": [6], "junk": [2], "bbx": [0.0, 0.0, 10.0, 10.0]},
     {"easy": [0], "hard": [], "junk": [], "bbx": [1.0, 1.0, 5.0, 5.0]},
 ]
-REVISITOP_RANKINGS = np.array([
-    [2, 1, 6, 3, 4, 0, 5, 7, 8, 9],
-    [9, 0, 1, 2, 3, 4, 5, 6, 7, 8],
-])  # fmt: skip
+REVISITOP_RANKINGS = np.array(
+    [
+        [2, 1, 6, 3, 4, 0, 5, 7, 8, 9],
+        [9, 0, 1, 2, 3, 4, 5, 6, 7, 8],
+    ]
+)
 
 
 def test_revisitop_protocols():
@@ -253,7 +262,9 @@ def test_known_positions_give_the_scores_of_full_rankings():
     for _ in rankings:
         shuffled = rng.permutation(len(names))
         sizes = np.cumsum(rng.integers(0, 5, size=3))
-        gnd.append({"easy": shuffled[: sizes[0]], "hard": shuffled[sizes[0] : sizes[1]], "junk": shuffled[sizes[1] : sizes[2]]})
+        gnd.append(
+            {"easy": shuffled[: sizes[0]], "hard": shuffled[sizes[0] : sizes[1]], "junk": shuffled[sizes[1] : sizes[2]]}
+        )
     known = [known_positions(r, np.concatenate([g["easy"], g["hard"], g["junk"]])) for r, g in zip(rankings, gnd)]
     expected = revisitop_map(rankings, gnd)
     results = revisitop_map(known, gnd)

@@ -22,14 +22,26 @@ def revisitop_like_ground_truth():
             }
         ],
         "extras": (
-            None, True, 2**70, -1.5, 1 + 2j, b"", b"\x00\xff", bytearray(b"ab"), {1, 2}, frozenset({3}),
-            np.float32(0.25), np.int64(-3), np.bool_(False), np.dtype("f8"),
+            None,
+            True,
+            2**70,
+            -1.5,
+            1 + 2j,
+            b"",
+            b"\x00\xff",
+            bytearray(b"ab"),
+            {1, 2},
+            frozenset({3}),
+            np.float32(0.25),
+            np.int64(-3),
+            np.bool_(False),
+            np.dtype("f8"),
             np.arange(6, dtype=np.uint8).reshape(2, 3).T,  # not C-contiguous
             np.zeros(2, dtype=[("id", "i4"), ("score", "f8")]),
             np.array([1, "a", None], dtype=object),
             np.array(["2018-01-01"], dtype="datetime64[D]"),
         ),
-    }  # fmt: skip
+    }
 
 
 def assert_same(loaded, expected):

@@ -61,9 +61,17 @@ def test_imagefolder_layout_and_counts(tmp_path):
 def test_all_writes_every_layout_deterministically(all_layouts, tmp_path):
     root, written = all_layouts
     assert set(written) == {"imagenet", "holidays", "ukbench", "copydays", "revisitop/roxford5k", "revisitop/rparis6k"}
-    for folder in ("imagenet/train/class_009", "imagenet/val/class_000", "holidays/jpg", "ukbench/full",
-                   "copydays/original", "copydays/strong", "copydays/distractors", "revisitop/roxford5k/jpg",
-                   "revisitop/rparis6k/jpg"):
+    for folder in (
+        "imagenet/train/class_009",
+        "imagenet/val/class_000",
+        "holidays/jpg",
+        "ukbench/full",
+        "copydays/original",
+        "copydays/strong",
+        "copydays/distractors",
+        "revisitop/roxford5k/jpg",
+        "revisitop/rparis6k/jpg",
+    ):
         assert any((root / folder).glob("*.jpg")), folder
 
     again = tmp_path / "again"
@@ -117,11 +125,13 @@ def test_classes_are_learnable_from_augmented_crops(tmp_path):
     """Nearest class mean on colour and gradient statistics of training-style crops, far above chance."""
     written = synthetic_data.make_imagefolder(tmp_path, num_classes=10, train_per_class=10, val_per_class=5, seed=3)
     torch.manual_seed(0)
-    augment = transforms.Compose([
-        transforms.RandomResizedCrop(64, scale=(0.08, 1.0)),
-        transforms.RandomHorizontalFlip(),
-        transforms.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3),
-    ])
+    augment = transforms.Compose(
+        [
+            transforms.RandomResizedCrop(64, scale=(0.08, 1.0)),
+            transforms.RandomHorizontalFlip(),
+            transforms.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3),
+        ]
+    )
 
     def statistics(image):
         hsv = np.asarray(image.convert("HSV"), dtype=np.float64) / 255
@@ -270,8 +280,23 @@ def test_bad_arguments_name_the_flag(tmp_path):
 
 def test_command_line(tmp_path):
     output = tmp_path / "imagenet"
-    command = [sys.executable, "synthetic_data.py", "imagefolder", "--output", str(output), "--num-classes", "2",
-               "--train-per-class", "3", "--val-per-class", "1", "--image-size", "40x32", "--seed", "7"]
+    command = [
+        sys.executable,
+        "synthetic_data.py",
+        "imagefolder",
+        "--output",
+        str(output),
+        "--num-classes",
+        "2",
+        "--train-per-class",
+        "3",
+        "--val-per-class",
+        "1",
+        "--image-size",
+        "40x32",
+        "--seed",
+        "7",
+    ]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "6 training and 2 validation images" in result.stdout
@@ -298,7 +323,9 @@ def test_retrieval_pictures_come_from_the_first_num_classes(tmp_path):
     for num_classes in (1, synthetic_data.MAX_CLASSES):
         root = tmp_path / str(num_classes)
         written = synthetic_data.make_copydays(root, num_originals=6, num_distractors=6, num_classes=num_classes)
-        paths = [root / "original" / name for name in written["originals"]] + [root / rel for rel in written["distractors"]]
+        paths = [root / "original" / name for name in written["originals"]] + [
+            root / rel for rel in written["distractors"]
+        ]
         distance_to_red[num_classes] = [min(hue, 1 - hue) for hue in map(dominant_hue, paths)]
     assert max(distance_to_red[1]) < 0.06, distance_to_red[1]
     assert max(distance_to_red[synthetic_data.MAX_CLASSES]) > 0.15, distance_to_red[synthetic_data.MAX_CLASSES]

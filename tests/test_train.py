@@ -6,8 +6,9 @@ import sys
 import pytest
 import torch
 
-import train
 from synthetic_data import make_imagefolder
+
+import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ["--model", "resnet18", "--device", "cpu", "-j", "0", "--print-freq", "1000"]
@@ -34,7 +35,15 @@ def tiny(tmp_path_factory):
 def run_script(args, nproc=None):
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
     if nproc:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "train.py", *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={nproc}",
+            "train.py",
+            *args,
+        ]
     else:
         cmd = [sys.executable, "train.py", *args]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -52,10 +61,25 @@ def parse(args):
 def test_torchrun_two_processes_learns(five_classes, tmp_path):
     out = tmp_path / "run"
     args = [
-        "--data-path", str(five_classes), "--output-dir", str(out), *SMALL, *size_flags(48),
-        "-b", "16", "--epochs", "4", "--lr", "0.01", "--lr-scheduler", "cosineannealinglr",
-        "--lr-warmup-epochs", "1", "--lr-warmup-decay", "0.1",
-    ]  # fmt: skip
+        "--data-path",
+        str(five_classes),
+        "--output-dir",
+        str(out),
+        *SMALL,
+        *size_flags(48),
+        "-b",
+        "16",
+        "--epochs",
+        "4",
+        "--lr",
+        "0.01",
+        "--lr-scheduler",
+        "cosineannealinglr",
+        "--lr-warmup-epochs",
+        "1",
+        "--lr-warmup-decay",
+        "0.1",
+    ]
     run = run_script(args, nproc=2)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "300 samples per epoch" in run.stdout  # 150 images x epoch-len-factor 2.0
@@ -74,7 +98,17 @@ def test_torchrun_two_processes_learns(five_classes, tmp_path):
     assert beta != pytest.approx(1.2) and beta == pytest.approx(log[-1]["beta"])
 
     test_only = run_script(
-        ["--data-path", str(five_classes), *SMALL, *size_flags(48), "-b", "16", "--test-only", "--resume", str(out / "checkpoint.pth")]
+        [
+            "--data-path",
+            str(five_classes),
+            *SMALL,
+            *size_flags(48),
+            "-b",
+            "16",
+            "--test-only",
+            "--resume",
+            str(out / "checkpoint.pth"),
+        ]
     )
     assert test_only.returncode == 0, test_only.stderr[-3000:]
     assert f"Acc@1 {log[-1]['val_acc1']:.3f}" in test_only.stdout
@@ -103,7 +137,12 @@ def test_resume_gives_the_state_of_an_uninterrupted_run(tiny, tmp_path):
     train.main(parse(common + ["--epochs", "2", "--output-dir", str(straight)]))
     train.main(parse(common + ["--epochs", "1", "--output-dir", str(interrupted)]))
     first_epoch = state_of(interrupted)
-    train.main(parse(common + ["--epochs", "2", "--output-dir", str(interrupted), "--resume", str(interrupted / "checkpoint.pth")]))
+    train.main(
+        parse(
+            common
+            + ["--epochs", "2", "--output-dir", str(interrupted), "--resume", str(interrupted / "checkpoint.pth")]
+        )
+    )
 
     assert_same_state(state_of(straight), state_of(interrupted))
     assert not torch.equal(first_epoch["model"]["classifier.weight"], state_of(straight)["model"]["classifier.weight"])
@@ -114,10 +153,29 @@ def test_resume_gives_the_state_of_an_uninterrupted_run(tiny, tmp_path):
 
 def test_classification_only_with_bfloat16_autocast(tiny, tmp_path):
     args = parse(
-        ["--data-path", str(tiny), *SMALL, *size_flags(32), "-b", "6", "--epochs", "1", "--lr", "0.02",
-         "--classif-weight", "1", "--no-ra-sampler", "--epoch-len-factor", "1", "--amp", "--amp-dtype", "bfloat16",
-         "--output-dir", str(tmp_path)]
-    )  # fmt: skip
+        [
+            "--data-path",
+            str(tiny),
+            *SMALL,
+            *size_flags(32),
+            "-b",
+            "6",
+            "--epochs",
+            "1",
+            "--lr",
+            "0.02",
+            "--classif-weight",
+            "1",
+            "--no-ra-sampler",
+            "--epoch-len-factor",
+            "1",
+            "--amp",
+            "--amp-dtype",
+            "bfloat16",
+            "--output-dir",
+            str(tmp_path),
+        ]
+    )
     metrics = train.main(args)
     assert metrics["images"] == 9
     log = read_log(tmp_path)
@@ -127,9 +185,25 @@ def test_classification_only_with_bfloat16_autocast(tiny, tmp_path):
 
 def test_lambda_one_with_repeated_augmentation_and_p1(tiny, tmp_path):
     args = parse(
-        ["--data-path", str(tiny), *SMALL, *size_flags(32), "-b", "6", "--epochs", "1", "--lr", "0.02",
-         "--classif-weight", "1", "--pooling-exponent", "1", "--output-dir", str(tmp_path)]
-    )  # fmt: skip
+        [
+            "--data-path",
+            str(tiny),
+            *SMALL,
+            *size_flags(32),
+            "-b",
+            "6",
+            "--epochs",
+            "1",
+            "--lr",
+            "0.02",
+            "--classif-weight",
+            "1",
+            "--pooling-exponent",
+            "1",
+            "--output-dir",
+            str(tmp_path),
+        ]
+    )
     train.main(args)
     checkpoint = state_of(tmp_path)
     assert checkpoint["model"]["pool.p"].item() == 1.0

@@ -7,12 +7,13 @@ import pytest
 import torch
 from torch import nn
 
-import train
-import whiten
 from multigrain.checkpoint import load_model
 from multigrain.model import MultiGrainNet, l2n
 from multigrain.whitening import Whitening, fit_whitening, fold_whitening, remove_whitening
 from synthetic_data import make_imagefolder
+
+import train
+import whiten
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -164,18 +165,53 @@ def test_train_finetune_p_whiten_chain(tmp_path):
     make_imagefolder(whitening_images, num_classes=52, train_per_class=10, val_per_class=1, image_size=(24, 16), seed=2)
     small = ["--device", "cpu", "-j", "0"]
     run_script(
-        "train.py", "--data-path", str(data), "--output-dir", str(tmp_path / "train"), "--model", "resnet18", *small,
-        "--epochs", "1", "-b", "12", "--train-crop-size", "32", "--val-resize-size", "36", "--val-crop-size", "32",
-        "--print-freq", "1000", "--lr", "0.01",
-    )  # fmt: skip
+        "train.py",
+        "--data-path",
+        str(data),
+        "--output-dir",
+        str(tmp_path / "train"),
+        "--model",
+        "resnet18",
+        *small,
+        "--epochs",
+        "1",
+        "-b",
+        "12",
+        "--train-crop-size",
+        "32",
+        "--val-resize-size",
+        "36",
+        "--val-crop-size",
+        "32",
+        "--print-freq",
+        "1000",
+        "--lr",
+        "0.01",
+    )
     run_script(
-        "finetune_p.py", "--data-path", str(data), "--resume", str(tmp_path / "train" / "checkpoint.pth"),
-        "--output-dir", str(tmp_path / "finetune"), "--input-size", "32", *small,
-    )  # fmt: skip
+        "finetune_p.py",
+        "--data-path",
+        str(data),
+        "--resume",
+        str(tmp_path / "train" / "checkpoint.pth"),
+        "--output-dir",
+        str(tmp_path / "finetune"),
+        "--input-size",
+        "32",
+        *small,
+    )
     out = run_script(
-        "whiten.py", "--resume", str(tmp_path / "finetune" / "checkpoint.pth"), "--whiten-path", str(whitening_images),
-        "--output-dir", str(tmp_path / "whiten"), "--input-size", "24", *small,
-    )  # fmt: skip
+        "whiten.py",
+        "--resume",
+        str(tmp_path / "finetune" / "checkpoint.pth"),
+        "--whiten-path",
+        str(whitening_images),
+        "--output-dir",
+        str(tmp_path / "whiten"),
+        "--input-size",
+        "32",
+        *small,
+    )
     assert "same top-5 classes: 100.00%" in out
 
     finetune_log = [json.loads(line) for line in (tmp_path / "finetune" / "log.jsonl").read_text().splitlines()]
@@ -195,8 +231,22 @@ def test_train_finetune_p_whiten_chain(tmp_path):
     assert torch.equal(logits.topk(3).indices, new_logits.topk(3).indices)
 
     # At 32 x 32, the validation crop of train.py sees the images finetune_p validated on.
-    args = ["--test-only", "--resume", str(tmp_path / "whiten" / "checkpoint.pth"), "--model", "resnet18",
-            "--data-path", str(data), "--val-resize-size", "32", "--val-crop-size", "32", "--print-freq", "1000", *small]  # fmt: skip
+    args = [
+        "--test-only",
+        "--resume",
+        str(tmp_path / "whiten" / "checkpoint.pth"),
+        "--model",
+        "resnet18",
+        "--data-path",
+        str(data),
+        "--val-resize-size",
+        "32",
+        "--val-crop-size",
+        "32",
+        "--print-freq",
+        "1000",
+        *small,
+    ]
     metrics = train.main(train.get_args_parser().parse_args(args))
     assert metrics["images"] == 12
     assert (metrics["acc1"], metrics["acc5"]) == (finetune_log[-1]["val_acc1"], finetune_log[-1]["val_acc5"])
