@@ -24,9 +24,9 @@ demo: venv
 		--output-dir $(DEMO)/finetune_p --device cpu --input-size 96 -j 1 --print-freq 25
 	$(BIN)/python synthetic_data.py imagefolder --output $(DEMO)/whiten_images --num-classes 72 --train-per-class 10 \
 		--val-per-class 1 --image-size 80x60 --seed 1
-	$(BIN)/python whiten.py --resume $(DEMO)/finetune_p/checkpoint.pth --whiten-path $(DEMO)/whiten_images \
+	$(BIN)/python whiten.py --resume $(DEMO)/finetune_p/finetune_p.pth --whiten-path $(DEMO)/whiten_images \
 		--output-dir $(DEMO)/whiten --device cpu --input-size 96 -j 1
-	$(BIN)/python train.py --test-only --resume $(DEMO)/whiten/checkpoint.pth --model resnet18 \
+	$(BIN)/python train.py --test-only --resume $(DEMO)/whiten/whitened.pth --model resnet18 \
 		--data-path $(DEMO)/imagenet --device cpu -j 1 --val-resize-size 73 --val-crop-size 64
 	$(BIN)/python synthetic_data.py all --output $(DEMO)/bench
 	$(BIN)/python evaluate.py --resume $(DEMO)/train/checkpoint.pth --device cpu -j 1 --input-size 96 \

@@ -20,16 +20,16 @@ import torch.utils.data
 import torchvision
 from torchvision.transforms.functional import InterpolationMode
 
+import engine
+import presets
+import utils
 from multigrain import retrieval_datasets
-from multigrain.checkpoint import load_model
-from multigrain.extraction import extract_descriptors
+from multigrain.checkpoint import architecture_name, load_checkpoint, model_from_checkpoint, model_state_dict
+from multigrain.extraction import collate_image_list, extract_descriptors
 from multigrain.image_io import load_rgb
 from multigrain.model import l2n
 from multigrain.nn_search import knn, ranking_positions
 from multigrain.retrieval_metrics import KnownPositions
-
-import presets
-import utils
 
 RETRIEVAL_DATASETS = ("holidays", "ukbench", "copydays", *retrieval_datasets.REVISITOP_BENCHMARKS)
 DATASETS = ("imagenet-val", *RETRIEVAL_DATASETS)
@@ -40,8 +40,10 @@ def dataset_path_flag(name):
     return "imagenet_path" if name == "imagenet-val" else f"{name}_path"
 
 
+@utils.usage_check
 def check_args(args):
-    """Refuses inconsistent flags before any process group starts."""
+    """Refuses inconsistent flags, folders and checkpoints before any process group starts; returns the
+    checkpoint of --resume, read once (None with --load-features)."""
     for name in args.dataset:
         path = getattr(args, dataset_path_flag(name))
         if not path:
@@ -76,6 +78,18 @@ def check_args(args):
         raise ValueError("--distractors-list needs --distractors-path (the folder its names are relative to)")
     if args.distractors_list and not os.path.isfile(args.distractors_list):
         raise ValueError(f"--distractors-list {args.distractors_list} is not a file")
+    if args.load_features:
+        return None
+    checkpoint = load_checkpoint(args.resume)
+    architecture_name(checkpoint, args.resume, args.model)
+    if "imagenet-val" in args.dataset:
+        classes = utils.check_image_folder(os.path.join(args.imagenet_path, "val"), "--imagenet-path")
+        num_classes = model_state_dict(checkpoint, args.resume)["classifier.weight"].shape[0]
+        if len(classes) != num_classes:
+            raise ValueError(
+                f"--imagenet-path {args.imagenet_path} has {len(classes)} classes, the model {num_classes}"
+            )
+    return checkpoint
 
 
 def read_benchmark(name, args):
@@ -95,7 +109,8 @@ def amp_dtype(args):
 
 
 def progress_freq(args):
-    return args.print_freq if utils.is_main_process() else 0
+    """The extraction's progress period in images: every --print-freq batches, on the main process."""
+    return args.print_freq * args.batch_size if utils.is_main_process() else 0
 
 
 def extract_sharded(model, images, device, args):
@@ -215,26 +230,12 @@ def evaluate_imagenet(model, device, args):
     else:
         transform = presets.RetrievalPresetEval(max_size=args.input_size, interpolation=interpolation)
     dataset = torchvision.datasets.ImageFolder(os.path.join(args.imagenet_path, "val"), transform, loader=load_rgb)
-    num_classes = model.classifier.out_features
-    if len(dataset.classes) != num_classes:
-        raise ValueError(
-            f"--imagenet-path {args.imagenet_path} has {len(dataset.classes)} classes, the model {num_classes}"
-        )
     shard = torch.utils.data.Subset(dataset, range(utils.get_rank(), len(dataset), utils.get_world_size()))
-    logits = extract_descriptors(
-        model,
-        shard,
-        device,
-        output="logits",
-        batch_size=args.batch_size,
-        num_workers=args.workers,
-        amp_dtype=amp_dtype(args),
-        print_freq=progress_freq(args),
+    loader = torch.utils.data.DataLoader(
+        shard, batch_size=args.batch_size, num_workers=args.workers, collate_fn=collate_image_list
     )
-    targets = torch.tensor([dataset.targets[index] for index in shard.indices], dtype=torch.long)
-    correct1, correct5 = utils.accuracy_counts(logits, targets, topk=(1, 5))
-    correct1, correct5, count = utils.reduce_sum([correct1, correct5, len(targets)])
-    return {"acc1": 100.0 * correct1 / count, "acc5": 100.0 * correct5 / count}
+    metrics = engine.evaluate(model, loader, device, amp_dtype=amp_dtype(args), print_freq=args.print_freq)
+    return {"acc1": metrics["acc1"], "acc5": metrics["acc5"]}
 
 
 def format_table(results):
@@ -246,14 +247,15 @@ def format_table(results):
 
 
 def main(args):
-    check_args(args)
+    checkpoint = check_args(args)
     utils.init_distributed_mode(args)
     utils.print_main(args)
     device = torch.device(args.device)
 
     model, description = None, f"descriptors from {args.load_features}"
-    if not args.load_features:
-        model = load_model(args.resume, model_name=args.model, device=device)
+    if checkpoint is not None:
+        model = model_from_checkpoint(checkpoint, args.resume, model_name=args.model, device=device)
+        del checkpoint
         if args.pooling_exponent is not None:
             model.pool.set_p(args.pooling_exponent)
         if args.channels_last:
@@ -391,7 +393,7 @@ def get_args_parser(add_help=True):
         help="torch.compile the model's trunk (a second image size compiles once more, then sizes are dynamic)",
     )
     parser.add_argument(
-        "--print-freq", default=1000, type=int, help="print the extraction progress every this many images"
+        "--print-freq", default=100, type=int, help="print progress every this many iterations (batches of -b images)"
     )
     parser.add_argument("--output-dir", default=".", help="where metrics.json is written")
     parser.add_argument("--dist-url", default="env://", help="url of the process group set-up")
@@ -399,4 +401,4 @@ def get_args_parser(add_help=True):
 
 
 if __name__ == "__main__":
-    main(utils.parse_checked_args(get_args_parser(), check_args))
+    utils.run_script(main, get_args_parser())

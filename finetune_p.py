@@ -21,13 +21,24 @@ import torchvision
 from torch.nn import functional as F
 from torchvision.transforms.functional import InterpolationMode
 
-from multigrain.checkpoint import architecture_name, load_checkpoint, model_from_checkpoint
-from multigrain.extraction import collate_image_list, extract_descriptors, forward_by_size
-from multigrain.image_io import load_rgb
-from multigrain.whitening import remove_whitening
-
+import engine
 import presets
 import utils
+from multigrain.checkpoint import (
+    FILE_NAMES,
+    LOG_NAMES,
+    architecture_name,
+    check_output_dir,
+    checkpoint_kind,
+    describe,
+    load_checkpoint,
+    make_checkpoint,
+    model_from_checkpoint,
+    model_state_dict,
+    save_checkpoint,
+)
+from multigrain.extraction import collate_image_list, forward_by_size
+from multigrain.image_io import load_rgb
 
 
 def parse_p_grid(text):
@@ -42,11 +53,16 @@ def parse_p_grid(text):
     return values
 
 
+@utils.usage_check
 def check_args(args):
+    """Refuses bad flags, data folders and checkpoints; returns the checkpoint of --resume, read once."""
     if not os.path.isfile(args.resume):
         raise ValueError(f"--resume {args.resume} is not a file")
-    for split in ("train", "val"):
-        utils.check_image_folder(os.path.join(args.data_path, split), "--data-path")
+    classes = [
+        utils.check_image_folder(os.path.join(args.data_path, split), "--data-path") for split in ("train", "val")
+    ]
+    if classes[0] != classes[1]:
+        raise ValueError(f"train/ and val/ of --data-path {args.data_path} have different class folders")
     for flag in ("input_size", "images_per_class", "batch_size", "eval_batch_size", "print_freq"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
@@ -56,6 +72,15 @@ def check_args(args):
         raise ValueError(
             f"need --lr > 0, --momentum >= 0, --lr-power >= 0, got {args.lr}, {args.momentum}, {args.lr_power}"
         )
+    check_output_dir(args.output_dir, "finetune_p")
+    checkpoint = load_checkpoint(args.resume)
+    architecture_name(checkpoint, args.resume, args.model)
+    num_classes = model_state_dict(checkpoint, args.resume)["classifier.weight"].shape[0]
+    if num_classes != len(classes[0]):
+        raise ValueError(
+            f"--data-path {args.data_path} has {len(classes[0])} classes, the model of {args.resume} {num_classes}"
+        )
+    return checkpoint
 
 
 def first_images_per_class(targets, count):
@@ -75,33 +100,20 @@ def load_data(args):
     )
     train = torchvision.datasets.ImageFolder(os.path.join(args.data_path, "train"), transform, loader=load_rgb)
     val = torchvision.datasets.ImageFolder(os.path.join(args.data_path, "val"), transform, loader=load_rgb)
-    if train.classes != val.classes:
-        raise ValueError(f"train/ and val/ of --data-path {args.data_path} have different class folders")
     indices = first_images_per_class(train.targets, args.images_per_class)
     subset = torch.utils.data.Subset(train, indices)
-    subset_targets = torch.tensor([train.targets[i] for i in indices])
-    return subset, subset_targets, val, torch.tensor(val.targets), train.classes
+    return subset, val
 
 
-def evaluate(model, dataset, targets, device, args, header):
-    """Top-1, top-5 and cross-entropy of the model on `dataset` (images of any size, no padding)."""
-    model.eval()
+def evaluate(model, dataset, device, args, header):
+    """Top-1, top-5 and cross-entropy of the model on `dataset` of (image, target), images of any size."""
     start = time.time()
-    logits = extract_descriptors(
-        model, dataset, device, output="logits", batch_size=args.eval_batch_size, num_workers=args.workers
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=args.eval_batch_size, num_workers=args.workers, collate_fn=collate_image_list
     )
-    acc1, acc5 = utils.accuracy_counts(logits, targets, topk=(1, 5))
-    metrics = {
-        "acc1": 100.0 * acc1.item() / len(targets),
-        "acc5": 100.0 * acc5.item() / len(targets),
-        "loss": F.cross_entropy(logits, targets).item(),
-        "images": len(targets),
-    }
-    print(
-        f"{header} p={float(model.pool.p.detach()):.4f}  Acc@1 {metrics['acc1']:.3f}  Acc@5 {metrics['acc5']:.3f}  "
-        f"loss {metrics['loss']:.4f} on {len(targets)} images ({time.time() - start:.1f} s)",
-        flush=True,
-    )
+    header = f"{header} p={float(model.pool.p.detach()):.4f}"
+    metrics = engine.evaluate(model, loader, torch.device(device), print_freq=args.print_freq, header=header)
+    print(f"{header} took {time.time() - start:.1f} s", flush=True)
     return metrics
 
 
@@ -146,16 +158,16 @@ def finetune_p(model, dataset, device, args, log_path):
     return p.item()
 
 
-def cross_validate_p(model, dataset, targets, device, args, log_path):
+def cross_validate_p(model, dataset, device, args, log_path):
     """Evaluates every p of args.p_grid on `dataset`; keeps the best top-1 (then the lowest loss)."""
     rows = []
     for p in args.p_grid:
         model.pool.set_p(p)
-        metrics = evaluate(model, dataset, targets, device, args, header=f"cross-validation p={p:g}:")
+        metrics = evaluate(model, dataset, device, args, header=f"cross-validation p={p:g}:")
         rows.append((p, metrics))
         utils.append_json_line(log_path, {"stage": "p_grid", "p": p, **{f"subset_{k}": v for k, v in metrics.items()}})
     best_p, _ = max(rows, key=lambda row: (row[1]["acc1"], -row[1]["loss"]))
-    print(f"\nCross-validation on {len(targets)} training images at input size {args.input_size}:")
+    print(f"\nCross-validation on {len(dataset)} training images at input size {args.input_size}:")
     print(f"{'p':>8}  {'Acc@1':>7}  {'Acc@5':>7}  {'loss':>8}")
     for p, metrics in rows:
         mark = "  <- best" if p == best_p else ""
@@ -165,51 +177,47 @@ def cross_validate_p(model, dataset, targets, device, args, log_path):
 
 
 def main(args):
-    check_args(args)
+    checkpoint = check_args(args)
     print(args)
     device = torch.device(args.device)
     os.makedirs(args.output_dir, exist_ok=True)
-    log_path = os.path.join(args.output_dir, "log.jsonl")
+    log_path = os.path.join(args.output_dir, LOG_NAMES["finetune_p"])
     if os.path.exists(log_path):
         os.remove(log_path)
 
-    checkpoint = load_checkpoint(args.resume)
+    print(f"Fine-tuning p of {describe(checkpoint, args.resume)}")
     name = architecture_name(checkpoint, args.resume, args.model)
-    model = model_from_checkpoint(checkpoint, args.resume, model_name=name, device=device)
-    del checkpoint
-    if model.whitening is not None:
+    model = model_from_checkpoint(checkpoint, args.resume, model_name=name, device=device, unwhitened=True)
+    if "whitening.mean" in model_state_dict(checkpoint, args.resume):
         print(f"{args.resume} is whitened: fine-tuning p on the unwhitened model (re-run whiten.py afterwards)")
-        remove_whitening(model)
+    source = {"path": os.path.abspath(args.resume), "kind": checkpoint_kind(checkpoint)}
+    del checkpoint
     initial_p = float(model.pool.p)
 
-    subset, subset_targets, val, val_targets, classes = load_data(args)
-    if len(classes) != model.classifier.out_features:
-        raise ValueError(
-            f"--data-path {args.data_path} has {len(classes)} classes, the model of {args.resume} "
-            f"{model.classifier.out_features}"
-        )
+    subset, val = load_data(args)
     print(f"{len(subset)} fine-tuning images ({args.images_per_class} per class), {len(val)} validation images")
 
     record = {"input_size": args.input_size, "initial_p": initial_p}
     if args.validate_first:
-        before = evaluate(model, val, val_targets, device, args, header="Validation before:")
+        before = evaluate(model, val, device, args, header="Validation before:")
         record.update({f"val_before_{k}": v for k, v in before.items()})
 
     start = time.time()
     if args.p_grid:
-        p = cross_validate_p(model, subset, subset_targets, device, args, log_path)
+        p = cross_validate_p(model, subset, device, args, log_path)
     else:
         p = finetune_p(model, subset, device, args, log_path)
     print(f"p: {initial_p:.4f} -> {p:.4f} ({time.time() - start:.1f} s)")
 
-    after = evaluate(model, val, val_targets, device, args, header="Validation after:")
+    after = evaluate(model, val, device, args, header="Validation after:")
     record.update({"p": p, **{f"val_{k}": v for k, v in after.items()}})
     utils.append_json_line(log_path, record)
-    utils.save_checkpoint(
-        {"model": model.state_dict(), "args": {**vars(args), "model": name}, "finetune_p": record},
-        os.path.join(args.output_dir, "checkpoint.pth"),
+    path = os.path.join(args.output_dir, FILE_NAMES["finetune_p"])
+    args_record = {**vars(args), "model": name}
+    save_checkpoint(
+        make_checkpoint("finetune_p", model.state_dict(), args_record, source=source, finetune_p=record), path
     )
-    print(f"p* = {p:.4f} at input size {args.input_size}; checkpoint in {args.output_dir}")
+    print(f"p* = {p:.4f} at input size {args.input_size}; model in {path}")
     return record
 
 
@@ -260,11 +268,11 @@ def get_args_parser(add_help=True):
     parser.add_argument("-j", "--workers", default=8, type=int, help="data loading workers")
     parser.add_argument("--print-freq", default=100, type=int, help="print every this many iterations")
     parser.add_argument(
-        "--output-dir", default=".", help="where checkpoint.pth and log.jsonl (started afresh) are written"
+        "--output-dir", default=".", help="where finetune_p.pth and finetune_p_log.jsonl (started afresh) are written"
     )
     parser.add_argument("--seed", default=0, type=int, help="seed of the order of the fine-tuning images")
     return parser
 
 
 if __name__ == "__main__":
-    main(utils.parse_checked_args(get_args_parser(), check_args))
+    utils.run_script(main, get_args_parser())

@@ -21,7 +21,6 @@ import torch
 import torch.utils.data
 
 from multigrain.image_io import BadImageError
-
 from sampler import RASampler
 
 

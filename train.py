@@ -7,9 +7,10 @@ The defaults are the paper's recipe for 8 processes (global batch 512); see READ
 
 import argparse
 import datetime
-import math
+import functools
 import os
 import time
+from collections import namedtuple
 
 import numpy as np
 import torch
@@ -18,21 +19,155 @@ import torchvision
 from torch import nn
 from torchvision.transforms.functional import InterpolationMode
 
-from multigrain.checkpoint import load_checkpoint, load_model, model_state_dict
+import engine
+import presets
+import utils
+from multigrain.checkpoint import (
+    FILE_NAMES,
+    LOG_NAMES,
+    architecture_name,
+    check_output_dir,
+    checkpoint_kind,
+    describe,
+    load_checkpoint,
+    make_checkpoint,
+    model_from_checkpoint,
+    model_state_dict,
+    save_checkpoint,
+)
 from multigrain.distance_weighted_sampling import NEGATIVE_SAMPLING_MODES, DistanceWeightedSampler
 from multigrain.image_io import load_rgb
 from multigrain.joint_loss import MultiGrainLoss
 from multigrain.margin_loss import MarginLoss
 from multigrain.model import build_model
 from repeated_views import DecodeOnceBatchSampler, RepeatedViews, collate_views
-
-import presets
-import utils
 from sampler import RASampler
 
+# The flags that change what is trained. A run continues only under the values it was started with, plus
+# the global batch size (-b times the number of processes).
+RECIPE_FLAGS = (
+    "model",
+    "weights",
+    "init_from",
+    "classif_weight",
+    "pooling_exponent",
+    "ra_sampler",
+    "ra_reps",
+    "epoch_len_factor",
+    "opt",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "norm_weight_decay",
+    "label_smoothing",
+    "lr_scheduler",
+    "lr_steps",
+    "lr_step_size",
+    "lr_gamma",
+    "lr_min",
+    "lr_warmup_epochs",
+    "lr_warmup_method",
+    "lr_warmup_decay",
+    "epochs",
+    "clip_grad_norm",
+    "sync_bn",
+    "beta_init",
+    "beta_lr",
+    "margin",
+    "sampling_cutoff",
+    "nonzero_loss_cutoff",
+    "negative_sampling",
+    "auto_augment",
+    "ra_magnitude",
+    "augmix_severity",
+    "color_jitter",
+    "lighting",
+    "train_crop_size",
+    "interpolation",
+    "seed",
+)
+GLOBAL_BATCH = "global_batch_size"
 
+# The checkpoint a run starts from: a training state to continue (resumed) or a model to take the weights of.
+StartingPoint = namedtuple("StartingPoint", ["path", "checkpoint", "resumed"])
+
+
+def recipe(args, world_size):
+    return {**{flag: getattr(args, flag) for flag in RECIPE_FLAGS}, GLOBAL_BATCH: args.batch_size * world_size}
+
+
+def stored_recipe(checkpoint):
+    """The recipe of a training state; rebuilt from its arguments for states written before `recipe` was."""
+    if "recipe" in checkpoint:
+        return checkpoint["recipe"]
+    stored = checkpoint.get("args") or {}
+    defaults = vars(get_args_parser().parse_args(["--data-path", "."]))
+    values = {flag: stored.get(flag, defaults[flag]) for flag in RECIPE_FLAGS}
+    return {**values, GLOBAL_BATCH: stored.get("batch_size", 0) * stored.get("world_size", 1)}
+
+
+def flag_names():
+    """Each recipe entry as the command line spells it: dest -> "--flag"."""
+    names = {GLOBAL_BATCH: "global batch size (-b × processes)"}
+    for action in get_args_parser()._actions:
+        long_options = [option for option in action.option_strings if option.startswith("--")]
+        if long_options and action.dest in RECIPE_FLAGS:
+            names[action.dest] = long_options[0]
+    return names
+
+
+def allowed_changes(args):
+    """The recipe entries named by --allow-change (flag names without their leading dashes)."""
+    by_name = {name.lstrip("-"): dest for dest, name in flag_names().items() if name.startswith("--")}
+    by_name["batch-size"] = GLOBAL_BATCH
+    unknown = [name for name in args.allow_change if name.lstrip("-") not in by_name]
+    if unknown:
+        raise ValueError(
+            f"--allow-change {' '.join(unknown)}: not a recipe flag; recipe flags: {', '.join(sorted(by_name))}"
+        )
+    return {by_name[name.lstrip("-")] for name in args.allow_change}
+
+
+def check_recipe(checkpoint, path, args):
+    """Refuses to continue a training state under another recipe than its own, except for the changes
+    that --allow-change names. Returns the allowed changes as (entry, stored, given) triples."""
+    stored, given = stored_recipe(checkpoint), recipe(args, utils.launch_world_size())
+    allowed = allowed_changes(args)
+    changes = [(key, stored.get(key), value) for key, value in given.items() if stored.get(key) != value]
+    refused = [change for change in changes if change[0] not in allowed]
+    if refused:
+        names = flag_names()
+        lines = "".join(f"\n  {names[key]}: {old!r} → {new!r}" for key, old, new in refused)
+        to_allow = " ".join(names[key].lstrip("-") if key != GLOBAL_BATCH else "batch-size" for key, _, _ in refused)
+        raise ValueError(
+            f"{describe(checkpoint, path)} was trained with another recipe than this command line's:{lines}\n"
+            f"To continue it, run its own recipe again. To start a new run, give it a new --output-dir (or pass "
+            f"--no-auto-resume to start over in {os.path.dirname(path) or '.'}, replacing its checkpoint). To "
+            f"change the recipe of this run deliberately, pass --allow-change {to_allow}"
+        )
+    return changes
+
+
+def checkpoint_to_resume(args):
+    """--resume, else the checkpoint of --output-dir when there is one (unless --no-auto-resume)."""
+    if args.resume or args.test_only:
+        return args.resume
+    path = os.path.join(args.output_dir, FILE_NAMES["train"]) if args.output_dir else ""
+    return path if args.auto_resume and os.path.isfile(path) else ""
+
+
+def check_num_classes(checkpoint, path, classes, data_path):
+    num_classes = model_state_dict(checkpoint, path)["classifier.weight"].shape[0]
+    if num_classes != len(classes):
+        raise ValueError(f"{path} classifies {num_classes} classes, --data-path {data_path} has {len(classes)}")
+
+
+@utils.usage_check
 def check_args(args):
-    """Refuses inconsistent flags before any process group or worker starts."""
+    """Refuses inconsistent flags, data folders and checkpoints before any process group or worker starts.
+
+    Returns the StartingPoint of the run (None to start from scratch), its checkpoint read once here.
+    """
     if not 0.0 <= args.classif_weight <= 1.0:
         raise ValueError(f"--classif-weight must be in [0, 1], got {args.classif_weight}")
     if args.classif_weight < 1.0 and not args.ra_sampler:
@@ -70,24 +205,46 @@ def check_args(args):
         raise ValueError(f"--margin and --beta-lr must be >= 0, got {args.margin} and {args.beta_lr}")
     if args.lr_warmup_epochs < 0 or args.lr_warmup_epochs >= args.epochs:
         raise ValueError(f"--lr-warmup-epochs must be in [0, --epochs), got {args.lr_warmup_epochs}")
-    if args.resume and not os.path.isfile(args.resume):
-        raise ValueError(f"--resume {args.resume} is not a file")
-    splits = ("val",) if args.test_only else ("train", "val")
-    for split in splits:
-        utils.check_image_folder(os.path.join(args.data_path, split), "--data-path")
+    if args.weights and args.init_from:
+        raise ValueError("--weights and --init-from both give the initial weights: pass one of them")
+    for flag in ("resume", "init_from"):
+        path = getattr(args, flag)
+        if path and not os.path.isfile(path):
+            raise ValueError(f"--{flag.replace('_', '-')} {path} is not a file")
+
+    if not args.test_only:
+        utils.check_image_folder(os.path.join(args.data_path, "train"), "--data-path")
+    classes = utils.check_image_folder(os.path.join(args.data_path, "val"), "--data-path")
+    if args.test_only:
+        if not args.resume:
+            return None
+        checkpoint = load_checkpoint(args.resume)
+        architecture_name(checkpoint, args.resume, args.model)
+        check_num_classes(checkpoint, args.resume, classes, args.data_path)
+        return StartingPoint(args.resume, checkpoint, resumed=False)
+
+    if args.output_dir:
+        check_output_dir(args.output_dir, "train")
     resume = checkpoint_to_resume(args)
     if resume:
-        stored = (load_checkpoint(resume).get("args") or {}).get("model")
-        if stored and stored != args.model:
-            raise ValueError(f"checkpoint {resume} holds a {stored} model, but --model is {args.model}")
-
-
-def checkpoint_to_resume(args):
-    """--resume, else the checkpoint of --output-dir when there is one (unless --no-auto-resume)."""
-    if args.resume or args.test_only:
-        return args.resume
-    path = os.path.join(args.output_dir, "checkpoint.pth") if args.output_dir else ""
-    return path if args.auto_resume and os.path.isfile(path) else ""
+        checkpoint = load_checkpoint(resume)
+        if checkpoint_kind(checkpoint) != "train":
+            raise ValueError(
+                f"{describe(checkpoint, resume)} is not a training state and cannot be resumed: "
+                f"to start a training run from its weights, pass --init-from {resume}"
+            )
+        architecture_name(checkpoint, resume, args.model)
+        if args.start_epoch:
+            raise ValueError(f"--start-epoch {args.start_epoch}: a resumed run continues after the checkpoint's epoch")
+        check_recipe(checkpoint, resume, args)
+        check_num_classes(checkpoint, resume, classes, args.data_path)
+        return StartingPoint(resume, checkpoint, resumed=True)
+    if args.init_from:
+        checkpoint = load_checkpoint(args.init_from)
+        architecture_name(checkpoint, args.init_from, args.model)
+        check_num_classes(checkpoint, args.init_from, classes, args.data_path)
+        return StartingPoint(args.init_from, checkpoint, resumed=False)
+    return None
 
 
 def skipping_bad_images(dataset, args):
@@ -169,101 +326,14 @@ def build_lr_scheduler(args, optimizer):
     return torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, main], milestones=[args.lr_warmup_epochs])
 
 
-def train_one_epoch(model, criterion, optimizer, data_loader, device, epoch, args, scaler):
-    model.train()
-    metric_logger = utils.MetricLogger()
-    amp_dtype = getattr(torch, args.amp_dtype)
-    beta = criterion.margin_loss.beta
-    images_per_step = args.batch_size * utils.get_world_size()
-    header = f"Epoch: [{epoch}]"
-    for step, (images, targets, ids) in enumerate(
-        metric_logger.log_every(data_loader, args.print_freq, header, images_per_step)
-    ):
-        images = images.to(device, non_blocking=True)
-        targets = targets.to(device, non_blocking=True)
-        ids = ids.to(device, non_blocking=True)
-        with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=args.amp):
-            logits, embeddings = model(images)
-            losses = criterion(logits, embeddings, targets, ids)
-        loss = losses["loss"]
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(
-                f"non-finite loss {loss.item()} at epoch {epoch}, iteration {step}: stopping. The last good "
-                "checkpoint is "
-                + (
-                    os.path.join(args.output_dir, "checkpoint.pth")
-                    if args.output_dir
-                    else "not saved (no --output-dir)"
-                )
-            )
-
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-        else:
-            loss.backward()
-        if beta.grad is not None and args.distributed:
-            torch.distributed.all_reduce(beta.grad)
-            beta.grad /= utils.get_world_size()
-        if args.clip_grad_norm is not None:
-            if scaler is not None:
-                scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad_norm)
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-
-        n = images.shape[0]
-        acc1, acc5 = utils.accuracy_counts(logits, targets, topk=(1, 5))
-        metric_logger.update(n=n, **{k: v.detach() for k, v in losses.items()})
-        metric_logger.update(n=n, acc1=acc1.item() * 100.0 / n, acc5=acc5.item() * 100.0 / n)
-        metric_logger.update(beta=beta.detach(), lr=optimizer.param_groups[0]["lr"])
-    metric_logger.synchronize_between_processes()
-    return {f"train_{name}": meter.global_avg for name, meter in metric_logger.meters.items()}
-
-
-@torch.no_grad()
-def evaluate(model, data_loader, device, args, header="Test:"):
-    """Top-1/top-5 and loss over the whole validation set, each image counted once across ranks."""
-    model.eval()
-    metric_logger = utils.MetricLogger()
-    amp_dtype = getattr(torch, args.amp_dtype)
-    correct1 = correct5 = loss_sum = 0.0
-    count = 0
-    for images, targets in metric_logger.log_every(data_loader, args.print_freq, header):
-        images = images.to(device, non_blocking=True)
-        targets = targets.to(device, non_blocking=True)
-        with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=args.amp):
-            logits, _ = model(images)
-        loss = nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
-        acc1, acc5 = utils.accuracy_counts(logits, targets, topk=(1, 5))
-        correct1 += acc1.item()
-        correct5 += acc5.item()
-        loss_sum += loss.item()
-        count += images.shape[0]
-    correct1, correct5, loss_sum, count = utils.reduce_sum([correct1, correct5, loss_sum, count])
-    metrics = {
-        "acc1": 100.0 * correct1 / count,
-        "acc5": 100.0 * correct5 / count,
-        "loss": loss_sum / count,
-        "images": int(count),
-    }
-    utils.print_main(
-        f"{header} Acc@1 {metrics['acc1']:.3f} Acc@5 {metrics['acc5']:.3f} loss {metrics['loss']:.4f} "
-        f"on {int(count)} images"
-    )
-    return metrics
-
-
 def main(args):
-    check_args(args)
+    start = check_args(args)
     utils.init_distributed_mode(args)
     utils.print_main(args)
     if args.output_dir:
         os.makedirs(args.output_dir, exist_ok=True)
     device = torch.device(args.device)
+    amp_dtype = getattr(torch, args.amp_dtype) if args.amp else None
 
     dataset, train_sampler, dataset_val, classes = load_data(args)
     collate_fn = utils.collate_skipping_bad if args.skip_bad_images else None
@@ -274,20 +344,29 @@ def main(args):
         pin_memory=device.type == "cuda",
         collate_fn=collate_fn,
     )
+    evaluate = functools.partial(engine.evaluate, device=device, amp_dtype=amp_dtype, print_freq=args.print_freq)
 
     if args.test_only:
-        if args.resume:
-            model = load_model(args.resume, model_name=args.model, device=device)
+        if start:
+            utils.print_main(f"Evaluating {describe(start.checkpoint, start.path)}")
+            model = model_from_checkpoint(start.checkpoint, start.path, model_name=args.model)
         else:
             model = build_model(
                 args.model, weights=args.weights, num_classes=len(classes), pooling_exponent=args.pooling_exponent
             )
-        return evaluate(model.to(device), val_loader, device, args)
+        return evaluate(model.to(device), val_loader)
 
     utils.seed_everything(args.seed)
-    model = build_model(
-        args.model, weights=args.weights, num_classes=len(classes), pooling_exponent=args.pooling_exponent
-    )
+    if start and not start.resumed:
+        utils.print_main(f"Starting from the weights of {describe(start.checkpoint, start.path)}")
+        model = model_from_checkpoint(start.checkpoint, start.path, model_name=args.model, unwhitened=True)
+        if float(model.pool.p) != args.pooling_exponent:
+            utils.print_main(f"GeM exponent {float(model.pool.p):.4g} replaced by --pooling-exponent")
+        model.pool.set_p(args.pooling_exponent)
+    else:
+        model = build_model(
+            args.model, weights=args.weights, num_classes=len(classes), pooling_exponent=args.pooling_exponent
+        )
     if args.sync_bn and args.distributed:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
@@ -314,22 +393,29 @@ def main(args):
     scaler = torch.amp.GradScaler(device.type) if args.amp and args.amp_dtype == "float16" else None
 
     start_epoch = args.start_epoch
-    history = []  # one record per finished epoch: the checkpoint carries it, log.jsonl mirrors it
-    resume = checkpoint_to_resume(args)
-    if resume:
-        utils.print_main(f"Resuming from {resume}")
-        checkpoint = load_checkpoint(resume)
-        model_without_ddp.load_state_dict(model_state_dict(checkpoint, resume))
-        criterion.load_state_dict(checkpoint["criterion"])
+    history = []  # one record per finished epoch: the checkpoint carries it, the log mirrors it
+    recipe_changes = []
+    log_path = os.path.join(args.output_dir, LOG_NAMES["train"]) if args.output_dir else None
+    if start and start.resumed:
+        checkpoint = start.checkpoint
+        utils.print_main(f"Resuming from {describe(checkpoint, start.path)}")
+        model_without_ddp.load_state_dict(model_state_dict(checkpoint, start.path))
         optimizer.load_state_dict(checkpoint["optimizer"])
         lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
         if scaler is not None and checkpoint.get("scaler"):
             scaler.load_state_dict(checkpoint["scaler"])
         start_epoch = checkpoint["epoch"] + 1
         history = checkpoint.get("log", [])
-        if args.output_dir and utils.is_main_process():
+        recipe_changes = checkpoint.get("recipe_changes", [])
+        for key, old, new in check_recipe(checkpoint, start.path, args):
+            utils.print_main(f"Recipe change allowed by --allow-change: {key} {old!r} -> {new!r}")
+            recipe_changes.append({"epoch": start_epoch, "entry": key, "stored": old, "given": new})
+        if log_path and utils.is_main_process():
             # Drops the lines of epochs after the checkpoint, restores any written after it was saved.
-            utils.write_json_lines(os.path.join(args.output_dir, "log.jsonl"), history)
+            utils.write_json_lines(log_path, history)
+    if start and "criterion" in start.checkpoint:
+        criterion.load_state_dict(start.checkpoint["criterion"])  # β of the run continued or started from
+    del start
 
     drop_last = len(train_sampler) >= args.batch_size  # equal batch shapes on every rank for the all-gather
     utils.print_main(
@@ -360,30 +446,49 @@ def main(args):
         train_loader = torch.utils.data.DataLoader(
             dataset, num_workers=args.workers, pin_memory=device.type == "cuda", **batching
         )
-        train_metrics = train_one_epoch(model, criterion, optimizer, train_loader, device, epoch, args, scaler)
+        try:
+            train_metrics = engine.train_one_epoch(
+                model,
+                criterion,
+                optimizer,
+                train_loader,
+                device,
+                epoch,
+                scaler=scaler,
+                amp_dtype=amp_dtype,
+                clip_grad_norm=args.clip_grad_norm,
+                print_freq=args.print_freq,
+            )
+        except FloatingPointError as e:
+            saved = os.path.join(args.output_dir, FILE_NAMES["train"]) if args.output_dir else None
+            kept = f"the last good checkpoint is {saved}" if saved and history else "no checkpoint was saved"
+            raise FloatingPointError(f"{e}; {kept}") from None
         lr_scheduler.step()
         if args.distributed:
             # Each rank's last forward updated its own BatchNorm statistics: evaluate rank 0's (the saved) model.
             for buffer in model_without_ddp.buffers():
                 torch.distributed.broadcast(buffer, src=0)
-        val_metrics = evaluate(model_without_ddp, val_loader, device, args)
+        val_metrics = evaluate(model_without_ddp, val_loader)
         record = {"epoch": epoch, **train_metrics, **{f"val_{k}": v for k, v in val_metrics.items()}}
         record["beta"] = criterion.margin_loss.beta.item()
         record["epoch_time_s"] = time.time() - epoch_start
         history.append(record)
         if args.output_dir and utils.is_main_process():
-            checkpoint = {
-                "model": model_without_ddp.state_dict(),
-                "criterion": criterion.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "lr_scheduler": lr_scheduler.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else None,
-                "epoch": epoch,
-                "args": vars(args),
-                "log": history,
-            }
-            utils.save_checkpoint(checkpoint, os.path.join(args.output_dir, "checkpoint.pth"))
-            utils.append_json_line(os.path.join(args.output_dir, "log.jsonl"), record)
+            checkpoint = make_checkpoint(
+                "train",
+                model_without_ddp.state_dict(),
+                vars(args),
+                criterion=criterion.state_dict(),
+                optimizer=optimizer.state_dict(),
+                lr_scheduler=lr_scheduler.state_dict(),
+                scaler=scaler.state_dict() if scaler is not None else None,
+                epoch=epoch,
+                recipe=recipe(args, utils.get_world_size()),
+                recipe_changes=recipe_changes,
+                log=history,
+            )
+            save_checkpoint(checkpoint, os.path.join(args.output_dir, FILE_NAMES["train"]))
+            utils.append_json_line(log_path, record)
     total_time = datetime.timedelta(seconds=int(time.time() - start_time))
     utils.print_main(f"Training time {total_time}")
     if val_metrics:
@@ -450,7 +555,24 @@ def get_args_parser(add_help=True):
     )
     parser.add_argument("--print-freq", default=10, type=int, help="print every this many iterations")
     parser.add_argument("--output-dir", default=".", help="where checkpoint.pth and log.jsonl are written")
-    parser.add_argument("--resume", default="", help="checkpoint to resume from")
+    parser.add_argument(
+        "--resume",
+        default="",
+        help="training state (checkpoint.pth of train.py) to continue; with --test-only: any model",
+    )
+    parser.add_argument(
+        "--init-from",
+        default="",
+        help="start a new run (epoch 0, new optimizer) from the weights and beta of any model checkpoint: train.py, "
+        "finetune_p.py, whiten.py (its whitening removed) or published",
+    )
+    parser.add_argument(
+        "--allow-change",
+        nargs="+",
+        default=[],
+        metavar="FLAG",
+        help="continue a run although these recipe flags (names without --, e.g. epochs) differ from the stored ones",
+    )
     parser.add_argument(
         "--auto-resume",
         action=argparse.BooleanOptionalAction,
@@ -460,7 +582,7 @@ def get_args_parser(add_help=True):
     parser.add_argument(
         "--skip-bad-images", action="store_true", help="log and skip images that cannot be decoded instead of stopping"
     )
-    parser.add_argument("--start-epoch", default=0, type=int, help="first epoch (overridden by --resume)")
+    parser.add_argument("--start-epoch", default=0, type=int, help="first epoch of a run that resumes no checkpoint")
     parser.add_argument("--sync-bn", action="store_true", help="synchronised BatchNorm across processes")
     parser.add_argument("--test-only", action="store_true", help="only evaluate (the model of --resume if given)")
     parser.add_argument(
@@ -559,4 +681,4 @@ def get_args_parser(add_help=True):
 
 
 if __name__ == "__main__":
-    main(utils.parse_checked_args(get_args_parser(), check_args))
+    utils.run_script(main, get_args_parser())

@@ -1,8 +1,10 @@
 import datetime
+import functools
 import json
 import os
 import random
 import subprocess
+import sys
 import tempfile
 import time
 from collections import defaultdict, deque
@@ -101,7 +103,7 @@ class MetricLogger:
 
 
 def check_image_folder(folder, flag):
-    """An ImageFolder root whose every class folder holds at least one image file, or a ValueError."""
+    """The class names of an ImageFolder root whose every class folder holds an image file, or a ValueError."""
     if not os.path.isdir(folder):
         raise ValueError(f"{flag}: {folder} is not a folder")
     classes = sorted(entry.name for entry in os.scandir(folder) if entry.is_dir())
@@ -111,6 +113,7 @@ def check_image_folder(folder, flag):
         with os.scandir(os.path.join(folder, name)) as entries:
             if not any(entry.name.lower().endswith(IMG_EXTENSIONS) for entry in entries):
                 raise ValueError(f"{flag}: class folder {os.path.join(folder, name)} holds no image file")
+    return classes
 
 
 class SkipBadImages(torch.utils.data.Dataset):
@@ -249,31 +252,6 @@ def seed_everything(*keys):
     return seed
 
 
-def save_checkpoint(state, path):
-    """Writes `state` to `path` atomically: a temporary file in the same folder, fsync, rename.
-
-    A crash at any point leaves either the previous file or the new one, never a partial file.
-    """
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
-    dir_fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def write_json_lines(path, records):
     """Replaces `path` atomically with one JSON line per record."""
     folder = os.path.dirname(os.path.abspath(path))
@@ -292,11 +270,48 @@ def append_json_line(path, record):
         os.fsync(f.fileno())
 
 
-def parse_checked_args(parser, check_args):
-    """The command line's arguments; a ValueError from check_args(args) becomes a usage error (exit code 2)."""
+class UsageError(ValueError):
+    """A command line that cannot run: reported as a usage error (exit code 2), without a traceback."""
+
+
+def usage_check(check):
+    """Decorates a script's check_args: whatever it refuses (ValueError, OSError, an unreadable
+    checkpoint's RuntimeError) is a UsageError."""
+
+    @functools.wraps(check)
+    def checked(args):
+        try:
+            return check(args)
+        except UsageError:
+            raise
+        except (ValueError, OSError, RuntimeError) as e:
+            raise UsageError(str(e)) from e
+
+    return checked
+
+
+# Failures that name their cause (a file, an iteration) well enough that a traceback adds nothing.
+REPORTED_FAILURES = (BadImageError, FloatingPointError)
+
+
+def run_script(main, parser):
+    """Parses the command line and runs main(args): a UsageError exits with code 2 and the usage, a
+    reported failure with code 1 and its message."""
     args = parser.parse_args()
     try:
-        check_args(args)
-    except ValueError as e:
+        main(args)
+    except UsageError as e:
         parser.error(str(e))
-    return args
+    except REPORTED_FAILURES as e:
+        print(f"{parser.prog}: error: {e}", file=sys.stderr, flush=True)
+        sys.exit(1)
+
+
+def launch_world_size() -> int:
+    """The number of processes the launcher started (torchrun's WORLD_SIZE, SLURM's SLURM_NTASKS), before
+    any process group exists."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return int(os.environ["WORLD_SIZE"])
+    if "SLURM_PROCID" in os.environ:
+        return int(os.environ.get("SLURM_NTASKS", 1))
+    return 1

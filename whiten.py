@@ -1,6 +1,6 @@
 """PCA whitening of the MultiGrain descriptor at one input size, folded into the classifier.
 
-    python whiten.py --resume finetune500/checkpoint.pth --whiten-path /datasets/whiten \\
+    python whiten.py --resume finetune500/finetune_p.pth --whiten-path /datasets/whiten \\
         --whiten-list data/whiten.txt --input-size 500 --output-dir whiten500
 
 Pooled vectors g of the whitening images (largest side --input-size, no crop) give the whitening
@@ -18,13 +18,24 @@ import torch.utils.data
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms.functional import InterpolationMode
 
-from multigrain.checkpoint import architecture_name, load_checkpoint, model_from_checkpoint
-from multigrain.extraction import extract_descriptors
-from multigrain.image_io import load_rgb
-from multigrain.whitening import fit_whitening, fold_whitening, remove_whitening
-
 import presets
 import utils
+from multigrain.checkpoint import (
+    FILE_NAMES,
+    LOG_NAMES,
+    architecture_name,
+    check_output_dir,
+    checkpoint_kind,
+    describe,
+    load_checkpoint,
+    make_checkpoint,
+    model_from_checkpoint,
+    model_state_dict,
+    save_checkpoint,
+)
+from multigrain.extraction import extract_descriptors
+from multigrain.image_io import load_rgb
+from multigrain.whitening import fit_whitening, fold_whitening
 
 
 class ImageList(torch.utils.data.Dataset):
@@ -68,7 +79,9 @@ def whitening_image_names(root, list_file=None, limit=-1):
     return names
 
 
+@utils.usage_check
 def check_args(args):
+    """Refuses bad flags, folders and checkpoints; returns the checkpoint of --resume, read once."""
     if not os.path.isfile(args.resume):
         raise ValueError(f"--resume {args.resume} is not a file")
     if not os.path.isdir(args.whiten_path):
@@ -84,6 +97,10 @@ def check_args(args):
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
     if not 0.0 <= args.shrinkage < 1.0:
         raise ValueError(f"--shrinkage must be in [0, 1), got {args.shrinkage}")
+    check_output_dir(args.output_dir, "whiten")
+    checkpoint = load_checkpoint(args.resume)
+    architecture_name(checkpoint, args.resume, args.model)
+    return checkpoint
 
 
 @torch.no_grad()
@@ -106,18 +123,18 @@ def whitening_checks(model, classifier_before, pooled):
 
 
 def main(args):
-    check_args(args)
+    checkpoint = check_args(args)
     print(args)
     device = torch.device(args.device)
     os.makedirs(args.output_dir, exist_ok=True)
 
-    checkpoint = load_checkpoint(args.resume)
+    print(f"Whitening {describe(checkpoint, args.resume)}")
     name = architecture_name(checkpoint, args.resume, args.model)
-    model = model_from_checkpoint(checkpoint, args.resume, model_name=name, device=device)
-    del checkpoint
-    if model.whitening is not None:
+    model = model_from_checkpoint(checkpoint, args.resume, model_name=name, device=device, unwhitened=True)
+    if "whitening.mean" in model_state_dict(checkpoint, args.resume):
         print(f"{args.resume} is whitened already: replacing its whitening")
-        remove_whitening(model)
+    source = {"path": os.path.abspath(args.resume), "kind": checkpoint_kind(checkpoint)}
+    del checkpoint
 
     names = whitening_image_names(args.whiten_path, args.whiten_list, args.num_whiten_images)
     dim = model.embedding_dim + 1
@@ -138,7 +155,7 @@ def main(args):
         output="pooled",
         batch_size=args.batch_size,
         num_workers=args.workers,
-        print_freq=args.print_freq,
+        print_freq=args.print_freq * args.batch_size,
     )
     print(f"Extraction took {time.time() - start:.1f} s; fitting the whitening in float64")
 
@@ -159,12 +176,11 @@ def main(args):
         "shrinkage": args.shrinkage,
         **checks,
     }
-    utils.append_json_line(os.path.join(args.output_dir, "log.jsonl"), record)
-    utils.save_checkpoint(
-        {"model": model.state_dict(), "args": {**vars(args), "model": name}, "whitening": record},
-        os.path.join(args.output_dir, "checkpoint.pth"),
-    )
-    print(f"Whitened model saved in {os.path.join(args.output_dir, 'checkpoint.pth')}")
+    utils.append_json_line(os.path.join(args.output_dir, LOG_NAMES["whiten"]), record)
+    path = os.path.join(args.output_dir, FILE_NAMES["whiten"])
+    args_record = {**vars(args), "model": name}
+    save_checkpoint(make_checkpoint("whiten", model.state_dict(), args_record, source=source, whitening=record), path)
+    print(f"Whitened model saved in {path}")
     return record
 
 
@@ -206,10 +222,12 @@ def get_args_parser(add_help=True):
         "--interpolation", default="bilinear", choices=["nearest", "bilinear", "bicubic"], help="resize interpolation"
     )
     parser.add_argument("-j", "--workers", default=8, type=int, help="data loading workers")
-    parser.add_argument("--print-freq", default=1000, type=int, help="print progress every this many images")
-    parser.add_argument("--output-dir", default=".", help="where checkpoint.pth and log.jsonl are written")
+    parser.add_argument(
+        "--print-freq", default=100, type=int, help="print progress every this many iterations (batches of -b images)"
+    )
+    parser.add_argument("--output-dir", default=".", help="where whitened.pth and whiten_log.jsonl are written")
     return parser
 
 
 if __name__ == "__main__":
-    main(utils.parse_checked_args(get_args_parser(), check_args))
+    utils.run_script(main, get_args_parser())

@@ -22,14 +22,13 @@ import torch
 import torch.utils.data
 import torchvision
 
+import presets
+import utils
 from benchmarks.timing import format_table, median_ratio, time_side_by_side, verdict
 from multigrain.image_io import load_rgb
 from repeated_views import DecodeOnceBatchSampler, RepeatedViews, collate_views
-from synthetic_data import make_imagefolder, parse_size
-
-import presets
-import utils
 from sampler import RASampler
+from synthetic_data import make_imagefolder, parse_size
 
 
 def image_folder(args, transform):

@@ -21,6 +21,7 @@ import time
 import torch
 from torch.nn import functional as F
 
+import presets
 from benchmarks.timing import (
     apply_settings,
     describe_machine,
@@ -35,8 +36,6 @@ from multigrain.model import build_model
 from multigrain.nn_search import knn, ranking_positions
 from multigrain.retrieval_datasets import read_ukbench
 from synthetic_data import make_ukbench
-
-import presets
 
 CPU_SETTINGS = {"model": "resnet18", "input_size": 224, "dim": 256}
 PAPER_SETTINGS = {"model": "resnet50", "input_size": 500, "dim": 2048}

@@ -17,13 +17,12 @@ import io
 
 import torch
 
+import train
 from benchmarks.timing import apply_settings, describe_machine, format_table, median_ratio, time_side_by_side, verdict
 from multigrain.distance_weighted_sampling import NEGATIVE_SAMPLING_MODES, DistanceWeightedSampler
 from multigrain.joint_loss import MultiGrainLoss
 from multigrain.margin_loss import MarginLoss
 from multigrain.model import build_model
-
-import train
 
 CPU_SETTINGS = {"model": "resnet18", "input_size": 64, "batch_size": 48, "amp": False}
 PAPER_SETTINGS = {"model": "resnet50", "input_size": 224, "batch_size": 64, "amp": True}

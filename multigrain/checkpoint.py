@@ -1,86 +1,98 @@
-"""Reading model weights from checkpoints without executing code.
+"""Every checkpoint this project reads or writes: what it holds, safe loading, atomic writing.
 
-Two layouts are read: this project's checkpoints (a dict whose `model` entry is the state_dict, with
-`args["model"]` naming the architecture) and the published MultiGrain files (joint_1B_1.0.pth ...,
-ResNet-50): a dict whose `model_state` entry has the same `features.*`, `pool.p`, `classifier.*`
-keys, possibly behind a `module.` prefix, and for whitened models `whitening.pca.pca_m`,
-`whitening.pca.pca_P` with a classifier of width 2049 that reads the whitened vector.
+A checkpoint of this project is a plain dict that says what it is:
+
+- `kind`: "train" (train.py's training state: `model`, `criterion`, `optimizer`, `lr_scheduler`,
+  `scaler`, `epoch`, `recipe`, `log`), "finetune_p" (finetune_p.py's model with its p*) or "whiten"
+  (whiten.py's whitened model);
+- `model`: the MultiGrainNet's state_dict; `args`: the arguments of the command that wrote it, with
+  `args["model"]` naming the architecture; `code_version`: the git commit of the code (or "unknown");
+- `source`: for finetune_p and whiten, the checkpoint they started from.
+
+The published MultiGrain files (joint_1B_1.0.pth ..., ResNet-50) are recognised too ("published"): a
+dict whose `model_state` entry has the same `features.*`, `pool.p`, `classifier.*` keys, possibly
+behind a `module.` prefix, and for whitened models `whitening.pca.pca_m`, `whitening.pca.pca_P` with a
+classifier of width 2049 that reads the whitened vector.
 """
 
+import functools
 import os
-import pickle
-import types
+import subprocess
+import tempfile
 
 import torch
 from torch import nn
 
 from .model import build_model
-from .whitening import Whitening
+from .safe_pickle import not_loaded_objects, tensors_only_pickle
+from .whitening import Whitening, remove_whitening
 
+# The file each script writes in its --output-dir.
+FILE_NAMES = {"train": "checkpoint.pth", "finetune_p": "finetune_p.pth", "whiten": "whitened.pth"}
+LOG_NAMES = {"train": "log.jsonl", "finetune_p": "finetune_p_log.jsonl", "whiten": "whiten_log.jsonl"}
+SCRIPTS = {"train": "train.py", "finetune_p": "finetune_p.py", "whiten": "whiten.py"}
+KIND_DESCRIPTIONS = {
+    "train": "a training state of train.py",
+    "finetune_p": "a p*-fine-tuned model of finetune_p.py",
+    "whiten": "a whitened model of whiten.py",
+    "published": "a published MultiGrain model",
+    "model": "a MultiGrain model",
+}
 PUBLISHED_ARCHITECTURE = "resnet50"
 PUBLISHED_WHITENING_KEYS = {"whitening.pca.pca_m": "whitening.mean", "whitening.pca.pca_P": "whitening.projection"}
 
-# The only functions the restricted loader calls: they rebuild tensors from the file's storages.
-_TENSOR_GLOBALS = {
-    ("collections", "OrderedDict"),
-    ("torch._utils", "_rebuild_tensor"),
-    ("torch._utils", "_rebuild_tensor_v2"),
-    ("torch._utils", "_rebuild_parameter"),
-}
+
+@functools.cache
+def code_version() -> str:
+    """The git commit of this code, with "-dirty" for uncommitted changes; "unknown" outside git."""
+    folder = os.path.dirname(os.path.abspath(__file__))
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return commit + ("-dirty" if status.strip() else "")
 
 
-class _NotLoaded:
-    """Stands for an object of any other class: built from nothing, its state is ignored."""
-
-    qualified_name = "?"
-
-    def __new__(cls, *args, **kwargs):
-        return object.__new__(cls)
-
-    def __init__(self, *args, **kwargs):
-        pass
-
-    def __setstate__(self, state):
-        pass
-
-    def __setitem__(self, key, value):
-        pass
-
-    def append(self, item):
-        pass
-
-    def extend(self, items):
-        pass
-
-    def __repr__(self):
-        return f"<not loaded: {self.qualified_name}>"
+def make_checkpoint(kind, model_state, args, **entries) -> dict:
+    """The dict of a checkpoint of `kind` (see the module docstring); `args` is a dict."""
+    if kind not in FILE_NAMES:
+        raise ValueError(f"unknown checkpoint kind {kind!r}; valid: {', '.join(FILE_NAMES)}")
+    return {"kind": kind, "model": model_state, "args": dict(args), "code_version": code_version(), **entries}
 
 
-class _TensorsOnlyUnpickler(pickle.Unpickler):
-    def find_class(self, module, name):
-        if (module, name) in _TENSOR_GLOBALS:
-            return super().find_class(module, name)
-        return type(str(name), (_NotLoaded,), {"qualified_name": f"{module}.{name}"})
+def save_checkpoint(checkpoint, path):
+    """Writes `checkpoint` to `path` atomically: a temporary file in the same folder, fsync, rename.
 
-
-def _load_tensors_only(file, **kwargs):
-    return _TensorsOnlyUnpickler(file, **kwargs).load()
-
-
-_tensors_only_pickle = types.ModuleType("tensors_only_pickle")
-_tensors_only_pickle.Unpickler = _TensorsOnlyUnpickler
-_tensors_only_pickle.load = _load_tensors_only
-
-
-def _not_loaded_objects(value):
-    """The qualified names of the _NotLoaded objects inside nested dicts, lists and tuples."""
-    if isinstance(value, _NotLoaded):
-        return [value.qualified_name]
-    if isinstance(value, dict):
-        value = list(value.keys()) + list(value.values())
-    if isinstance(value, (list, tuple)):
-        return [name for item in value for name in _not_loaded_objects(item)]
-    return []
+    A crash at any point leaves either the previous file or the new one, never a partial file.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp_path = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+    except BaseException:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+        raise
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def _load_published_checkpoint(path):
@@ -88,12 +100,12 @@ def _load_published_checkpoint(path):
     `optimizer_state=optimizer.state_dict`, a bound method. Only the classes and functions that rebuild
     tensors are imported and called; every other object of the file is replaced by an inert stand-in,
     and the entries holding one are dropped. The `model_state` entry must hold tensors only."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_tensors_only_pickle)
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False, pickle_module=tensors_only_pickle)
     if not isinstance(checkpoint, dict) or "model_state" not in checkpoint:
         raise ValueError("it is not a published MultiGrain file (a dict with a 'model_state' entry)")
     kept = {}
     for key, value in checkpoint.items():
-        skipped = sorted(set(_not_loaded_objects(value)))
+        skipped = sorted(set(not_loaded_objects(value)))
         if skipped and key == "model_state":
             raise ValueError(f"its 'model_state' entry holds objects other than tensors ({', '.join(skipped)})")
         if skipped:
@@ -126,16 +138,47 @@ def load_checkpoint(path):
         ) from None
 
 
-def is_published(checkpoint) -> bool:
-    return isinstance(checkpoint, dict) and "model_state" in checkpoint and "model" not in checkpoint
+def checkpoint_kind(checkpoint) -> str:
+    """ "train", "finetune_p", "whiten", "published", or "model" for a dict with a `model` state_dict
+    that says nothing more (written by hand or by an earlier version, which wrote no `kind`)."""
+    if not isinstance(checkpoint, dict):
+        return "unknown"
+    if "kind" in checkpoint:
+        return checkpoint["kind"]
+    if "model_state" in checkpoint and "model" not in checkpoint:
+        return "published"
+    for kind, marker in (("train", "optimizer"), ("finetune_p", "finetune_p"), ("whiten", "whitening")):
+        if marker in checkpoint and "model" in checkpoint:
+            return kind
+    return "model" if "model" in checkpoint else "unknown"
+
+
+def describe(checkpoint, path) -> str:
+    """E.g. "runs/a/checkpoint.pth (a training state of train.py, after epoch 3)"."""
+    kind = checkpoint_kind(checkpoint)
+    text = KIND_DESCRIPTIONS.get(kind, "not a MultiGrain checkpoint")
+    if kind == "train" and "epoch" in checkpoint:
+        text += f", after epoch {checkpoint['epoch']}"
+    return f"{path} ({text})"
+
+
+def check_output_dir(folder, kind):
+    """Refuses a --output-dir that holds the checkpoint file of another script."""
+    for other_kind, name in FILE_NAMES.items():
+        path = os.path.join(folder, name)
+        if other_kind != kind and os.path.exists(path):
+            raise ValueError(
+                f"--output-dir {folder} holds {name}, the output of {SCRIPTS[other_kind]}: "
+                "give this run its own --output-dir"
+            )
 
 
 def model_state_dict(checkpoint, path="checkpoint"):
-    """The model's state_dict of a training checkpoint (key `model`) or of a published MultiGrain file
-    (key `model_state`), without a DDP `module.` prefix, with the whitening keys of this project."""
+    """The model's state_dict of a checkpoint of this project (key `model`) or of a published MultiGrain
+    file (key `model_state`), without a DDP `module.` prefix, with the whitening keys of this project."""
     if isinstance(checkpoint, dict) and "model" in checkpoint:
         state = checkpoint["model"]
-    elif is_published(checkpoint):
+    elif checkpoint_kind(checkpoint) == "published":
         state = checkpoint["model_state"]
     else:
         keys = list(checkpoint)[:8] if isinstance(checkpoint, dict) else type(checkpoint).__name__
@@ -161,14 +204,16 @@ def architecture_name(checkpoint, path="checkpoint", model_name=None) -> str:
     stored_name = (checkpoint.get("args") or {}).get("model")
     if model_name and stored_name and model_name != stored_name:
         raise ValueError(f"{path} holds a {stored_name} model, but --model is {model_name}")
-    name = model_name or stored_name or (PUBLISHED_ARCHITECTURE if is_published(checkpoint) else None)
+    published = checkpoint_kind(checkpoint) == "published"
+    name = model_name or stored_name or (PUBLISHED_ARCHITECTURE if published else None)
     if name is None:
         raise ValueError(f"{path} does not name its architecture: pass --model")
     return name
 
 
-def model_from_checkpoint(checkpoint, path="checkpoint", *, model_name=None, device="cpu"):
-    """The MultiGrainNet of a loaded checkpoint (see load_model)."""
+def model_from_checkpoint(checkpoint, path="checkpoint", *, model_name=None, device="cpu", unwhitened=False):
+    """The MultiGrainNet of a loaded checkpoint, in eval mode, with its pooling exponent and whitening
+    as stored; `unwhitened` gives the model before whitening (the classifier reads g again)."""
     name = architecture_name(checkpoint, path, model_name)
     state = model_state_dict(checkpoint, path)
     num_classes, classifier_width = state["classifier.weight"].shape
@@ -182,11 +227,14 @@ def model_from_checkpoint(checkpoint, path="checkpoint", *, model_name=None, dev
         model.load_state_dict(state)
     except RuntimeError as e:
         raise ValueError(f"{path} does not fit --model {name}: {e}") from None
+    if unwhitened:
+        remove_whitening(model)
     return model.to(device).eval()
 
 
 def load_model(path, *, model_name=None, device="cpu"):
-    """The MultiGrainNet stored in `path`, in eval mode, with its pooling exponent and whitening as stored.
+    """The MultiGrainNet stored in `path` (any checkpoint of this project or a published file), in eval
+    mode, with its pooling exponent and whitening as stored.
 
     The architecture is the checkpoint's `args["model"]` (resnet50 for the published files, which do
     not name it); `model_name` names it for checkpoints that do not, and must agree with it otherwise.

@@ -8,10 +8,9 @@ import time
 import pytest
 import torch
 
-from synthetic_data import make_imagefolder
-
 import train
-import utils
+from multigrain.checkpoint import save_checkpoint
+from synthetic_data import make_imagefolder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = [
@@ -112,11 +111,11 @@ def test_killed_worker_restarts_and_the_run_finishes_with_a_continuous_log(data,
 def test_auto_resume_continues_and_can_be_turned_off(data, tmp_path):
     common = ["--data-path", str(data), "--output-dir", str(tmp_path), *SMALL, "-b", "6", "--lr", "0.01"]
     train.main(parse(common + ["--epochs", "1"]))
-    train.main(parse(common + ["--epochs", "2"]))  # picks up checkpoint.pth by itself
+    train.main(parse(common + ["--epochs", "2", "--allow-change", "epochs"]))  # picks up checkpoint.pth by itself
     assert [r["epoch"] for r in read_log(tmp_path)] == [0, 1]
     with open(tmp_path / "log.jsonl", "a") as f:
         f.write(json.dumps({"epoch": 2, "written after": "the last checkpoint"}) + "\n")
-    train.main(parse(common + ["--epochs", "3"]))
+    train.main(parse(common + ["--epochs", "3", "--allow-change", "epochs"]))
     assert [r["epoch"] for r in read_log(tmp_path)] == [0, 1, 2]  # the stray line was replaced
     assert "written after" not in read_log(tmp_path)[2]
 
@@ -132,14 +131,15 @@ def test_auto_resume_continues_and_can_be_turned_off(data, tmp_path):
 
 
 SAVER = """
-import sys, torch, utils
-utils.save_checkpoint({"version": 2, "weights": torch.ones(64, 1024, 1024)}, sys.argv[1])
+import sys, torch
+from multigrain.checkpoint import save_checkpoint
+save_checkpoint({"version": 2, "weights": torch.ones(64, 1024, 1024)}, sys.argv[1])
 """
 
 
 def test_a_process_killed_while_saving_leaves_the_previous_checkpoint(tmp_path):
     path = tmp_path / "checkpoint.pth"
-    utils.save_checkpoint({"version": 1, "weights": torch.zeros(3)}, path)
+    save_checkpoint({"version": 1, "weights": torch.zeros(3)}, path)
     env = dict(os.environ, PYTHONPATH=ROOT)
     saver = subprocess.Popen([sys.executable, "-c", SAVER, str(path)], cwd=ROOT, env=env)
     deadline = time.time() + 60
@@ -205,7 +205,7 @@ def test_non_finite_loss_stops_with_epoch_and_iteration(data, tmp_path, monkeypa
 
     monkeypatch.setattr(train.MultiGrainLoss, "forward", nan_on_third_step)
     with pytest.raises(FloatingPointError, match="epoch 1, iteration 2"):
-        train.main(parse(common + ["--epochs", "2"]))
+        train.main(parse(common + ["--epochs", "2", "--allow-change", "epochs"]))
     after = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
     assert after["epoch"] == 0
     assert torch.equal(after["model"]["classifier.weight"], good["model"]["classifier.weight"])

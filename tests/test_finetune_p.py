@@ -7,10 +7,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+import finetune_p
 from multigrain.extraction import EXTRACTION_OUTPUTS, extract_descriptors, forward_by_size
 from multigrain.model import MultiGrainNet
-
-import finetune_p
 
 
 def tiny_model(num_classes=6, p=3.0, seed=0):
@@ -163,7 +162,7 @@ def test_p_grid_keeps_the_best_p_and_prints_the_table(tmp_path, capsys):
     targets = torch.arange(12) % 6
     dataset = ListDataset(images, targets)
     args = finetune_args(p_grid=[1.0, 2.5, 6.0], eval_batch_size=4, input_size=28)
-    best = finetune_p.cross_validate_p(model, dataset, targets, "cpu", args, tmp_path / "log.jsonl")
+    best = finetune_p.cross_validate_p(model, dataset, "cpu", args, tmp_path / "log.jsonl")
     assert float(model.pool.p) == best
     scores = {}
     for p in args.p_grid:

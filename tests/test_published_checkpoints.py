@@ -8,13 +8,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from multigrain.checkpoint import load_checkpoint, load_model
-from multigrain.model import build_model
-from synthetic_data import make_imagefolder
-
 import finetune_p
 import train
 import whiten
+from multigrain.checkpoint import load_checkpoint, load_model
+from multigrain.model import build_model
+from synthetic_data import make_imagefolder
 
 
 class RunsCodeWhenUnpickled:
@@ -198,7 +197,7 @@ def test_every_script_accepts_a_published_file(tmp_path):
     )
     record = finetune_p.main(finetune_args)
     assert record["p"] in (2.0, 4.25)
-    assert float(load_model(str(tmp_path / "p" / "checkpoint.pth")).pool.p) == record["p"]
+    assert float(load_model(str(tmp_path / "p" / "finetune_p.pth")).pool.p) == record["p"]
 
     whiten_args = whiten.get_args_parser().parse_args(
         [
@@ -218,5 +217,5 @@ def test_every_script_accepts_a_published_file(tmp_path):
     whiten_args.shrinkage = 0.5
     record = whiten.main(whiten_args)
     assert record["num_images"] == 9 and record["top5_agreement"] == 1.0 and record["logit_factor_error"] < 1e-4
-    whitened = load_model(str(tmp_path / "w" / "checkpoint.pth"))
+    whitened = load_model(str(tmp_path / "w" / "whitened.pth"))
     assert whitened.whitening is not None and float(whitened.pool.p) == 4.25

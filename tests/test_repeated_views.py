@@ -5,13 +5,12 @@ import pytest
 import torch
 import torchvision
 
-from multigrain.image_io import BadImageError, load_rgb
-from repeated_views import DecodeOnceBatchSampler, RepeatedViews, collate_views
-from synthetic_data import make_imagefolder
-
 import presets
 import train
+from multigrain.image_io import BadImageError, load_rgb
+from repeated_views import DecodeOnceBatchSampler, RepeatedViews, collate_views
 from sampler import RASampler
+from synthetic_data import make_imagefolder
 
 
 def expand(batch):

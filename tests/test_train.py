@@ -6,9 +6,8 @@ import sys
 import pytest
 import torch
 
-from synthetic_data import make_imagefolder
-
 import train
+from synthetic_data import make_imagefolder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ["--model", "resnet18", "--device", "cpu", "-j", "0", "--print-freq", "1000"]
@@ -141,6 +140,7 @@ def test_resume_gives_the_state_of_an_uninterrupted_run(tiny, tmp_path):
         parse(
             common
             + ["--epochs", "2", "--output-dir", str(interrupted), "--resume", str(interrupted / "checkpoint.pth")]
+            + ["--allow-change", "epochs"]
         )
     )
 

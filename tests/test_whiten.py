@@ -7,13 +7,12 @@ import pytest
 import torch
 from torch import nn
 
+import train
+import whiten
 from multigrain.checkpoint import load_model
 from multigrain.model import MultiGrainNet, l2n
 from multigrain.whitening import Whitening, fit_whitening, fold_whitening, remove_whitening
 from synthetic_data import make_imagefolder
-
-import train
-import whiten
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -203,7 +202,7 @@ def test_train_finetune_p_whiten_chain(tmp_path):
     out = run_script(
         "whiten.py",
         "--resume",
-        str(tmp_path / "finetune" / "checkpoint.pth"),
+        str(tmp_path / "finetune" / "finetune_p.pth"),
         "--whiten-path",
         str(whitening_images),
         "--output-dir",
@@ -214,14 +213,16 @@ def test_train_finetune_p_whiten_chain(tmp_path):
     )
     assert "same top-5 classes: 100.00%" in out
 
-    finetune_log = [json.loads(line) for line in (tmp_path / "finetune" / "log.jsonl").read_text().splitlines()]
+    finetune_log = [
+        json.loads(line) for line in (tmp_path / "finetune" / "finetune_p_log.jsonl").read_text().splitlines()
+    ]
     assert [record.get("iteration") for record in finetune_log] == [0, 1, 2, 3, 4, 5, None]
-    finetuned = load_model(str(tmp_path / "finetune" / "checkpoint.pth"))
-    whitened = load_model(str(tmp_path / "whiten" / "checkpoint.pth"))
+    finetuned = load_model(str(tmp_path / "finetune" / "finetune_p.pth"))
+    whitened = load_model(str(tmp_path / "whiten" / "whitened.pth"))
     assert float(finetuned.pool.p) == pytest.approx(finetune_log[-1]["p"])
     assert float(whitened.pool.p) == float(finetuned.pool.p)
     assert whitened.whitening is not None and whitened.classifier.in_features == 513
-    whiten_log = json.loads((tmp_path / "whiten" / "log.jsonl").read_text())
+    whiten_log = json.loads((tmp_path / "whiten" / "whiten_log.jsonl").read_text())
     assert whiten_log["num_images"] == 572 and whiten_log["covariance_error"] < 1e-3
 
     images = random_images(6, seed=5, size=(32, 24))
@@ -234,7 +235,7 @@ def test_train_finetune_p_whiten_chain(tmp_path):
     args = [
         "--test-only",
         "--resume",
-        str(tmp_path / "whiten" / "checkpoint.pth"),
+        str(tmp_path / "whiten" / "whitened.pth"),
         "--model",
         "resnet18",
         "--data-path",

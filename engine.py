@@ -1,0 +1,124 @@
+"""The training and evaluation loops, taking what they use as arguments (no command line needed)."""
+
+import math
+
+import torch
+from torch import nn
+
+import utils
+from multigrain.extraction import forward_by_size
+
+
+def accuracy_counts(logits, targets, topk=(1,)):
+    """Number of samples whose target is among the top-k predictions, for each k."""
+    with torch.no_grad():
+        maxk = min(max(topk), logits.shape[1])
+        pred = logits.topk(maxk, dim=1).indices
+        correct = pred.eq(targets[:, None])
+        return [correct[:, : min(k, maxk)].any(dim=1).sum() for k in topk]
+
+
+def train_one_epoch(
+    model,
+    criterion,
+    optimizer,
+    data_loader,
+    device,
+    epoch,
+    *,
+    scaler=None,
+    amp_dtype=None,
+    clip_grad_norm=None,
+    print_freq=10,
+):
+    """One pass over `data_loader`, whose batches are (images, targets, instance ids).
+
+    `criterion` is a MultiGrainLoss; under DDP its β gradient is averaged over the processes, so that β
+    stays identical on every rank. `amp_dtype` (e.g. torch.float16) turns autocast on; `scaler` is the
+    gradient scaler of float16 training. Returns the epoch's averages over all processes, as
+    train_<name>. Raises FloatingPointError, naming the epoch and iteration, on a non-finite loss.
+    """
+    model.train()
+    metric_logger = utils.MetricLogger()
+    beta = criterion.margin_loss.beta
+    world_size = utils.get_world_size()
+    header = f"Epoch: [{epoch}]"
+    images_per_step = data_loader.batch_sampler.batch_size * world_size
+    batches = metric_logger.log_every(data_loader, print_freq, header, images_per_step)
+    for step, (images, targets, ids) in enumerate(batches):
+        images = images.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        ids = ids.to(device, non_blocking=True)
+        with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits, embeddings = model(images)
+            losses = criterion(logits, embeddings, targets, ids)
+        loss = losses["loss"]
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch}, iteration {step}: stopping")
+
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+        else:
+            loss.backward()
+        if beta.grad is not None and world_size > 1:
+            torch.distributed.all_reduce(beta.grad)
+            beta.grad /= world_size
+        if clip_grad_norm is not None:
+            if scaler is not None:
+                scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+
+        n = images.shape[0]
+        acc1, acc5 = accuracy_counts(logits, targets, topk=(1, 5))
+        metric_logger.update(n=n, **{k: v.detach() for k, v in losses.items()})
+        metric_logger.update(n=n, acc1=acc1.item() * 100.0 / n, acc5=acc5.item() * 100.0 / n)
+        metric_logger.update(beta=beta.detach(), lr=optimizer.param_groups[0]["lr"])
+    metric_logger.synchronize_between_processes()
+    return {f"train_{name}": meter.global_avg for name, meter in metric_logger.meters.items()}
+
+
+@torch.no_grad()
+def evaluate(model, data_loader, device, *, amp_dtype=None, print_freq=10, header="Test:"):
+    """Top-1 / top-5 accuracy (%) and cross-entropy of `model` over `data_loader`, each process's share
+    summed over all processes.
+
+    The batches are (images, targets): a batch tensor, or a list of images of different sizes (as
+    multigrain.extraction.collate_image_list makes), whose images of equal size run together.
+    """
+    model.eval()
+    metric_logger = utils.MetricLogger()
+    correct1 = correct5 = loss_sum = 0.0
+    count = 0
+    for images, targets in metric_logger.log_every(data_loader, print_freq, header):
+        targets = targets.to(device, non_blocking=True)
+        with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            if isinstance(images, torch.Tensor):
+                logits, _ = model(images.to(device, non_blocking=True))
+            else:
+                logits, _ = forward_by_size(model, [image.to(device, non_blocking=True) for image in images])
+        loss = nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
+        acc1, acc5 = accuracy_counts(logits, targets, topk=(1, 5))
+        correct1 += acc1.item()
+        correct5 += acc5.item()
+        loss_sum += loss.item()
+        count += len(targets)
+    correct1, correct5, loss_sum, count = utils.reduce_sum([correct1, correct5, loss_sum, count])
+    if count == 0:
+        raise ValueError(f"{header} no image to evaluate")
+    metrics = {
+        "acc1": 100.0 * correct1 / count,
+        "acc5": 100.0 * correct5 / count,
+        "loss": loss_sum / count,
+        "images": int(count),
+    }
+    utils.print_main(
+        f"{header} Acc@1 {metrics['acc1']:.3f} Acc@5 {metrics['acc5']:.3f} loss {metrics['loss']:.4f} "
+        f"on {int(count)} images"
+    )
+    return metrics
