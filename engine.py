@@ -43,9 +43,7 @@ def train_one_epoch(
     beta = criterion.margin_loss.beta
     world_size = utils.get_world_size()
     header = f"Epoch: [{epoch}]"
-    images_per_step = data_loader.batch_sampler.batch_size * world_size
-    batches = metric_logger.log_every(data_loader, print_freq, header, images_per_step)
-    for step, (images, targets, ids) in enumerate(batches):
+    for step, (images, targets, ids) in enumerate(metric_logger.log_every(data_loader, print_freq, header)):
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
         ids = ids.to(device, non_blocking=True)
@@ -75,6 +73,7 @@ def train_one_epoch(
             optimizer.step()
 
         n = images.shape[0]
+        metric_logger.count_images(n * world_size)
         acc1, acc5 = accuracy_counts(logits, targets, topk=(1, 5))
         metric_logger.update(n=n, **{k: v.detach() for k, v in losses.items()})
         metric_logger.update(n=n, acc1=acc1.item() * 100.0 / n, acc5=acc5.item() * 100.0 / n)

@@ -283,25 +283,26 @@ def load_data(args):
     return skipping_bad_images(dataset, args), train_sampler, shard_val, dataset_val.classes
 
 
-def build_optimizer(args, model, criterion):
+def build_optimizer(model, criterion, *, opt, lr, momentum, weight_decay, norm_weight_decay=None, beta_lr=1.0):
+    """`opt` over the model's parameters (normalisation layers with their own weight decay) and β (learning
+    rate lr × beta_lr, no weight decay)."""
     norm_classes = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)
     norm_params, other_params = [], []
     for module in model.modules():
         for p in module.parameters(recurse=False):
             if p.requires_grad:
                 (norm_params if isinstance(module, norm_classes) else other_params).append(p)
-    norm_wd = args.weight_decay if args.norm_weight_decay is None else args.norm_weight_decay
+    norm_wd = weight_decay if norm_weight_decay is None else norm_weight_decay
     groups = [
-        {"params": other_params, "weight_decay": args.weight_decay},
+        {"params": other_params, "weight_decay": weight_decay},
         {"params": norm_params, "weight_decay": norm_wd},
-        {"params": list(criterion.parameters()), "weight_decay": 0.0, "lr": args.lr * args.beta_lr},
+        {"params": list(criterion.parameters()), "weight_decay": 0.0, "lr": lr * beta_lr},
     ]
-    name = args.opt.lower()
-    if name.startswith("sgd"):
-        return torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum, nesterov="nesterov" in name)
-    if name == "rmsprop":
-        return torch.optim.RMSprop(groups, lr=args.lr, momentum=args.momentum, alpha=0.9, eps=0.0316)
-    return torch.optim.AdamW(groups, lr=args.lr)
+    if opt.startswith("sgd"):
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=opt == "sgd_nesterov")
+    if opt == "rmsprop":
+        return torch.optim.RMSprop(groups, lr=lr, momentum=momentum, alpha=0.9, eps=0.0316)
+    return torch.optim.AdamW(groups, lr=lr)
 
 
 def build_lr_scheduler(args, optimizer):
@@ -388,7 +389,16 @@ def main(args):
     if args.compile:
         model = torch.compile(model)
 
-    optimizer = build_optimizer(args, model_without_ddp, criterion)
+    optimizer = build_optimizer(
+        model_without_ddp,
+        criterion,
+        opt=args.opt,
+        lr=args.lr,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        norm_weight_decay=args.norm_weight_decay,
+        beta_lr=args.beta_lr,
+    )
     lr_scheduler = build_lr_scheduler(args, optimizer)
     scaler = torch.amp.GradScaler(device.type) if args.amp and args.amp_dtype == "float16" else None
 

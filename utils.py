@@ -57,6 +57,7 @@ class MetricLogger:
     def __init__(self, delimiter="  "):
         self.meters = defaultdict(SmoothedValue)
         self.delimiter = delimiter
+        self.step_images = 0
 
     def update(self, n=1, **kwargs):
         for name, value in kwargs.items():
@@ -64,28 +65,32 @@ class MetricLogger:
                 value = value.item()
             self.meters[name].update(value, n=n)
 
-    def add_meter(self, name, meter):
-        self.meters[name] = meter
+    def count_images(self, n):
+        """Adds n to the images of the current step (all processes together): progress lines show images/s."""
+        self.step_images += n
 
     def __str__(self):
         return self.delimiter.join(f"{name}: {meter}" for name, meter in self.meters.items())
 
-    def log_every(self, iterable, print_freq, header="", images_per_step=None):
-        """Yields from `iterable`, printing every `print_freq` steps; images_per_step adds images/s."""
+    def log_every(self, iterable, print_freq, header=""):
+        """Yields from `iterable`, printing every `print_freq` steps (and images/s, see count_images)."""
         start = end = time.time()
         iter_time = SmoothedValue(fmt="{avg:.4f}")
         data_time = SmoothedValue(fmt="{avg:.4f}")
+        step_images = SmoothedValue()
         total = len(iterable)
         width = len(str(total))
         for i, obj in enumerate(iterable):
             data_time.update(time.time() - end)
             yield obj
             iter_time.update(time.time() - end)
+            step_images.update(self.step_images)
+            self.step_images = 0
             if i % print_freq == 0 or i == total - 1:
                 eta = datetime.timedelta(seconds=int(iter_time.global_avg * (total - i - 1)))
                 parts = [f"{header} [{i:>{width}}/{total}]", f"eta: {eta}", str(self)]
-                if images_per_step:
-                    parts.append(f"img/s: {images_per_step / max(iter_time.avg, 1e-9):.1f}")
+                if step_images.total:
+                    parts.append(f"img/s: {step_images.avg / max(iter_time.avg, 1e-9):.1f}")
                 parts.append(f"time: {iter_time} data: {data_time}")
                 print_main(self.delimiter.join(parts))
             end = time.time()

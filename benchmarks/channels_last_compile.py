@@ -3,7 +3,7 @@
     python -m benchmarks.channels_last_compile                              # CPU: ResNet-18, 48 images of 64x64
     python -m benchmarks.channels_last_compile --paper --device cuda        # ResNet-50, 64 images of 224x224, AMP
 
-Training: a MultiGrain step (`train.train_one_epoch`, λ = 0.5) with the model made channels-last and/or
+Training: a MultiGrain step (`engine.train_one_epoch`, λ = 0.5) with the model made channels-last and/or
 wrapped in torch.compile, as train.py does. Evaluation: a batch through the model without gradients,
 with the model made channels-last and/or its trunk compiled, as evaluate.py does. The first calls,
 compilation included, are not timed: the table gives how long they took. A ratio below 1 is a gain.

@@ -4,7 +4,7 @@ step (λ = 1), same model, batch and input size.
     python -m benchmarks.step_overhead                          # CPU: ResNet-18, 48 images of 64x64
     python -m benchmarks.step_overhead --paper --device cuda    # ResNet-50, 64 images of 224x224, AMP
 
-Both steps are `train.train_one_epoch` on in-memory batches (no data loading), so everything a real
+Both steps are `engine.train_one_epoch` on in-memory batches (no data loading), so everything a real
 step does is timed: forward, losses, backward, optimizer, the loss check and the logged metrics. The
 instance ids hold `--reps` copies of each image, as repeated augmentation gives them. Targets: ≤ 1.05×
 on the CPU, ≤ 1.02× on a GPU.
@@ -17,6 +17,7 @@ import io
 
 import torch
 
+import engine
 import train
 from benchmarks.timing import apply_settings, describe_machine, format_table, median_ratio, time_side_by_side, verdict
 from multigrain.distance_weighted_sampling import NEGATIVE_SAMPLING_MODES, DistanceWeightedSampler
@@ -28,53 +29,26 @@ CPU_SETTINGS = {"model": "resnet18", "input_size": 64, "batch_size": 48, "amp": 
 PAPER_SETTINGS = {"model": "resnet50", "input_size": 224, "batch_size": 64, "amp": True}
 
 
-def train_args(args, classif_weight):
-    """train.py's arguments for one of the two steps."""
-    flags = [
-        "--device",
-        args.device,
-        "-b",
-        str(args.batch_size),
-        "--classif-weight",
-        str(classif_weight),
-        "--ra-reps",
-        str(args.reps),
-        "--lr",
-        "0.001",
-        "--print-freq",
-        "1000000",
-        "--output-dir",
-        "",
-        "--amp-dtype",
-        args.amp_dtype,
-        "--negative-sampling",
-        args.negative_sampling,
-    ]
-    if args.amp:
-        flags.append("--amp")
-    namespace = train.get_args_parser().parse_args(flags)
-    namespace.distributed = False
-    return namespace
-
-
 def make_step(model, args, classif_weight, batches, device, channels_last=False, compiled=False):
     """A function running train_one_epoch over `batches` with a fresh copy of `model`, made channels-last
     and compiled as train.py's --channels-last and --compile do."""
-    namespace = train_args(args, classif_weight)
     model = copy.deepcopy(model)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     criterion = MultiGrainLoss(classif_weight, DistanceWeightedSampler(mode=args.negative_sampling), MarginLoss()).to(
         device
     )
-    optimizer = train.build_optimizer(namespace, model, criterion)
+    optimizer = train.build_optimizer(model, criterion, opt="sgd", lr=0.001, momentum=0.9, weight_decay=1e-4)
     scaler = torch.amp.GradScaler(device.type) if args.amp and args.amp_dtype == "float16" else None
     if compiled:
         model = torch.compile(model)
+    amp_dtype = getattr(torch, args.amp_dtype) if args.amp else None
 
     def run():
         with contextlib.redirect_stdout(io.StringIO()):
-            train.train_one_epoch(model, criterion, optimizer, batches, device, 0, namespace, scaler)
+            engine.train_one_epoch(
+                model, criterion, optimizer, batches, device, 0, scaler=scaler, amp_dtype=amp_dtype, print_freq=10**6
+            )
 
     return run
 
