@@ -21,6 +21,7 @@ import torchvision
 from torchvision.transforms.functional import InterpolationMode
 
 import engine
+import flags
 import presets
 import utils
 from multigrain import retrieval_datasets
@@ -44,6 +45,8 @@ def dataset_path_flag(name):
 def check_args(args):
     """Refuses inconsistent flags, folders and checkpoints before any process group starts; returns the
     checkpoint of --resume, read once (None with --load-features)."""
+    if args.multiscale and args.input_size < 2:
+        raise ValueError(f"--multiscale needs --input-size >= 2 for its scale s/2, got {args.input_size}")
     for name in args.dataset:
         path = getattr(args, dataset_path_flag(name))
         if not path:
@@ -61,15 +64,6 @@ def check_args(args):
         raise ValueError("pass the model with --resume CHECKPOINT (or saved descriptors with --load-features)")
     elif not os.path.isfile(args.resume):
         raise ValueError(f"--resume {args.resume} is not a file")
-    for flag in ("input_size", "batch_size", "print_freq", "chunk_size"):
-        if getattr(args, flag) < 1:
-            raise ValueError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
-    if args.workers < 0:
-        raise ValueError(f"--workers must be >= 0, got {args.workers}")
-    if args.pooling_exponent is not None and not args.pooling_exponent > 0:
-        raise ValueError(f"--pooling-exponent must be positive, got {args.pooling_exponent}")
-    if args.num_distractors is not None and args.num_distractors < 0:
-        raise ValueError(f"--num-distractors must be >= 0, got {args.num_distractors}")
     if args.holidays_rotations and not os.path.isfile(args.holidays_rotations):
         raise ValueError(f"--holidays-rotations {args.holidays_rotations} is not a file")
     if args.distractors_path and not os.path.isdir(args.distractors_path):
@@ -302,7 +296,7 @@ def get_args_parser(add_help=True):
     parser.add_argument(
         "--input-size",
         default=500,
-        type=int,
+        type=flags.int_in(1),
         help="s: retrieval images are resized to largest side s; classification see --input-crop",
     )
     parser.add_argument(
@@ -313,7 +307,10 @@ def get_args_parser(add_help=True):
         "none: largest side s, no crop",
     )
     parser.add_argument(
-        "--pooling-exponent", default=None, type=float, help="GeM exponent p (default: the checkpoint's)"
+        "--pooling-exponent",
+        default=None,
+        type=flags.float_in(0, low_open=True, allow_inf=True),
+        help="GeM exponent p (default: the checkpoint's)",
     )
     parser.add_argument(
         "--multiscale",
@@ -345,7 +342,7 @@ def get_args_parser(add_help=True):
     parser.add_argument(
         "--num-distractors",
         default=10000,
-        type=int,
+        type=flags.int_in(0),
         help="take the first N distractors (CD10k: 10000); fewer available is an error",
     )
     parser.add_argument("--roxford5k-path", default=None, help="ROxford5k folder with jpg/ and gnd_roxford5k.pkl")
@@ -368,14 +365,18 @@ def get_args_parser(add_help=True):
     parser.add_argument(
         "--chunk-size",
         default=4096,
-        type=int,
+        type=flags.int_in(1),
         help="queries and database rows scored at a time by the torch search and the AP benchmarks' ranking positions",
     )
     parser.add_argument("--device", default="cuda", help="cuda or cpu")
     parser.add_argument(
-        "-b", "--batch-size", default=32, type=int, help="images of identical size run as one batch, per process"
+        "-b",
+        "--batch-size",
+        default=32,
+        type=flags.int_in(1),
+        help="images of identical size run as one batch, per process",
     )
-    parser.add_argument("-j", "--workers", default=8, type=int, help="data loading workers per process")
+    parser.add_argument("-j", "--workers", default=8, type=flags.int_in(0), help="data loading workers per process")
     parser.add_argument(
         "--amp", action="store_true", help="automatic mixed precision (GeM and whitening stay in float32)"
     )
@@ -393,7 +394,10 @@ def get_args_parser(add_help=True):
         help="torch.compile the model's trunk (a second image size compiles once more, then sizes are dynamic)",
     )
     parser.add_argument(
-        "--print-freq", default=100, type=int, help="print progress every this many iterations (batches of -b images)"
+        "--print-freq",
+        default=100,
+        type=flags.int_in(1),
+        help="print progress every this many iterations (batches of -b images)",
     )
     parser.add_argument("--output-dir", default=".", help="where metrics.json is written")
     parser.add_argument("--dist-url", default="env://", help="url of the process group set-up")

@@ -22,6 +22,7 @@ from torch.nn import functional as F
 from torchvision.transforms.functional import InterpolationMode
 
 import engine
+import flags
 import presets
 import utils
 from multigrain.checkpoint import (
@@ -63,15 +64,6 @@ def check_args(args):
     ]
     if classes[0] != classes[1]:
         raise ValueError(f"train/ and val/ of --data-path {args.data_path} have different class folders")
-    for flag in ("input_size", "images_per_class", "batch_size", "eval_batch_size", "print_freq"):
-        if getattr(args, flag) < 1:
-            raise ValueError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
-    if args.workers < 0:
-        raise ValueError(f"--workers must be >= 0, got {args.workers}")
-    if args.lr <= 0 or args.momentum < 0 or args.lr_power < 0:
-        raise ValueError(
-            f"need --lr > 0, --momentum >= 0, --lr-power >= 0, got {args.lr}, {args.momentum}, {args.lr_power}"
-        )
     check_output_dir(args.output_dir, "finetune_p")
     checkpoint = load_checkpoint(args.resume)
     architecture_name(checkpoint, args.resume, args.model)
@@ -237,18 +229,26 @@ def get_args_parser(add_help=True):
         "--model", default=None, help="architecture, for checkpoints that do not name it (published files: resnet50)"
     )
     parser.add_argument("--device", default="cuda", help="cuda or cpu")
-    parser.add_argument("--input-size", default=500, type=int, help="test resolution s*: largest image side, no crop")
     parser.add_argument(
-        "--images-per-class", default=50, type=int, help="fine-tune on the first N training images of each class"
+        "--input-size", default=500, type=flags.int_in(1), help="test resolution s*: largest image side, no crop"
     )
-    parser.add_argument("-b", "--batch-size", default=4, type=int, help="fine-tuning batch size")
     parser.add_argument(
-        "--eval-batch-size", default=32, type=int, help="largest batch of same-size images when evaluating"
+        "--images-per-class",
+        default=50,
+        type=flags.int_in(1),
+        help="fine-tune on the first N training images of each class",
     )
-    parser.add_argument("--lr", default=0.005, type=float, help="learning rate of p")
-    parser.add_argument("--momentum", default=0.9, type=float, help="SGD momentum")
+    parser.add_argument("-b", "--batch-size", default=4, type=flags.int_in(1), help="fine-tuning batch size")
     parser.add_argument(
-        "--lr-power", default=0.9, type=float, help="power of the per-iteration polynomial learning rate decay"
+        "--eval-batch-size", default=32, type=flags.int_in(1), help="largest batch of same-size images when evaluating"
+    )
+    parser.add_argument("--lr", default=0.005, type=flags.float_in(0, low_open=True), help="learning rate of p")
+    parser.add_argument("--momentum", default=0.9, type=flags.float_in(0, 1, high_open=True), help="SGD momentum")
+    parser.add_argument(
+        "--lr-power",
+        default=0.9,
+        type=flags.float_in(0),
+        help="power of the per-iteration polynomial learning rate decay",
     )
     parser.add_argument(
         "--p-grid",
@@ -265,12 +265,12 @@ def get_args_parser(add_help=True):
     parser.add_argument(
         "--interpolation", default="bilinear", choices=["nearest", "bilinear", "bicubic"], help="resize interpolation"
     )
-    parser.add_argument("-j", "--workers", default=8, type=int, help="data loading workers")
-    parser.add_argument("--print-freq", default=100, type=int, help="print every this many iterations")
+    parser.add_argument("-j", "--workers", default=8, type=flags.int_in(0), help="data loading workers")
+    parser.add_argument("--print-freq", default=100, type=flags.int_in(1), help="print every this many iterations")
     parser.add_argument(
         "--output-dir", default=".", help="where finetune_p.pth and finetune_p_log.jsonl (started afresh) are written"
     )
-    parser.add_argument("--seed", default=0, type=int, help="seed of the order of the fine-tuning images")
+    parser.add_argument("--seed", default=0, type=flags.seed, help="seed of the order of the fine-tuning images")
     return parser
 
 

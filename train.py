@@ -20,6 +20,7 @@ from torch import nn
 from torchvision.transforms.functional import InterpolationMode
 
 import engine
+import flags
 import presets
 import utils
 from multigrain.checkpoint import (
@@ -168,43 +169,41 @@ def check_args(args):
 
     Returns the StartingPoint of the run (None to start from scratch), its checkpoint read once here.
     """
-    if not 0.0 <= args.classif_weight <= 1.0:
-        raise ValueError(f"--classif-weight must be in [0, 1], got {args.classif_weight}")
+    if args.start_epoch >= args.epochs:
+        raise ValueError(f"--start-epoch {args.start_epoch} must be below --epochs {args.epochs}: nothing to train")
+    if args.lr_warmup_epochs >= args.epochs:
+        raise ValueError(f"--lr-warmup-epochs {args.lr_warmup_epochs} must be below --epochs {args.epochs}")
+    main_epochs = args.epochs - args.lr_warmup_epochs
+    steps = args.lr_steps
+    if args.lr_scheduler == "multisteplr" and (steps != sorted(set(steps)) or steps[-1] >= main_epochs):
+        raise ValueError(
+            f"--lr-steps of multisteplr must increase and stay below --epochs - --lr-warmup-epochs = {main_epochs} "
+            f"(they count epochs from the end of the warm-up), got {' '.join(map(str, steps))}"
+        )
+    if args.lr_scheduler == "cosineannealinglr" and args.lr_min >= args.lr:
+        raise ValueError(f"--lr-min {args.lr_min} of cosineannealinglr must be below --lr {args.lr}")
+    if args.sampling_cutoff >= args.nonzero_loss_cutoff:
+        raise ValueError(
+            f"--sampling-cutoff {args.sampling_cutoff} must be below --nonzero-loss-cutoff {args.nonzero_loss_cutoff}"
+        )
+    if args.val_crop_size > args.val_resize_size:
+        raise ValueError(
+            f"--val-crop-size {args.val_crop_size} must be at most --val-resize-size {args.val_resize_size}: "
+            "a larger center crop pads the image"
+        )
     if args.classif_weight < 1.0 and not args.ra_sampler:
         raise ValueError(
             f"--classif-weight {args.classif_weight} < 1 needs repeated augmentation for the margin loss's "
             "positive pairs: drop --no-ra-sampler, or use --classif-weight 1 for classification only"
         )
-    if args.ra_reps < 1:
-        raise ValueError(f"--ra-reps must be at least 1, got {args.ra_reps}")
     if args.ra_decode_once and not args.ra_sampler:
         raise ValueError("--ra-decode-once decodes each image once for its --ra-reps copies: it needs --ra-sampler")
     if args.classif_weight < 1.0 and args.ra_reps < 2:
         raise ValueError(f"--classif-weight < 1 needs --ra-reps >= 2 to have positive pairs, got {args.ra_reps}")
-    for flag in ("batch_size", "epochs", "train_crop_size", "val_crop_size", "val_resize_size", "print_freq"):
-        if getattr(args, flag) < 1:
-            raise ValueError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
     if args.classif_weight < 1.0 and args.batch_size < args.ra_reps:
         raise ValueError(
             f"--batch-size {args.batch_size} cannot hold the {args.ra_reps} copies of an image (--ra-reps)"
         )
-    if args.workers < 0:
-        raise ValueError(f"--workers must be >= 0, got {args.workers}")
-    if args.lr <= 0:
-        raise ValueError(f"--lr must be positive, got {args.lr}")
-    if not args.epoch_len_factor > 0:
-        raise ValueError(f"--epoch-len-factor must be positive, got {args.epoch_len_factor}")
-    if not args.pooling_exponent > 0:
-        raise ValueError(f"--pooling-exponent must be positive, got {args.pooling_exponent}")
-    if not 0 < args.sampling_cutoff < args.nonzero_loss_cutoff <= 2.0:
-        raise ValueError(
-            "need 0 < --sampling-cutoff < --nonzero-loss-cutoff <= 2 (distances between unit vectors), got "
-            f"{args.sampling_cutoff} and {args.nonzero_loss_cutoff}"
-        )
-    if args.margin < 0 or args.beta_lr < 0:
-        raise ValueError(f"--margin and --beta-lr must be >= 0, got {args.margin} and {args.beta_lr}")
-    if args.lr_warmup_epochs < 0 or args.lr_warmup_epochs >= args.epochs:
-        raise ValueError(f"--lr-warmup-epochs must be in [0, --epochs), got {args.lr_warmup_epochs}")
     if args.weights and args.init_from:
         raise ValueError("--weights and --init-from both give the initial weights: pass one of them")
     for flag in ("resume", "init_from"):
@@ -531,21 +530,34 @@ def get_args_parser(add_help=True):
         "-b",
         "--batch-size",
         default=64,
-        type=int,
+        type=flags.int_in(1),
         help="images per process; the global batch is this times the number of processes",
     )
-    parser.add_argument("--epochs", default=120, type=int, help="number of epochs")
-    parser.add_argument("-j", "--workers", default=8, type=int, help="data loading workers per process")
+    parser.add_argument("--epochs", default=120, type=flags.int_in(1), help="number of epochs")
+    parser.add_argument("-j", "--workers", default=8, type=flags.int_in(0), help="data loading workers per process")
     parser.add_argument("--opt", default="sgd", choices=["sgd", "sgd_nesterov", "rmsprop", "adamw"], help="optimizer")
     parser.add_argument(
-        "--lr", default=0.2, type=float, help="learning rate (the paper: 0.2 for a global batch of 512)"
+        "--lr",
+        default=0.2,
+        type=flags.float_in(0, low_open=True),
+        help="learning rate (the paper: 0.2 for a global batch of 512)",
     )
-    parser.add_argument("--momentum", default=0.9, type=float, help="momentum")
-    parser.add_argument("--wd", "--weight-decay", default=1e-4, type=float, dest="weight_decay", help="weight decay")
+    parser.add_argument("--momentum", default=0.9, type=flags.float_in(0, 1, high_open=True), help="momentum")
     parser.add_argument(
-        "--norm-weight-decay", default=None, type=float, help="weight decay of normalization layers (default: --wd)"
+        "--wd", "--weight-decay", default=1e-4, type=flags.float_in(0), dest="weight_decay", help="weight decay"
     )
-    parser.add_argument("--label-smoothing", default=0.0, type=float, help="label smoothing of the cross-entropy")
+    parser.add_argument(
+        "--norm-weight-decay",
+        default=None,
+        type=flags.float_in(0),
+        help="weight decay of normalization layers (default: --wd)",
+    )
+    parser.add_argument(
+        "--label-smoothing",
+        default=0.0,
+        type=flags.float_in(0, 1, high_open=True),
+        help="label smoothing of the cross-entropy",
+    )
     parser.add_argument(
         "--lr-scheduler",
         default="steplr",
@@ -553,17 +565,26 @@ def get_args_parser(add_help=True):
         help="learning rate schedule, stepped every epoch",
     )
     parser.add_argument(
-        "--lr-steps", default=[30, 60, 90], nargs="+", type=int, help="epochs of the multisteplr decays"
+        "--lr-steps", default=[30, 60, 90], nargs="+", type=flags.int_in(1), help="epochs of the multisteplr decays"
     )
-    parser.add_argument("--lr-step-size", default=30, type=int, help="period of the steplr decays, in epochs")
-    parser.add_argument("--lr-gamma", default=0.1, type=float, help="decay factor of steplr / multisteplr")
-    parser.add_argument("--lr-min", default=0.0, type=float, help="final learning rate of cosineannealinglr")
-    parser.add_argument("--lr-warmup-epochs", default=0, type=int, help="warm-up epochs (the paper: none)")
+    parser.add_argument(
+        "--lr-step-size", default=30, type=flags.int_in(1), help="period of the steplr decays, in epochs"
+    )
+    parser.add_argument(
+        "--lr-gamma", default=0.1, type=flags.float_in(0, low_open=True), help="decay factor of steplr / multisteplr"
+    )
+    parser.add_argument(
+        "--lr-min", default=0.0, type=flags.float_in(0), help="final learning rate of cosineannealinglr"
+    )
+    parser.add_argument("--lr-warmup-epochs", default=0, type=flags.int_in(0), help="warm-up epochs (the paper: none)")
     parser.add_argument("--lr-warmup-method", default="linear", choices=["linear", "constant"], help="warm-up shape")
     parser.add_argument(
-        "--lr-warmup-decay", default=0.01, type=float, help="learning rate factor at the start of the warm-up"
+        "--lr-warmup-decay",
+        default=0.01,
+        type=flags.float_in(0, 1, low_open=True),
+        help="learning rate factor at the start of the warm-up",
     )
-    parser.add_argument("--print-freq", default=10, type=int, help="print every this many iterations")
+    parser.add_argument("--print-freq", default=10, type=flags.int_in(1), help="print every this many iterations")
     parser.add_argument("--output-dir", default=".", help="where checkpoint.pth and log.jsonl are written")
     parser.add_argument(
         "--resume",
@@ -592,7 +613,9 @@ def get_args_parser(add_help=True):
     parser.add_argument(
         "--skip-bad-images", action="store_true", help="log and skip images that cannot be decoded instead of stopping"
     )
-    parser.add_argument("--start-epoch", default=0, type=int, help="first epoch of a run that resumes no checkpoint")
+    parser.add_argument(
+        "--start-epoch", default=0, type=flags.int_in(0), help="first epoch of a run that resumes no checkpoint"
+    )
     parser.add_argument("--sync-bn", action="store_true", help="synchronised BatchNorm across processes")
     parser.add_argument("--test-only", action="store_true", help="only evaluate (the model of --resume if given)")
     parser.add_argument(
@@ -601,16 +624,18 @@ def get_args_parser(add_help=True):
         choices=presets.AUTO_AUGMENT_POLICIES,
         help="augmentation policy replacing colour jitter and lighting (the paper's variant: autoaugment)",
     )
-    parser.add_argument("--ra-magnitude", default=9, type=int, help="magnitude of --auto-augment ra")
-    parser.add_argument("--augmix-severity", default=3, type=int, help="severity of --auto-augment augmix")
+    parser.add_argument("--ra-magnitude", default=9, type=flags.int_in(0, 30), help="magnitude of --auto-augment ra")
+    parser.add_argument(
+        "--augmix-severity", default=3, type=flags.int_in(1, 10), help="severity of --auto-augment augmix"
+    )
     parser.add_argument(
         "--color-jitter",
         default=0.3,
-        type=float,
+        type=flags.float_in(0),
         help="brightness, contrast and saturation jitter of the full augmentation",
     )
     parser.add_argument(
-        "--lighting", default=0.1, type=float, help="std of the PCA lighting noise of the full augmentation"
+        "--lighting", default=0.1, type=flags.float_in(0), help="std of the PCA lighting noise of the full augmentation"
     )
     parser.add_argument("--amp", action="store_true", help="automatic mixed precision")
     parser.add_argument(
@@ -620,7 +645,10 @@ def get_args_parser(add_help=True):
         help="autocast dtype of --amp (float16 uses a gradient scaler)",
     )
     parser.add_argument(
-        "--clip-grad-norm", default=None, type=float, help="maximum gradient norm of the model's parameters"
+        "--clip-grad-norm",
+        default=None,
+        type=flags.float_in(0, low_open=True),
+        help="maximum gradient norm of the model's parameters",
     )
     parser.add_argument(
         "--ra-sampler",
@@ -628,7 +656,7 @@ def get_args_parser(add_help=True):
         default=True,
         help="repeated augmentation: every image --ra-reps times per batch",
     )
-    parser.add_argument("--ra-reps", default=3, type=int, help="copies of each image under --ra-sampler")
+    parser.add_argument("--ra-reps", default=3, type=flags.int_in(1), help="copies of each image under --ra-sampler")
     parser.add_argument(
         "--ra-decode-once",
         action="store_true",
@@ -644,40 +672,54 @@ def get_args_parser(add_help=True):
     parser.add_argument(
         "--epoch-len-factor",
         default=2.0,
-        type=float,
+        type=flags.float_in(0, low_open=True),
         help="samples per epoch / training images, copies included: an epoch has ceil(factor * N / processes) "
         "samples per process, i.e. about factor * N / reps distinct images (the paper: 2.0, 5005 iterations "
         "of 512 on ImageNet)",
     )
-    parser.add_argument("--val-resize-size", default=256, type=int, help="validation resize of the shorter side")
-    parser.add_argument("--val-crop-size", default=224, type=int, help="validation center crop")
-    parser.add_argument("--train-crop-size", default=224, type=int, help="training random-resized-crop size")
+    parser.add_argument(
+        "--val-resize-size", default=256, type=flags.int_in(1), help="validation resize of the shorter side"
+    )
+    parser.add_argument("--val-crop-size", default=224, type=flags.int_in(1), help="validation center crop")
+    parser.add_argument(
+        "--train-crop-size", default=224, type=flags.int_in(1), help="training random-resized-crop size"
+    )
     parser.add_argument(
         "--interpolation", default="bilinear", choices=["nearest", "bilinear", "bicubic"], help="resize interpolation"
     )
-    parser.add_argument("--seed", default=0, type=int, help="random seed")
+    parser.add_argument("--seed", default=0, type=flags.seed, help="random seed")
     parser.add_argument(
         "--classif-weight",
         "--classify-weight",
         default=0.5,
-        type=float,
+        type=flags.float_in(0, 1),
         dest="classif_weight",
         help="λ: loss = λ·CE + (1−λ)·margin loss; 1 is plain classification",
     )
     parser.add_argument(
-        "--pooling-exponent", default=3.0, type=float, help="GeM exponent p (1: average pooling, inf: max pooling)"
+        "--pooling-exponent",
+        default=3.0,
+        type=flags.float_in(0, low_open=True, allow_inf=True),
+        help="GeM exponent p (1: average pooling, inf: max pooling)",
     )
-    parser.add_argument("--beta-init", default=1.2, type=float, help="initial margin-loss boundary beta")
-    parser.add_argument("--beta-lr", default=1.0, type=float, help="beta's learning rate as a multiple of --lr")
-    parser.add_argument("--margin", default=0.2, type=float, help="margin alpha of the margin loss")
+    parser.add_argument(
+        "--beta-init", default=1.2, type=flags.float_in(0, low_open=True), help="initial margin-loss boundary beta"
+    )
+    parser.add_argument(
+        "--beta-lr", default=1.0, type=flags.float_in(0), help="beta's learning rate as a multiple of --lr"
+    )
+    parser.add_argument("--margin", default=0.2, type=flags.float_in(0), help="margin alpha of the margin loss")
     parser.add_argument(
         "--sampling-cutoff",
         default=0.5,
-        type=float,
+        type=flags.float_in(0, 2, low_open=True),
         help="distances are clamped below at this value for the sampling weights",
     )
     parser.add_argument(
-        "--nonzero-loss-cutoff", default=1.4, type=float, help="negatives are drawn among the ones closer than this"
+        "--nonzero-loss-cutoff",
+        default=1.4,
+        type=flags.float_in(0, 2, low_open=True),
+        help="negatives are drawn among the ones closer than this",
     )
     parser.add_argument(
         "--negative-sampling",

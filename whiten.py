@@ -18,6 +18,7 @@ import torch.utils.data
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms.functional import InterpolationMode
 
+import flags
 import presets
 import utils
 from multigrain.checkpoint import (
@@ -88,15 +89,6 @@ def check_args(args):
         raise ValueError(f"--whiten-path {args.whiten_path} is not a folder")
     if args.whiten_list and not os.path.isfile(args.whiten_list):
         raise ValueError(f"--whiten-list {args.whiten_list} is not a file")
-    if args.num_whiten_images != -1 and args.num_whiten_images < 1:
-        raise ValueError(f"--num-whiten-images must be -1 (all) or at least 1, got {args.num_whiten_images}")
-    for flag in ("input_size", "batch_size"):
-        if getattr(args, flag) < 1:
-            raise ValueError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
-    if args.workers < 0:
-        raise ValueError(f"--workers must be >= 0, got {args.workers}")
-    if not 0.0 <= args.shrinkage < 1.0:
-        raise ValueError(f"--shrinkage must be in [0, 1), got {args.shrinkage}")
     check_output_dir(args.output_dir, "whiten")
     checkpoint = load_checkpoint(args.resume)
     architecture_name(checkpoint, args.resume, args.model)
@@ -206,24 +198,36 @@ def get_args_parser(add_help=True):
         default=None,
         help="file naming the whitening images, one path relative to --whiten-path per line",
     )
-    parser.add_argument("--num-whiten-images", default=-1, type=int, help="use only the first N images (-1: all)")
-    parser.add_argument("--input-size", default=500, type=int, help="test resolution: largest image side, no crop")
+    parser.add_argument(
+        "--num-whiten-images",
+        default=-1,
+        type=flags.int_in(1, or_value=-1),
+        help="use only the first N images (-1: all)",
+    )
+    parser.add_argument(
+        "--input-size", default=500, type=flags.int_in(1), help="test resolution: largest image side, no crop"
+    )
     parser.add_argument(
         "--shrinkage",
         default=0.0,
-        type=float,
+        type=flags.float_in(0, 1, high_open=True),
         help="α in [0, 1): whiten (1 − α)·C + α·(trace(C)/D)·I instead of the covariance C. 0 is the paper's "
         "whitening and needs more images than dimensions + 1; α > 0 works with fewer images or degenerate "
         "descriptors, at the price of a whitened covariance that is not exactly the identity",
     )
     parser.add_argument("--device", default="cuda", help="cuda or cpu")
-    parser.add_argument("-b", "--batch-size", default=32, type=int, help="largest batch of same-size images")
+    parser.add_argument(
+        "-b", "--batch-size", default=32, type=flags.int_in(1), help="largest batch of same-size images"
+    )
     parser.add_argument(
         "--interpolation", default="bilinear", choices=["nearest", "bilinear", "bicubic"], help="resize interpolation"
     )
-    parser.add_argument("-j", "--workers", default=8, type=int, help="data loading workers")
+    parser.add_argument("-j", "--workers", default=8, type=flags.int_in(0), help="data loading workers")
     parser.add_argument(
-        "--print-freq", default=100, type=int, help="print progress every this many iterations (batches of -b images)"
+        "--print-freq",
+        default=100,
+        type=flags.int_in(1),
+        help="print progress every this many iterations (batches of -b images)",
     )
     parser.add_argument("--output-dir", default=".", help="where whitened.pth and whiten_log.jsonl are written")
     return parser

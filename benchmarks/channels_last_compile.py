@@ -15,6 +15,7 @@ import time
 
 import torch
 
+import flags
 from benchmarks.step_overhead import CPU_SETTINGS, PAPER_SETTINGS, make_step
 from benchmarks.timing import (
     apply_settings,
@@ -107,14 +108,14 @@ def get_args_parser(add_help=True):
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument(
-        "--threads", default=None, type=int, help="torch threads of this process (default: torch's choice)"
+        "--threads", default=None, type=flags.int_in(1), help="torch threads of this process (default: torch's choice)"
     )
     parser.add_argument(
         "--paper", action="store_true", help=f"the paper's settings {PAPER_SETTINGS} instead of {CPU_SETTINGS}"
     )
     parser.add_argument("--model", default=None, help="torchvision model")
-    parser.add_argument("--input-size", default=None, type=int, help="side of the square input images")
-    parser.add_argument("-b", "--batch-size", default=None, type=int, help="images per step")
+    parser.add_argument("--input-size", default=None, type=flags.int_in(1), help="side of the square input images")
+    parser.add_argument("-b", "--batch-size", default=None, type=flags.int_in(1), help="images per step")
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="automatic mixed precision")
     parser.add_argument(
         "--amp-dtype", default="float16", choices=["float16", "bfloat16"], help="autocast dtype of --amp"
@@ -125,14 +126,16 @@ def get_args_parser(add_help=True):
         nargs="+",
         help=f"what to time, among {', '.join(VARIANTS)} (eager is the reference)",
     )
-    parser.add_argument("--reps", default=3, type=int, help="copies of each image in the batch (repeated augmentation)")
-    parser.add_argument("--classif-weight", default=0.5, type=float, help="λ of the training step")
+    parser.add_argument(
+        "--reps", default=3, type=flags.int_in(1), help="copies of each image in the batch (repeated augmentation)"
+    )
+    parser.add_argument("--classif-weight", default=0.5, type=flags.float_in(0, 1), help="λ of the training step")
     parser.add_argument(
         "--negative-sampling", default="reference", choices=NEGATIVE_SAMPLING_MODES, help="negative sampling mode"
     )
-    parser.add_argument("--num-classes", default=1000, type=int, help="classifier outputs")
-    parser.add_argument("--steps", default=2, type=int, help="steps per timed round")
-    parser.add_argument("--rounds", default=5, type=int, help="timed rounds of each variant")
+    parser.add_argument("--num-classes", default=1000, type=flags.int_in(1), help="classifier outputs")
+    parser.add_argument("--steps", default=2, type=flags.int_in(1), help="steps per timed round")
+    parser.add_argument("--rounds", default=5, type=flags.int_in(1), help="timed rounds of each variant")
     return parser
 
 

@@ -22,6 +22,7 @@ import torch
 import torch.utils.data
 import torchvision
 
+import flags
 import presets
 import utils
 from benchmarks.timing import format_table, median_ratio, time_side_by_side, verdict
@@ -171,31 +172,34 @@ def get_args_parser(add_help=True):
         "--data-path", default=None, help="ImageFolder root (class folders of JPEGs); default: synthetic images"
     )
     parser.add_argument(
-        "--max-images", default=None, type=int, help="use a fixed random subset of this many images of --data-path"
+        "--max-images",
+        default=None,
+        type=flags.int_in(1),
+        help="use a fixed random subset of this many images of --data-path",
     )
     parser.add_argument(
-        "--num-images", default=96, type=int, help="synthetic images to write when there is no --data-path"
+        "--num-images", default=96, type=flags.int_in(1), help="synthetic images to write when there is no --data-path"
     )
     parser.add_argument(
         "--image-size", default="500x375", help="WIDTHxHEIGHT of the synthetic images (ImageNet's typical size)"
     )
-    parser.add_argument("--reps", default=3, type=int, help="copies of each image (--ra-reps)")
+    parser.add_argument("--reps", default=3, type=flags.int_in(1), help="copies of each image (--ra-reps)")
     parser.add_argument(
         "--epoch-len-factor",
         default=3.0,
-        type=float,
+        type=flags.float_in(0, low_open=True),
         help="samples per epoch / images (3.0 with reps 3: every copy of every image)",
     )
-    parser.add_argument("-b", "--batch-size", default=48, type=int, help="samples per batch")
-    parser.add_argument("-j", "--workers", default=2, type=int, help="DataLoader workers")
-    parser.add_argument("--crop-size", default=224, type=int, help="training crop size")
+    parser.add_argument("-b", "--batch-size", default=48, type=flags.int_in(1), help="samples per batch")
+    parser.add_argument("-j", "--workers", default=2, type=flags.int_in(0), help="DataLoader workers")
+    parser.add_argument("--crop-size", default=224, type=flags.int_in(1), help="training crop size")
     parser.add_argument(
         "--auto-augment",
         default=None,
         choices=presets.AUTO_AUGMENT_POLICIES,
         help="augmentation policy instead of the full augmentation",
     )
-    parser.add_argument("--rounds", default=3, type=int, help="timed epochs of each pipeline")
+    parser.add_argument("--rounds", default=3, type=flags.int_in(1), help="timed epochs of each pipeline")
     return parser
 
 

@@ -21,6 +21,7 @@ import time
 import torch
 from torch.nn import functional as F
 
+import flags
 import presets
 from benchmarks.timing import (
     apply_settings,
@@ -189,8 +190,6 @@ def main(args):
     if args.threads:
         torch.set_num_threads(args.threads)
     apply_settings(args, CPU_SETTINGS, PAPER_SETTINGS)
-    if args.batch_size < 2:
-        raise ValueError(f"--batch-size must be at least 2 to compare with one image at a time, got {args.batch_size}")
     device = torch.device(args.device)
     results = {}
     if args.part in ("extraction", "all"):
@@ -210,7 +209,7 @@ def get_args_parser(add_help=True):
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument(
-        "--threads", default=None, type=int, help="torch threads of this process (default: torch's choice)"
+        "--threads", default=None, type=flags.int_in(1), help="torch threads of this process (default: torch's choice)"
     )
     parser.add_argument(
         "--paper", action="store_true", help=f"the paper's settings {PAPER_SETTINGS} instead of {CPU_SETTINGS}"
@@ -219,21 +218,31 @@ def get_args_parser(add_help=True):
         "--part", default="all", choices=["extraction", "search", "positions", "all"], help="which benchmark to run"
     )
     parser.add_argument("--model", default=None, help="torchvision model of the extraction")
-    parser.add_argument("--input-size", default=None, type=int, help="s: images are resized to largest side s")
-    parser.add_argument("--num-groups", default=12, type=int, help="UKBench groups of 4 images to extract")
-    parser.add_argument("-b", "--batch-size", default=16, type=int, help="images of identical size per batch")
-    parser.add_argument("-j", "--workers", default=2, type=int, help="DataLoader workers of the extraction")
-    parser.add_argument("--rounds", default=3, type=int, help="timed extractions of each kind")
-    parser.add_argument("--num-queries", default=10000, type=int, help="queries of the search")
-    parser.add_argument("--num-database", default=100000, type=int, help="database vectors of the search")
-    parser.add_argument("--dim", default=None, type=int, help="descriptor dimension of the search")
-    parser.add_argument("-k", default=100, type=int, help="neighbours per query")
-    parser.add_argument("--num-ap-queries", default=229, type=int, help="queries of the positions benchmark")
+    parser.add_argument(
+        "--input-size", default=None, type=flags.int_in(1), help="s: images are resized to largest side s"
+    )
+    parser.add_argument("--num-groups", default=12, type=flags.int_in(1), help="UKBench groups of 4 images to extract")
+    parser.add_argument(
+        "-b",
+        "--batch-size",
+        default=16,
+        type=flags.int_in(2),
+        help="images of identical size per batch (at least 2: compared with one at a time)",
+    )
+    parser.add_argument("-j", "--workers", default=2, type=flags.int_in(0), help="DataLoader workers of the extraction")
+    parser.add_argument("--rounds", default=3, type=flags.int_in(1), help="timed extractions of each kind")
+    parser.add_argument("--num-queries", default=10000, type=flags.int_in(1), help="queries of the search")
+    parser.add_argument("--num-database", default=100000, type=flags.int_in(1), help="database vectors of the search")
+    parser.add_argument("--dim", default=None, type=flags.int_in(1), help="descriptor dimension of the search")
+    parser.add_argument("-k", default=100, type=flags.int_in(1), help="neighbours per query")
+    parser.add_argument(
+        "--num-ap-queries", default=229, type=flags.int_in(1), help="queries of the positions benchmark"
+    )
     parser.add_argument(
         "--chunk-sizes",
         default=[4096],
         nargs="+",
-        type=int,
+        type=flags.int_in(1),
         help="chunk sizes of the search to time (evaluate.py's --chunk-size)",
     )
     return parser

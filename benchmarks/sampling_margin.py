@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+import flags
 from benchmarks.timing import describe_machine, format_table, median_ratio, time_side_by_side, verdict
 from multigrain.distance_weighted_sampling import NEGATIVE_SAMPLING_MODES, DistanceWeightedSampler
 from multigrain.margin_loss import MarginLoss
@@ -78,7 +79,7 @@ def per_anchor_loop(embeddings, ids, margin_loss, rng, cutoff=0.5, nonzero_loss_
 def main(args):
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.batch_size < args.reps or args.reps < 2:
+    if args.batch_size < args.reps:
         raise ValueError(f"need 2 <= --reps <= --batch-size, got --reps {args.reps} and --batch-size {args.batch_size}")
     device = torch.device(args.device)
     embeddings, ids = make_embeddings(args.batch_size, args.dim, args.reps, device)
@@ -143,22 +144,29 @@ def get_args_parser(add_help=True):
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument(
-        "--threads", default=None, type=int, help="torch threads of this process (default: torch's choice)"
+        "--threads", default=None, type=flags.int_in(1), help="torch threads of this process (default: torch's choice)"
     )
-    parser.add_argument("-b", "--batch-size", default=512, type=int, help="B: embeddings in the (global) batch")
-    parser.add_argument("--dim", default=2048, type=int, help="d: embedding dimension")
-    parser.add_argument("--reps", default=3, type=int, help="copies of each instance in the batch")
+    parser.add_argument(
+        "-b", "--batch-size", default=512, type=flags.int_in(1), help="B: embeddings in the (global) batch"
+    )
+    parser.add_argument("--dim", default=2048, type=flags.int_in(1), help="d: embedding dimension")
+    parser.add_argument("--reps", default=3, type=flags.int_in(2), help="copies of each instance in the batch")
     parser.add_argument(
         "--negative-sampling", default="reference", choices=NEGATIVE_SAMPLING_MODES, help="negative sampling mode"
     )
-    parser.add_argument("--rounds", default=15, type=int, help="timed calls of each implementation")
+    parser.add_argument("--rounds", default=15, type=flags.int_in(1), help="timed calls of each implementation")
     parser.add_argument(
         "--breakdown",
         action=argparse.BooleanOptionalAction,
         default=True,
         help="also time the sampling and the margin loss alone",
     )
-    parser.add_argument("--target", default=20.0, type=float, help="speed-up the vectorised version should reach")
+    parser.add_argument(
+        "--target",
+        default=20.0,
+        type=flags.float_in(0, low_open=True),
+        help="speed-up the vectorised version should reach",
+    )
     return parser
 
 

@@ -18,6 +18,19 @@ import torch.utils.data
 #   pooled:     the raw GeM vector g, before any whitening (what whiten.py fits on)
 EXTRACTION_OUTPUTS = ("descriptor", "embedding", "logits", "pooled")
 
+# How the CPU allocator words its out-of-memory RuntimeError (Linux, Windows); CUDA raises torch.OutOfMemoryError.
+CPU_OUT_OF_MEMORY_MESSAGES = ("DefaultCPUAllocator: can't allocate memory", "not enough memory")
+
+
+class ExtractionOutOfMemoryError(MemoryError):
+    """A batch of same-size images did not fit in memory: lower the batch size or the image size."""
+
+
+def _is_out_of_memory(error):
+    return isinstance(error, torch.OutOfMemoryError) or any(
+        message in str(error) for message in CPU_OUT_OF_MEMORY_MESSAGES
+    )
+
 
 def collate_image_list(batch):
     """DataLoader collate_fn for (image, target) samples of different sizes: (list of images, targets)."""
@@ -92,12 +105,22 @@ def extract_descriptors(
         nonlocal pending
         items = buckets.pop(size)
         pending -= len(items)
-        batch = torch.stack([image for _, image in items]).to(device, non_blocking=True)
-        if amp_dtype is None:
-            rows = fn(batch)
-        else:
-            with torch.autocast(device_type=device.type, dtype=amp_dtype):
+        try:
+            batch = torch.stack([image for _, image in items]).to(device, non_blocking=True)
+            if amp_dtype is None:
                 rows = fn(batch)
+            else:
+                with torch.autocast(device_type=device.type, dtype=amp_dtype):
+                    rows = fn(batch)
+        except RuntimeError as error:
+            if not _is_out_of_memory(error):
+                raise
+            height, width = size[-2:]
+            raise ExtractionOutOfMemoryError(
+                f"out of memory on {device} running a batch of {len(items)} images of {height}×{width} px (H×W) "
+                f"(batch size {batch_size}): lower the batch size (--batch-size, --eval-batch-size of finetune_p.py) "
+                "or the image size (--input-size)"
+            ) from error
         result[[index for index, _ in items]] = rows.float().cpu()
 
     loader = torch.utils.data.DataLoader(

@@ -180,7 +180,7 @@ def test_bad_p_grid_is_refused(text):
         finetune_p.parse_p_grid(text)
 
 
-def test_bad_flags_are_refused(tmp_path):
+def test_bad_flags_are_refused(tmp_path, capsys):
     parser = finetune_p.get_args_parser()
     args = parser.parse_args(["--resume", str(tmp_path / "missing.pth"), "--data-path", str(tmp_path)])
     with pytest.raises(ValueError, match="--resume"):
@@ -194,6 +194,7 @@ def test_bad_flags_are_refused(tmp_path):
     os.makedirs(tmp_path / "val" / "a")
     for split in ("train", "val"):
         (tmp_path / split / "a" / "x.jpg").write_bytes(b"")
-    args = parser.parse_args(["--resume", str(checkpoint), "--data-path", str(tmp_path), "--images-per-class", "0"])
-    with pytest.raises(ValueError, match="--images-per-class"):
-        finetune_p.check_args(args)
+    finetune_p.check_args(parser.parse_args(["--resume", str(checkpoint), "--data-path", str(tmp_path)]))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--resume", str(checkpoint), "--data-path", str(tmp_path), "--images-per-class", "0"])
+    assert "--images-per-class: must be an integer >= 1, got 0" in capsys.readouterr().err
