@@ -295,8 +295,8 @@ def usage_check(check):
     return checked
 
 
-# Failures that name their cause (a file, an iteration) well enough that a traceback adds nothing.
-REPORTED_FAILURES = (BadImageError, FloatingPointError)
+# Failures that name their cause (a file, an iteration, a batch too large) well enough that a traceback adds nothing.
+REPORTED_FAILURES = (BadImageError, FloatingPointError, MemoryError)
 
 
 def run_script(main, parser):
