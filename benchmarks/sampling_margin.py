@@ -18,6 +18,7 @@ from torch.nn import functional as F
 
 from benchmarks.timing import describe_machine, format_table, median_ratio, time_side_by_side, verdict
 from multigrain.distance_weighted_sampling import NEGATIVE_SAMPLING_MODES, DistanceWeightedSampler
+from multigrain.distances import squared_distances
 from multigrain.margin_loss import MarginLoss
 
 
@@ -40,8 +41,7 @@ def per_anchor_loop(embeddings, ids, margin_loss, rng, cutoff=0.5, nonzero_loss_
     """Margin loss on triplets mined anchor by anchor on the host: the baseline."""
     x = embeddings.detach()
     n, dim = x.shape
-    square = (x * x).sum(dim=1, keepdim=True)
-    distance = torch.sqrt(square + square.t() - 2.0 * x @ x.t() + torch.eye(n, device=x.device)).clamp(min=cutoff)
+    distance = torch.sqrt(squared_distances(x) + torch.eye(n, device=x.device)).clamp(min=cutoff)
     log_weights = (2.0 - dim) * distance.log() - ((dim - 3) / 2) * torch.log(1.0 - 0.25 * distance**2)
     weights = torch.exp(log_weights - log_weights.max())
     unequal = ids[:, None] != ids[None, :]

@@ -9,6 +9,8 @@ that pair from row i of the negative distribution.
 import torch
 from torch import nn
 
+from .distances import distances, squared_distances
+
 NEGATIVE_SAMPLING_MODES = ("reference", "exact")
 
 
@@ -20,10 +22,11 @@ def reference_negative_weights(embeddings, ids, cutoff=0.5, nonzero_loss_cutoff=
     uniform over every item of another instance, ignoring the `nonzero_loss_cutoff` window.
     Returns a B x B probability matrix; a row with no item of another instance is all NaN.
     """
-    x = embeddings.detach().float()
+    x = embeddings.detach()
     n, dim = x.shape
-    square = (x * x).sum(dim=1, keepdim=True)
-    distance = torch.sqrt(square + square.t() - 2.0 * x @ x.t() + torch.eye(n, dtype=x.dtype, device=x.device))
+    # As published, no clamp before the square root: a negative rounding error gives NaN weights, and the
+    # rows left without weight fall back to uniform below.
+    distance = torch.sqrt(squared_distances(x) + torch.eye(n, dtype=torch.float32, device=x.device))
     distance = distance.clamp(min=cutoff)
     log_weights = (2.0 - dim) * distance.log() - ((dim - 3) / 2) * torch.log(1.0 - 0.25 * distance**2)
     weights = torch.exp(log_weights - log_weights.max())
@@ -43,10 +46,8 @@ def exact_negative_log_weights(embeddings, ids, cutoff=0.5, nonzero_loss_cutoff=
     A row with no valid candidate is uniform over the items of another instance; a row without any
     item of another instance is all -inf.
     """
-    x = embeddings.detach().float()
-    dim = x.shape[1]
-    square = (x * x).sum(dim=1, keepdim=True)
-    distance = (square + square.t() - 2.0 * x @ x.t()).clamp(min=0).sqrt().clamp(min=cutoff).double()
+    dim = embeddings.shape[1]
+    distance = distances(embeddings.detach()).clamp(min=cutoff).double()
     one_minus = (1.0 - 0.25 * distance**2).clamp(min=1e-12)
     log_weights = (2.0 - dim) * distance.log() - ((dim - 3) / 2) * one_minus.log()
     unequal = ids[:, None] != ids[None, :]
