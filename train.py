@@ -19,7 +19,7 @@ from torch import nn
 from torchvision.transforms.functional import InterpolationMode
 
 from multigrain.checkpoint import load_checkpoint, load_model, model_state_dict
-from multigrain.distance_weighted_sampling import NEGATIVE_SAMPLING_MODES, DistanceWeightedSampler
+from multigrain.distance_weighted_miner import NEGATIVE_SAMPLING_MODES, DistanceWeightedMiner
 from multigrain.image_io import load_rgb
 from multigrain.joint_loss import MultiGrainLoss
 from multigrain.margin_loss import MarginLoss
@@ -296,7 +296,7 @@ def main(args):
     sampling_generator = torch.Generator(device=device)
     criterion = MultiGrainLoss(
         args.classif_weight,
-        DistanceWeightedSampler(
+        DistanceWeightedMiner(
             args.sampling_cutoff, args.nonzero_loss_cutoff, mode=args.negative_sampling, generator=sampling_generator
         ),
         MarginLoss(beta_init=args.beta_init, margin=args.margin),

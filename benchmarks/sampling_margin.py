@@ -17,7 +17,7 @@ import torch
 from torch.nn import functional as F
 
 from benchmarks.timing import describe_machine, format_table, median_ratio, time_side_by_side, verdict
-from multigrain.distance_weighted_sampling import NEGATIVE_SAMPLING_MODES, DistanceWeightedSampler
+from multigrain.distance_weighted_miner import NEGATIVE_SAMPLING_MODES, DistanceWeightedMiner
 from multigrain.distances import squared_distances
 from multigrain.margin_loss import MarginLoss
 
@@ -83,7 +83,7 @@ def main(args):
     device = torch.device(args.device)
     embeddings, ids = make_embeddings(args.batch_size, args.dim, args.reps, device)
     margin_loss = MarginLoss().to(device)
-    sampler = DistanceWeightedSampler(mode=args.negative_sampling)
+    miner = DistanceWeightedMiner(mode=args.negative_sampling)
     rng = np.random.default_rng(0)
 
     def backward(loss):
@@ -92,12 +92,12 @@ def main(args):
         loss.backward()
 
     def vectorised():
-        backward(margin_loss(embeddings, *sampler(embeddings, ids)))
+        backward(margin_loss(embeddings, *miner(embeddings, ids)))
 
     def sampling_only():
-        sampler(embeddings, ids)
+        miner(embeddings, ids)
 
-    triplets = sampler(embeddings, ids)
+    triplets = miner(embeddings, ids)
 
     def margin_only():
         backward(margin_loss(embeddings, *triplets))

@@ -10,7 +10,7 @@ class MarginLoss(nn.Module):
 
     For each triplet (a, p, n): relu(D(a, p) - beta + margin) + relu(beta - D(a, n) + margin), with
     D(u, v) = sqrt(|u - v|^2 + 1e-8), summed and divided by the number of active (non-zero) terms.
-    Triplets come as B x B tensors from `DistanceWeightedSampler`: row i, column j is the triplet
+    Triplets come as B x B tensors from `DistanceWeightedMiner`: row i, column j is the triplet
     (i, j, negatives[i, j]) wherever triplet_mask[i, j].
     """
 

@@ -1,9 +1,10 @@
-"""Distance-weighted negative sampling (Wu et al. 2017, "Sampling matters in deep embedding learning").
+"""Triplets mined from a batch by distance-weighted negative sampling (Wu et al. 2017, "Sampling matters
+in deep embedding learning").
 
-The sampler returns fixed-shape B x B tensors instead of lists of triplets, so that nothing in a
-training step waits for the device: `positive_mask[i, j]` marks the ordered positive pairs (same
-instance id, j != i) that are anchors of a triplet, and `negatives[i, j]` is the negative drawn for
-that pair from row i of the negative distribution.
+The miner returns fixed-shape B x B tensors instead of lists of triplets, so that nothing in a training
+step waits for the device: `triplet_mask[i, j]` marks the ordered positive pairs (same instance id,
+j != i) whose anchor i has a negative to draw, and `negatives[i, j]` is the negative drawn for that
+pair from row i of the negative distribution.
 """
 
 import torch
@@ -87,7 +88,7 @@ def draw_negatives(log_probs, positive_mask, generator=None):
     return negatives, positive_mask & has_candidate
 
 
-class DistanceWeightedSampler(nn.Module):
+class DistanceWeightedMiner(nn.Module):
     """Mines (anchor, positive, negative) triplets from L2-normalised embeddings and instance ids.
 
     Instance ids are dataset indices (copies of one image under repeated augmentation), never class
@@ -112,7 +113,7 @@ class DistanceWeightedSampler(nn.Module):
 
     @torch.no_grad()
     def forward(self, embeddings, ids):
-        """Returns (positive_mask, negatives), both B x B; see the module docstring."""
+        """Returns (triplet_mask, negatives), both B x B; see the module docstring."""
         same = ids[:, None] == ids[None, :]
         positive_mask = same & ~torch.eye(len(ids), dtype=torch.bool, device=ids.device)
         negatives, triplet_mask = draw_negatives(
