@@ -20,7 +20,7 @@ import torch.utils.data
 import torchvision
 from torchvision.transforms.functional import InterpolationMode
 
-from multigrain import retrieval_datasets
+from multigrain import distributed, retrieval_datasets
 from multigrain.checkpoint import load_model
 from multigrain.extraction import extract_descriptors
 from multigrain.image_io import load_rgb
@@ -95,12 +95,12 @@ def amp_dtype(args):
 
 
 def progress_freq(args):
-    return args.print_freq if utils.is_main_process() else 0
+    return args.print_freq if distributed.is_main_process() else 0
 
 
 def extract_sharded(model, images, device, args):
     """Every process extracts images rank, rank + world, ...; all processes get all descriptors in order."""
-    rank, world_size = utils.get_rank(), utils.get_world_size()
+    rank, world_size = distributed.get_rank(), distributed.get_world_size()
     shard = torch.utils.data.Subset(images, range(rank, len(images), world_size))
     local = extract_descriptors(
         model,
@@ -173,16 +173,16 @@ def evaluate_retrieval(name, model, device, args):
     parts = {name: benchmark.database}
     if benchmark.queries is not None:
         parts[f"{name}_queries"] = benchmark.queries
-    utils.print_main(", ".join(f"{stem}: {len(images)} images" for stem, images in parts.items()))
+    distributed.print_main(", ".join(f"{stem}: {len(images)} images" for stem, images in parts.items()))
     features = {}
     for stem, images in parts.items():
         if args.load_features:
             features[stem] = load_features(args.load_features, stem, images.names)
         else:
             features[stem] = retrieval_descriptors(model, images, device, args)
-            if args.save_features and utils.is_main_process():
+            if args.save_features and distributed.is_main_process():
                 save_features(args.save_features, stem, features[stem], images.names)
-    if not utils.is_main_process():
+    if not distributed.is_main_process():
         return None
 
     database = features[name]
@@ -220,7 +220,7 @@ def evaluate_imagenet(model, device, args):
         raise ValueError(
             f"--imagenet-path {args.imagenet_path} has {len(dataset.classes)} classes, the model {num_classes}"
         )
-    shard = torch.utils.data.Subset(dataset, range(utils.get_rank(), len(dataset), utils.get_world_size()))
+    shard = torch.utils.data.Subset(dataset, range(distributed.get_rank(), len(dataset), distributed.get_world_size()))
     logits = extract_descriptors(
         model,
         shard,
@@ -233,7 +233,7 @@ def evaluate_imagenet(model, device, args):
     )
     targets = torch.tensor([dataset.targets[index] for index in shard.indices], dtype=torch.long)
     correct1, correct5 = utils.accuracy_counts(logits, targets, topk=(1, 5))
-    correct1, correct5, count = utils.reduce_sum([correct1, correct5, len(targets)])
+    correct1, correct5, count = distributed.reduce_sum([correct1, correct5, len(targets)])
     return {"acc1": 100.0 * correct1 / count, "acc5": 100.0 * correct5 / count}
 
 
@@ -248,7 +248,7 @@ def format_table(results):
 def main(args):
     check_args(args)
     utils.init_distributed_mode(args)
-    utils.print_main(args)
+    distributed.print_main(args)
     device = torch.device(args.device)
 
     model, description = None, f"descriptors from {args.load_features}"
@@ -266,7 +266,7 @@ def main(args):
             f"{args.resume}: p={float(model.pool.p):.4g}, whitening {'yes' if whitened else 'no'}, "
             f"input size {args.input_size}, {scales}"
         )
-    utils.print_main(description)
+    distributed.print_main(description)
 
     results = {}
     for name in args.dataset:
@@ -274,7 +274,7 @@ def main(args):
             results[name] = evaluate_imagenet(model, device, args)
         else:
             results[name] = evaluate_retrieval(name, model, device, args)
-    if not utils.is_main_process():
+    if not distributed.is_main_process():
         return None
 
     print(f"\n{description}\n{format_table(results)}", flush=True)

@@ -1,7 +1,8 @@
 import math
 
 import torch
-import torch.distributed as dist
+
+from multigrain import distributed
 
 
 class RASampler(torch.utils.data.Sampler):
@@ -32,11 +33,10 @@ class RASampler(torch.utils.data.Sampler):
         reps: int = 3,
         epoch_len_factor: float = 1.0,
     ):
-        distributed = dist.is_available() and dist.is_initialized()
         if num_replicas is None:
-            num_replicas = dist.get_world_size() if distributed else 1
+            num_replicas = distributed.get_world_size()
         if rank is None:
-            rank = dist.get_rank() if distributed else 0
+            rank = distributed.get_rank()
         if dataset_size < 1:
             raise ValueError(f"dataset_size must be at least 1, got {dataset_size}")
         if num_replicas < 1:

@@ -18,6 +18,7 @@ import torchvision
 from torch import nn
 from torchvision.transforms.functional import InterpolationMode
 
+from multigrain import distributed
 from multigrain.checkpoint import load_checkpoint, load_model, model_state_dict
 from multigrain.distance_weighted_miner import NEGATIVE_SAMPLING_MODES, DistanceWeightedMiner
 from multigrain.image_io import load_rgb
@@ -101,7 +102,7 @@ def load_data(args):
     )
     dataset_val = torchvision.datasets.ImageFolder(os.path.join(args.data_path, "val"), val_transform, loader=load_rgb)
     # Validation is sharded without padding, so every image is counted exactly once.
-    shard = range(utils.get_rank(), len(dataset_val), utils.get_world_size())
+    shard = range(distributed.get_rank(), len(dataset_val), distributed.get_world_size())
     shard_val = skipping_bad_images(torch.utils.data.Subset(dataset_val, shard), args)
     if args.test_only:
         return None, None, shard_val, dataset_val.classes
@@ -174,7 +175,7 @@ def train_one_epoch(model, criterion, optimizer, data_loader, device, epoch, arg
     metric_logger = utils.MetricLogger()
     amp_dtype = getattr(torch, args.amp_dtype)
     beta = criterion.margin_loss.beta
-    images_per_step = args.batch_size * utils.get_world_size()
+    images_per_step = args.batch_size * distributed.get_world_size()
     header = f"Epoch: [{epoch}]"
     for step, (images, targets, ids) in enumerate(
         metric_logger.log_every(data_loader, args.print_freq, header, images_per_step)
@@ -204,7 +205,7 @@ def train_one_epoch(model, criterion, optimizer, data_loader, device, epoch, arg
             loss.backward()
         if beta.grad is not None and args.distributed:
             torch.distributed.all_reduce(beta.grad)
-            beta.grad /= utils.get_world_size()
+            beta.grad /= distributed.get_world_size()
         if args.clip_grad_norm is not None:
             if scaler is not None:
                 scaler.unscale_(optimizer)
@@ -243,14 +244,14 @@ def evaluate(model, data_loader, device, args, header="Test:"):
         correct5 += acc5.item()
         loss_sum += loss.item()
         count += images.shape[0]
-    correct1, correct5, loss_sum, count = utils.reduce_sum([correct1, correct5, loss_sum, count])
+    correct1, correct5, loss_sum, count = distributed.reduce_sum([correct1, correct5, loss_sum, count])
     metrics = {
         "acc1": 100.0 * correct1 / count,
         "acc5": 100.0 * correct5 / count,
         "loss": loss_sum / count,
         "images": int(count),
     }
-    utils.print_main(
+    distributed.print_main(
         f"{header} Acc@1 {metrics['acc1']:.3f} Acc@5 {metrics['acc5']:.3f} loss {metrics['loss']:.4f} "
         f"on {int(count)} images"
     )
@@ -260,7 +261,7 @@ def evaluate(model, data_loader, device, args, header="Test:"):
 def main(args):
     check_args(args)
     utils.init_distributed_mode(args)
-    utils.print_main(args)
+    distributed.print_main(args)
     if args.output_dir:
         os.makedirs(args.output_dir, exist_ok=True)
     device = torch.device(args.device)
@@ -317,7 +318,7 @@ def main(args):
     history = []  # one record per finished epoch: the checkpoint carries it, log.jsonl mirrors it
     resume = checkpoint_to_resume(args)
     if resume:
-        utils.print_main(f"Resuming from {resume}")
+        distributed.print_main(f"Resuming from {resume}")
         checkpoint = load_checkpoint(resume)
         model_without_ddp.load_state_dict(model_state_dict(checkpoint, resume))
         criterion.load_state_dict(checkpoint["criterion"])
@@ -327,22 +328,22 @@ def main(args):
             scaler.load_state_dict(checkpoint["scaler"])
         start_epoch = checkpoint["epoch"] + 1
         history = checkpoint.get("log", [])
-        if args.output_dir and utils.is_main_process():
+        if args.output_dir and distributed.is_main_process():
             # Drops the lines of epochs after the checkpoint, restores any written after it was saved.
             utils.write_json_lines(os.path.join(args.output_dir, "log.jsonl"), history)
 
     drop_last = len(train_sampler) >= args.batch_size  # equal batch shapes on every rank for the all-gather
-    utils.print_main(
-        f"{len(dataset)} training images, {len(train_sampler) * utils.get_world_size()} samples per epoch "
+    distributed.print_main(
+        f"{len(dataset)} training images, {len(train_sampler) * distributed.get_world_size()} samples per epoch "
         f"({len(train_sampler) // args.batch_size if drop_last else 1} iterations of {args.batch_size} per process)"
     )
-    utils.print_main(criterion)
+    distributed.print_main(criterion)
     start_time = time.time()
     val_metrics = {}
     for epoch in range(start_epoch, args.epochs):
         epoch_start = time.time()
         # Seeding per (seed, epoch, rank) makes a resumed run repeat what the uninterrupted one did.
-        utils.seed_everything(args.seed, epoch, utils.get_rank())
+        utils.seed_everything(args.seed, epoch, distributed.get_rank())
         sampling_generator.manual_seed(int(np.random.SeedSequence([args.seed, epoch]).generate_state(1)[0]))
         train_sampler.set_epoch(epoch)
         if args.ra_decode_once:
@@ -371,7 +372,7 @@ def main(args):
         record["beta"] = criterion.margin_loss.beta.item()
         record["epoch_time_s"] = time.time() - epoch_start
         history.append(record)
-        if args.output_dir and utils.is_main_process():
+        if args.output_dir and distributed.is_main_process():
             checkpoint = {
                 "model": model_without_ddp.state_dict(),
                 "criterion": criterion.state_dict(),
@@ -385,9 +386,9 @@ def main(args):
             utils.save_checkpoint(checkpoint, os.path.join(args.output_dir, "checkpoint.pth"))
             utils.append_json_line(os.path.join(args.output_dir, "log.jsonl"), record)
     total_time = datetime.timedelta(seconds=int(time.time() - start_time))
-    utils.print_main(f"Training time {total_time}")
+    distributed.print_main(f"Training time {total_time}")
     if val_metrics:
-        utils.print_main(
+        distributed.print_main(
             f"Final (epoch {args.epochs - 1}): val Acc@1 {val_metrics['acc1']:.2f}  Acc@5 {val_metrics['acc5']:.2f}  "
             f"beta {criterion.margin_loss.beta.item():.4f}"
         )

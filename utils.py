@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from multigrain import distributed
 from multigrain.image_io import BadImageError
 
 
@@ -85,19 +86,16 @@ class MetricLogger:
                 if images_per_step:
                     parts.append(f"img/s: {images_per_step / max(iter_time.avg, 1e-9):.1f}")
                 parts.append(f"time: {iter_time} data: {data_time}")
-                print_main(self.delimiter.join(parts))
+                distributed.print_main(self.delimiter.join(parts))
             end = time.time()
         elapsed = datetime.timedelta(seconds=int(time.time() - start))
-        print_main(f"{header} total time: {elapsed} ({(time.time() - start) / max(total, 1):.4f} s / it)")
+        distributed.print_main(f"{header} total time: {elapsed} ({(time.time() - start) / max(total, 1):.4f} s / it)")
 
     def synchronize_between_processes(self):
         """Makes every meter's global average the average over all ranks' samples."""
-        if not is_dist_avail_and_initialized():
-            return
         for meter in self.meters.values():
-            t = torch.tensor([meter.count, meter.total], dtype=torch.float64, device=_collective_device())
-            dist.all_reduce(t)
-            meter.count, meter.total = int(t[0].item()), t[1].item()
+            count, total = distributed.reduce_sum([meter.count, meter.total])
+            meter.count, meter.total = int(count), total
 
 
 def check_image_folder(folder, flag):
@@ -160,40 +158,6 @@ def accuracy_counts(output, target, topk=(1,)):
         pred = output.topk(maxk, dim=1).indices
         correct = pred.eq(target[:, None])
         return [correct[:, : min(k, maxk)].any(dim=1).sum() for k in topk]
-
-
-def is_dist_avail_and_initialized():
-    return dist.is_available() and dist.is_initialized()
-
-
-def get_world_size():
-    return dist.get_world_size() if is_dist_avail_and_initialized() else 1
-
-
-def get_rank():
-    return dist.get_rank() if is_dist_avail_and_initialized() else 0
-
-
-def is_main_process():
-    return get_rank() == 0
-
-
-def print_main(*args, **kwargs):
-    if is_main_process():
-        print(*args, **kwargs, flush=True)
-
-
-def _collective_device():
-    return torch.device("cuda") if dist.get_backend() == "nccl" else torch.device("cpu")
-
-
-def reduce_sum(values):
-    """Sums a list of numbers (or 0-dim tensors) over all ranks; returns Python floats."""
-    t = torch.tensor([float(v) for v in values], dtype=torch.float64)
-    if is_dist_avail_and_initialized():
-        t = t.to(_collective_device())
-        dist.all_reduce(t)
-    return t.tolist()
 
 
 def init_distributed_mode(args):

@@ -1,7 +1,7 @@
 import torch
 from torch import nn
 
-from .distributed import gather, gather_with_gradient
+from . import distributed
 
 
 class MultiGrainLoss(nn.Module):
@@ -31,8 +31,8 @@ class MultiGrainLoss(nn.Module):
         if self.classif_weight == 1.0:
             losses["loss"] = classif_loss
             return losses
-        embeddings = gather_with_gradient(embeddings)
-        instance_ids = gather(instance_ids)
+        embeddings = distributed.gather_with_gradient(embeddings)
+        instance_ids = distributed.gather(instance_ids)
         triplet_mask, negatives = self.miner(embeddings, instance_ids)
         margin_loss = self.margin_loss(embeddings, triplet_mask, negatives)
         losses["margin_loss"] = margin_loss
