@@ -20,16 +20,16 @@ from torchvision.transforms.functional import InterpolationMode
 
 from multigrain import distributed
 from multigrain.checkpoint import load_checkpoint, load_model, model_state_dict
+from multigrain.datasets import RepeatedViews, SkipBadImages, WithIndex, collate_skipping_bad, collate_views
 from multigrain.distance_weighted_miner import NEGATIVE_SAMPLING_MODES, DistanceWeightedMiner
 from multigrain.image_io import load_rgb
 from multigrain.joint_loss import MultiGrainLoss
 from multigrain.margin_loss import MarginLoss
 from multigrain.model import build_model
-from repeated_views import DecodeOnceBatchSampler, RepeatedViews, collate_views
 
 import presets
 import utils
-from sampler import RASampler
+from sampler import DecodeOnceBatchSampler, RASampler
 
 
 def check_args(args):
@@ -92,7 +92,7 @@ def checkpoint_to_resume(args):
 
 
 def skipping_bad_images(dataset, args):
-    return utils.SkipBadImages(dataset) if args.skip_bad_images else dataset
+    return SkipBadImages(dataset) if args.skip_bad_images else dataset
 
 
 def load_data(args):
@@ -123,7 +123,7 @@ def load_data(args):
         raise ValueError(f"train/ and val/ of --data-path {args.data_path} have different class folders")
     reps = args.ra_reps if args.ra_sampler else 1
     train_sampler = RASampler(len(dataset), reps=reps, seed=args.seed, epoch_len_factor=args.epoch_len_factor)
-    dataset = RepeatedViews(dataset, train_transform) if args.ra_decode_once else utils.WithIndex(dataset)
+    dataset = RepeatedViews(dataset, train_transform) if args.ra_decode_once else WithIndex(dataset)
     return skipping_bad_images(dataset, args), train_sampler, shard_val, dataset_val.classes
 
 
@@ -267,7 +267,7 @@ def main(args):
     device = torch.device(args.device)
 
     dataset, train_sampler, dataset_val, classes = load_data(args)
-    collate_fn = utils.collate_skipping_bad if args.skip_bad_images else None
+    collate_fn = collate_skipping_bad if args.skip_bad_images else None
     val_loader = torch.utils.data.DataLoader(
         dataset_val,
         batch_size=args.batch_size,

@@ -10,10 +10,9 @@ from collections import defaultdict, deque
 import numpy as np
 import torch
 import torch.distributed as dist
-from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from multigrain import distributed
-from multigrain.image_io import BadImageError
+from multigrain.datasets import is_image_file
 
 
 class SmoothedValue:
@@ -107,48 +106,8 @@ def check_image_folder(folder, flag):
         raise ValueError(f"{flag}: {folder} has no class sub-folders")
     for name in classes:
         with os.scandir(os.path.join(folder, name)) as entries:
-            if not any(entry.name.lower().endswith(IMG_EXTENSIONS) for entry in entries):
+            if not any(is_image_file(entry.name) for entry in entries):
                 raise ValueError(f"{flag}: class folder {os.path.join(folder, name)} holds no image file")
-
-
-class SkipBadImages(torch.utils.data.Dataset):
-    """Yields None, after printing why, for the items whose image file cannot be decoded."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, index):
-        try:
-            return self.dataset[index]
-        except BadImageError as e:
-            print(f"skipping bad image: {e}", flush=True)
-            return None
-
-
-def collate_skipping_bad(batch):
-    """default_collate of the items that are not None (see SkipBadImages)."""
-    kept = [item for item in batch if item is not None]
-    if not kept:
-        raise BadImageError(f"all {len(batch)} images of a batch failed to load (see the messages above)")
-    return torch.utils.data.default_collate(kept)
-
-
-class WithIndex(torch.utils.data.Dataset):
-    """Yields (image, label, index): the dataset index is the instance id of the margin loss."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-        self.classes = dataset.classes
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, index):
-        image, label = self.dataset[index]
-        return image, label, index
 
 
 def accuracy_counts(output, target, topk=(1,)):
