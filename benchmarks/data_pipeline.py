@@ -25,7 +25,7 @@ import torchvision
 from benchmarks.timing import format_table, median_ratio, time_side_by_side, verdict
 from multigrain.datasets import RepeatedViews, WithIndex, collate_views
 from multigrain.image_io import load_rgb
-from synthetic_data import make_imagefolder, parse_size
+from tools.synthetic_data import make_imagefolder, parse_size
 
 import presets
 from sampler import DecodeOnceBatchSampler, RASampler

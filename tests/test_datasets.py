@@ -9,7 +9,7 @@ from PIL import Image
 
 from multigrain.datasets import ImageList, RepeatedViews, collate_views, list_image_files
 from multigrain.image_io import BadImageError, load_rgb
-from synthetic_data import make_imagefolder
+from tools.synthetic_data import make_imagefolder
 
 import presets
 from sampler import DecodeOnceBatchSampler, RASampler

@@ -8,11 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
-import synthetic_data
 from multigrain.checkpoint import load_model
 from multigrain.datasets import ImageList
 from multigrain.model import build_model, l2n
 from multigrain.retrieval_metrics import copydays_map, holidays_map, revisitop_map, ukbench_score
+from tools import synthetic_data
 
 import evaluate
 import presets

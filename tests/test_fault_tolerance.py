@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from synthetic_data import make_imagefolder
+from tools.synthetic_data import make_imagefolder
 
 import train
 import utils

@@ -10,7 +10,7 @@ from torch.nn import functional as F
 
 from multigrain.checkpoint import load_checkpoint, load_model
 from multigrain.model import build_model
-from synthetic_data import make_imagefolder
+from tools.synthetic_data import make_imagefolder
 
 import finetune_p
 import train

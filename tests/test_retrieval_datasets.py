@@ -4,7 +4,6 @@ import pickle
 import numpy as np
 import pytest
 
-import synthetic_data
 from multigrain.retrieval_datasets import (
     read_copydays,
     read_distractors,
@@ -13,6 +12,7 @@ from multigrain.retrieval_datasets import (
     read_rotations,
     read_ukbench,
 )
+from tools import synthetic_data
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from synthetic_data import make_imagefolder
+from tools.synthetic_data import make_imagefolder
 
 import train
 

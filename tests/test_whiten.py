@@ -10,7 +10,7 @@ from torch import nn
 from multigrain.checkpoint import load_model
 from multigrain.model import MultiGrainNet, l2n
 from multigrain.whitening import Whitening, fit_whitening, fold_whitening, remove_whitening
-from synthetic_data import make_imagefolder
+from tools.synthetic_data import make_imagefolder
 
 import train
 import whiten
