@@ -62,9 +62,6 @@ class MetricLogger:
                 value = value.item()
             self.meters[name].update(value, n=n)
 
-    def add_meter(self, name, meter):
-        self.meters[name] = meter
-
     def __str__(self):
         return self.delimiter.join(f"{name}: {meter}" for name, meter in self.meters.items())
 

@@ -13,10 +13,9 @@ import torch.utils.data
 
 # What extract_descriptors can return for every image.
 #   descriptor: the retrieval descriptor, model(x)[1] (l2n of the embedding)
-#   embedding:  the vector the classifier reads (g, or the whitened e): it can be stored and classified
 #   logits:     model(x)[0]
 #   pooled:     the raw GeM vector g, before any whitening (what whiten.py fits on)
-EXTRACTION_OUTPUTS = ("descriptor", "embedding", "logits", "pooled")
+EXTRACTION_OUTPUTS = ("descriptor", "logits", "pooled")
 
 
 def collate_image_list(batch):
@@ -53,8 +52,6 @@ def _output_fn(model, output):
         return lambda x: model(x)[1]
     if output == "logits":
         return lambda x: model(x)[0]
-    if output == "embedding":
-        return model.embedding
     return model.pooled
 
 
