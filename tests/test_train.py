@@ -241,11 +241,6 @@ def test_bad_flags_exit_before_any_process_starts(tmp_path):
     assert missing.returncode == 2 and "nowhere/train is not a folder" in missing.stderr
 
 
-def test_unknown_model_lists_the_supported_ones(tiny, tmp_path):
-    with pytest.raises(ValueError, match="supported models: .*resnet50"):
-        train.main(parse(["--data-path", str(tiny), *SMALL, "--model", "vit_b_16", "--output-dir", str(tmp_path)]))
-
-
 def test_train_py_with_decode_once_and_channels_last(tmp_path):
     make_imagefolder(tmp_path / "data", num_classes=3, train_per_class=8, val_per_class=3, image_size=32, seed=1)
     flags = [
