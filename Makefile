@@ -15,20 +15,20 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 
 demo: venv
 	rm -rf $(DEMO)
-	$(BIN)/python synthetic_data.py imagefolder --output $(DEMO)/imagenet
+	$(BIN)/python tools/synthetic_data.py imagefolder --output $(DEMO)/imagenet
 	$(BIN)/torchrun --standalone --nproc_per_node=2 train.py --data-path $(DEMO)/imagenet --output-dir $(DEMO)/train \
 		--device cpu --model resnet18 -b 32 -j 1 --epochs 10 --lr 0.04 --lr-scheduler cosineannealinglr \
 		--lr-warmup-epochs 1 --lr-warmup-decay 0.1 --train-crop-size 64 --val-resize-size 73 --val-crop-size 64 \
 		--print-freq 100
 	$(BIN)/python finetune_p.py --data-path $(DEMO)/imagenet --resume $(DEMO)/train/checkpoint.pth \
 		--output-dir $(DEMO)/finetune_p --device cpu --input-size 96 -j 1 --print-freq 25
-	$(BIN)/python synthetic_data.py imagefolder --output $(DEMO)/whiten_images --num-classes 72 --train-per-class 10 \
+	$(BIN)/python tools/synthetic_data.py imagefolder --output $(DEMO)/whiten_images --num-classes 72 --train-per-class 10 \
 		--val-per-class 1 --image-size 80x60 --seed 1
 	$(BIN)/python whiten.py --resume $(DEMO)/finetune_p/finetune_p.pth --whiten-path $(DEMO)/whiten_images \
 		--output-dir $(DEMO)/whiten --device cpu --input-size 96 -j 1
 	$(BIN)/python train.py --test-only --resume $(DEMO)/whiten/whitened.pth --model resnet18 \
 		--data-path $(DEMO)/imagenet --device cpu -j 1 --val-resize-size 73 --val-crop-size 64
-	$(BIN)/python synthetic_data.py all --output $(DEMO)/bench
+	$(BIN)/python tools/synthetic_data.py all --output $(DEMO)/bench
 	$(BIN)/python evaluate.py --resume $(DEMO)/train/checkpoint.pth --device cpu -j 1 --input-size 96 \
 		--dataset holidays ukbench copydays roxford5k --holidays-path $(DEMO)/bench/holidays \
 		--holidays-rotations $(DEMO)/bench/holidays/rotations.txt --ukbench-path $(DEMO)/bench/ukbench \

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 import utils
+from multigrain import distributed
 from multigrain.extraction import forward_by_size
 
 
@@ -41,7 +42,7 @@ def train_one_epoch(
     model.train()
     metric_logger = utils.MetricLogger()
     beta = criterion.margin_loss.beta
-    world_size = utils.get_world_size()
+    world_size = distributed.get_world_size()
     header = f"Epoch: [{epoch}]"
     for step, (images, targets, ids) in enumerate(metric_logger.log_every(data_loader, print_freq, header)):
         images = images.to(device, non_blocking=True)
@@ -107,7 +108,7 @@ def evaluate(model, data_loader, device, *, amp_dtype=None, print_freq=10, heade
         correct5 += acc5.item()
         loss_sum += loss.item()
         count += len(targets)
-    correct1, correct5, loss_sum, count = utils.reduce_sum([correct1, correct5, loss_sum, count])
+    correct1, correct5, loss_sum, count = distributed.reduce_sum([correct1, correct5, loss_sum, count])
     if count == 0:
         raise ValueError(f"{header} no image to evaluate")
     metrics = {
@@ -116,7 +117,7 @@ def evaluate(model, data_loader, device, *, amp_dtype=None, print_freq=10, heade
         "loss": loss_sum / count,
         "images": int(count),
     }
-    utils.print_main(
+    distributed.print_main(
         f"{header} Acc@1 {metrics['acc1']:.3f} Acc@5 {metrics['acc5']:.3f} loss {metrics['loss']:.4f} "
         f"on {int(count)} images"
     )

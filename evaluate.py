@@ -24,8 +24,13 @@ import engine
 import flags
 import presets
 import utils
-from multigrain import retrieval_datasets
-from multigrain.checkpoint import architecture_name, load_checkpoint, model_from_checkpoint, model_state_dict
+from multigrain import distributed, retrieval_datasets
+from multigrain.checkpoint import (
+    architecture_name,
+    load_checkpoint,
+    model_from_checkpoint,
+    model_state_dict,
+)
 from multigrain.extraction import collate_image_list, extract_descriptors
 from multigrain.image_io import load_rgb
 from multigrain.model import l2n
@@ -104,12 +109,12 @@ def amp_dtype(args):
 
 def progress_freq(args):
     """The extraction's progress period in images: every --print-freq batches, on the main process."""
-    return args.print_freq * args.batch_size if utils.is_main_process() else 0
+    return args.print_freq * args.batch_size if distributed.is_main_process() else 0
 
 
 def extract_sharded(model, images, device, args):
     """Every process extracts images rank, rank + world, ...; all processes get all descriptors in order."""
-    rank, world_size = utils.get_rank(), utils.get_world_size()
+    rank, world_size = distributed.get_rank(), distributed.get_world_size()
     shard = torch.utils.data.Subset(images, range(rank, len(images), world_size))
     local = extract_descriptors(
         model,
@@ -182,16 +187,16 @@ def evaluate_retrieval(name, model, device, args):
     parts = {name: benchmark.database}
     if benchmark.queries is not None:
         parts[f"{name}_queries"] = benchmark.queries
-    utils.print_main(", ".join(f"{stem}: {len(images)} images" for stem, images in parts.items()))
+    distributed.print_main(", ".join(f"{stem}: {len(images)} images" for stem, images in parts.items()))
     features = {}
     for stem, images in parts.items():
         if args.load_features:
             features[stem] = load_features(args.load_features, stem, images.names)
         else:
             features[stem] = retrieval_descriptors(model, images, device, args)
-            if args.save_features and utils.is_main_process():
+            if args.save_features and distributed.is_main_process():
                 save_features(args.save_features, stem, features[stem], images.names)
-    if not utils.is_main_process():
+    if not distributed.is_main_process():
         return None
 
     database = features[name]
@@ -224,7 +229,7 @@ def evaluate_imagenet(model, device, args):
     else:
         transform = presets.RetrievalPresetEval(max_size=args.input_size, interpolation=interpolation)
     dataset = torchvision.datasets.ImageFolder(os.path.join(args.imagenet_path, "val"), transform, loader=load_rgb)
-    shard = torch.utils.data.Subset(dataset, range(utils.get_rank(), len(dataset), utils.get_world_size()))
+    shard = torch.utils.data.Subset(dataset, range(distributed.get_rank(), len(dataset), distributed.get_world_size()))
     loader = torch.utils.data.DataLoader(
         shard, batch_size=args.batch_size, num_workers=args.workers, collate_fn=collate_image_list
     )
@@ -243,7 +248,7 @@ def format_table(results):
 def main(args):
     checkpoint = check_args(args)
     utils.init_distributed_mode(args)
-    utils.print_main(args)
+    distributed.print_main(args)
     device = torch.device(args.device)
 
     model, description = None, f"descriptors from {args.load_features}"
@@ -262,7 +267,7 @@ def main(args):
             f"{args.resume}: p={float(model.pool.p):.4g}, whitening {'yes' if whitened else 'no'}, "
             f"input size {args.input_size}, {scales}"
         )
-    utils.print_main(description)
+    distributed.print_main(description)
 
     results = {}
     for name in args.dataset:
@@ -270,7 +275,7 @@ def main(args):
             results[name] = evaluate_imagenet(model, device, args)
         else:
             results[name] = evaluate_retrieval(name, model, device, args)
-    if not utils.is_main_process():
+    if not distributed.is_main_process():
         return None
 
     print(f"\n{description}\n{format_table(results)}", flush=True)

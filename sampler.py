@@ -1,7 +1,24 @@
+"""Repeated-augmentation samplers: each image drawn comes `reps` times in a row, its copies in one global batch.
+
+`RASampler` yields dataset indices, one per copy: every copy is a separate sample, whose file is read
+and decoded on its own. `DecodeOnceBatchSampler` yields the same samples as (index, copies) pairs, so
+that `multigrain.datasets.RepeatedViews` decodes each image once and draws the transform `copies`
+times on it (train.py --ra-decode-once):
+
+    sampler = RASampler(len(dataset), reps=3, epoch_len_factor=2.0)
+    loader = DataLoader(
+        RepeatedViews(ImageFolder(root), transform),
+        batch_sampler=DecodeOnceBatchSampler(sampler, batch_size=64, drop_last=True),
+        collate_fn=collate_views,
+        num_workers=8,
+    )
+"""
+
 import math
 
 import torch
-import torch.distributed as dist
+
+from multigrain import distributed
 
 
 class RASampler(torch.utils.data.Sampler):
@@ -32,11 +49,10 @@ class RASampler(torch.utils.data.Sampler):
         reps: int = 3,
         epoch_len_factor: float = 1.0,
     ):
-        distributed = dist.is_available() and dist.is_initialized()
         if num_replicas is None:
-            num_replicas = dist.get_world_size() if distributed else 1
+            num_replicas = distributed.get_world_size()
         if rank is None:
-            rank = dist.get_rank() if distributed else 0
+            rank = distributed.get_rank()
         if dataset_size < 1:
             raise ValueError(f"dataset_size must be at least 1, got {dataset_size}")
         if num_replicas < 1:
@@ -80,3 +96,43 @@ class RASampler(torch.utils.data.Sampler):
 
     def __iter__(self):
         return iter(self.global_order()[self.rank :: self.num_replicas].tolist())
+
+
+class DecodeOnceBatchSampler(torch.utils.data.Sampler):
+    """Batches of (index, copies) pairs holding the samples of an `RASampler` epoch.
+
+    Step s covers the positions [s·R·b, (s+1)·R·b) of the sampler's global order (R ranks, b samples
+    per rank and step), as R ranks iterating the `RASampler` with batch size b do. RASampler gives
+    rank r every R-th position of that block; here rank r takes the contiguous slice
+    [s·R·b + r·b, s·R·b + (r+1)·b) instead, whose consecutive copies of one index become one
+    (index, copies) pair. So under decode-once the copies of an image are produced by one worker of
+    one rank from one decoded picture (they share that rank's BatchNorm statistics); only an image
+    whose copies straddle two batches or two ranks is decoded once on each side. The last step of an
+    epoch holds fewer than b samples per rank unless `drop_last`. Call `set_epoch` every epoch.
+    """
+
+    def __init__(self, sampler: RASampler, batch_size: int, drop_last: bool):
+        if not isinstance(sampler, RASampler):
+            raise ValueError(f"DecodeOnceBatchSampler needs an RASampler, got {type(sampler).__name__}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.sampler = sampler
+        self.batch_size = batch_size
+        self.drop_last = drop_last
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self.sampler.num_samples // self.batch_size
+        return math.ceil(self.sampler.num_samples / self.batch_size)
+
+    def __iter__(self):
+        order = self.sampler.global_order()
+        num_replicas, per_rank = self.sampler.num_replicas, self.sampler.num_samples
+        for step in range(len(self)):
+            size = min(self.batch_size, per_rank - step * self.batch_size)
+            start = step * num_replicas * self.batch_size + self.sampler.rank * size
+            indices, copies = torch.unique_consecutive(order[start : start + size], return_counts=True)
+            yield list(zip(indices.tolist(), copies.tolist()))

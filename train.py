@@ -23,6 +23,7 @@ import engine
 import flags
 import presets
 import utils
+from multigrain import distributed
 from multigrain.checkpoint import (
     FILE_NAMES,
     LOG_NAMES,
@@ -36,13 +37,13 @@ from multigrain.checkpoint import (
     model_state_dict,
     save_checkpoint,
 )
-from multigrain.distance_weighted_sampling import NEGATIVE_SAMPLING_MODES, DistanceWeightedSampler
+from multigrain.datasets import RepeatedViews, SkipBadImages, WithIndex, collate_skipping_bad, collate_views
+from multigrain.distance_weighted_miner import NEGATIVE_SAMPLING_MODES, DistanceWeightedMiner
 from multigrain.image_io import load_rgb
 from multigrain.joint_loss import MultiGrainLoss
 from multigrain.margin_loss import MarginLoss
 from multigrain.model import build_model
-from repeated_views import DecodeOnceBatchSampler, RepeatedViews, collate_views
-from sampler import RASampler
+from sampler import DecodeOnceBatchSampler, RASampler
 
 # The flags that change what is trained. A run continues only under the values it was started with, plus
 # the global batch size (-b times the number of processes).
@@ -247,7 +248,7 @@ def check_args(args):
 
 
 def skipping_bad_images(dataset, args):
-    return utils.SkipBadImages(dataset) if args.skip_bad_images else dataset
+    return SkipBadImages(dataset) if args.skip_bad_images else dataset
 
 
 def load_data(args):
@@ -257,7 +258,7 @@ def load_data(args):
     )
     dataset_val = torchvision.datasets.ImageFolder(os.path.join(args.data_path, "val"), val_transform, loader=load_rgb)
     # Validation is sharded without padding, so every image is counted exactly once.
-    shard = range(utils.get_rank(), len(dataset_val), utils.get_world_size())
+    shard = range(distributed.get_rank(), len(dataset_val), distributed.get_world_size())
     shard_val = skipping_bad_images(torch.utils.data.Subset(dataset_val, shard), args)
     if args.test_only:
         return None, None, shard_val, dataset_val.classes
@@ -278,7 +279,7 @@ def load_data(args):
         raise ValueError(f"train/ and val/ of --data-path {args.data_path} have different class folders")
     reps = args.ra_reps if args.ra_sampler else 1
     train_sampler = RASampler(len(dataset), reps=reps, seed=args.seed, epoch_len_factor=args.epoch_len_factor)
-    dataset = RepeatedViews(dataset, train_transform) if args.ra_decode_once else utils.WithIndex(dataset)
+    dataset = RepeatedViews(dataset, train_transform) if args.ra_decode_once else WithIndex(dataset)
     return skipping_bad_images(dataset, args), train_sampler, shard_val, dataset_val.classes
 
 
@@ -329,14 +330,14 @@ def build_lr_scheduler(args, optimizer):
 def main(args):
     start = check_args(args)
     utils.init_distributed_mode(args)
-    utils.print_main(args)
+    distributed.print_main(args)
     if args.output_dir:
         os.makedirs(args.output_dir, exist_ok=True)
     device = torch.device(args.device)
     amp_dtype = getattr(torch, args.amp_dtype) if args.amp else None
 
     dataset, train_sampler, dataset_val, classes = load_data(args)
-    collate_fn = utils.collate_skipping_bad if args.skip_bad_images else None
+    collate_fn = collate_skipping_bad if args.skip_bad_images else None
     val_loader = torch.utils.data.DataLoader(
         dataset_val,
         batch_size=args.batch_size,
@@ -348,7 +349,7 @@ def main(args):
 
     if args.test_only:
         if start:
-            utils.print_main(f"Evaluating {describe(start.checkpoint, start.path)}")
+            distributed.print_main(f"Evaluating {describe(start.checkpoint, start.path)}")
             model = model_from_checkpoint(start.checkpoint, start.path, model_name=args.model)
         else:
             model = build_model(
@@ -358,10 +359,10 @@ def main(args):
 
     utils.seed_everything(args.seed)
     if start and not start.resumed:
-        utils.print_main(f"Starting from the weights of {describe(start.checkpoint, start.path)}")
+        distributed.print_main(f"Starting from the weights of {describe(start.checkpoint, start.path)}")
         model = model_from_checkpoint(start.checkpoint, start.path, model_name=args.model, unwhitened=True)
         if float(model.pool.p) != args.pooling_exponent:
-            utils.print_main(f"GeM exponent {float(model.pool.p):.4g} replaced by --pooling-exponent")
+            distributed.print_main(f"GeM exponent {float(model.pool.p):.4g} replaced by --pooling-exponent")
         model.pool.set_p(args.pooling_exponent)
     else:
         model = build_model(
@@ -375,7 +376,7 @@ def main(args):
     sampling_generator = torch.Generator(device=device)
     criterion = MultiGrainLoss(
         args.classif_weight,
-        DistanceWeightedSampler(
+        DistanceWeightedMiner(
             args.sampling_cutoff, args.nonzero_loss_cutoff, mode=args.negative_sampling, generator=sampling_generator
         ),
         MarginLoss(beta_init=args.beta_init, margin=args.margin),
@@ -407,7 +408,7 @@ def main(args):
     log_path = os.path.join(args.output_dir, LOG_NAMES["train"]) if args.output_dir else None
     if start and start.resumed:
         checkpoint = start.checkpoint
-        utils.print_main(f"Resuming from {describe(checkpoint, start.path)}")
+        distributed.print_main(f"Resuming from {describe(checkpoint, start.path)}")
         model_without_ddp.load_state_dict(model_state_dict(checkpoint, start.path))
         optimizer.load_state_dict(checkpoint["optimizer"])
         lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
@@ -417,9 +418,9 @@ def main(args):
         history = checkpoint.get("log", [])
         recipe_changes = checkpoint.get("recipe_changes", [])
         for key, old, new in check_recipe(checkpoint, start.path, args):
-            utils.print_main(f"Recipe change allowed by --allow-change: {key} {old!r} -> {new!r}")
+            distributed.print_main(f"Recipe change allowed by --allow-change: {key} {old!r} -> {new!r}")
             recipe_changes.append({"epoch": start_epoch, "entry": key, "stored": old, "given": new})
-        if log_path and utils.is_main_process():
+        if log_path and distributed.is_main_process():
             # Drops the lines of epochs after the checkpoint, restores any written after it was saved.
             utils.write_json_lines(log_path, history)
     if start and "criterion" in start.checkpoint:
@@ -427,17 +428,17 @@ def main(args):
     del start
 
     drop_last = len(train_sampler) >= args.batch_size  # equal batch shapes on every rank for the all-gather
-    utils.print_main(
-        f"{len(dataset)} training images, {len(train_sampler) * utils.get_world_size()} samples per epoch "
+    distributed.print_main(
+        f"{len(dataset)} training images, {len(train_sampler) * distributed.get_world_size()} samples per epoch "
         f"({len(train_sampler) // args.batch_size if drop_last else 1} iterations of {args.batch_size} per process)"
     )
-    utils.print_main(criterion)
+    distributed.print_main(criterion)
     start_time = time.time()
     val_metrics = {}
     for epoch in range(start_epoch, args.epochs):
         epoch_start = time.time()
         # Seeding per (seed, epoch, rank) makes a resumed run repeat what the uninterrupted one did.
-        utils.seed_everything(args.seed, epoch, utils.get_rank())
+        utils.seed_everything(args.seed, epoch, distributed.get_rank())
         sampling_generator.manual_seed(int(np.random.SeedSequence([args.seed, epoch]).generate_state(1)[0]))
         train_sampler.set_epoch(epoch)
         if args.ra_decode_once:
@@ -482,7 +483,7 @@ def main(args):
         record["beta"] = criterion.margin_loss.beta.item()
         record["epoch_time_s"] = time.time() - epoch_start
         history.append(record)
-        if args.output_dir and utils.is_main_process():
+        if args.output_dir and distributed.is_main_process():
             checkpoint = make_checkpoint(
                 "train",
                 model_without_ddp.state_dict(),
@@ -492,16 +493,16 @@ def main(args):
                 lr_scheduler=lr_scheduler.state_dict(),
                 scaler=scaler.state_dict() if scaler is not None else None,
                 epoch=epoch,
-                recipe=recipe(args, utils.get_world_size()),
+                recipe=recipe(args, distributed.get_world_size()),
                 recipe_changes=recipe_changes,
                 log=history,
             )
             save_checkpoint(checkpoint, os.path.join(args.output_dir, FILE_NAMES["train"]))
             utils.append_json_line(log_path, record)
     total_time = datetime.timedelta(seconds=int(time.time() - start_time))
-    utils.print_main(f"Training time {total_time}")
+    distributed.print_main(f"Training time {total_time}")
     if val_metrics:
-        utils.print_main(
+        distributed.print_main(
             f"Final (epoch {args.epochs - 1}): val Acc@1 {val_metrics['acc1']:.2f}  Acc@5 {val_metrics['acc5']:.2f}  "
             f"beta {criterion.margin_loss.beta.item():.4f}"
         )

@@ -12,8 +12,9 @@ from collections import defaultdict, deque
 import numpy as np
 import torch
 import torch.distributed as dist
-from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from multigrain import distributed
+from multigrain.datasets import is_image_file
 from multigrain.image_io import BadImageError
 
 
@@ -92,19 +93,16 @@ class MetricLogger:
                 if step_images.total:
                     parts.append(f"img/s: {step_images.avg / max(iter_time.avg, 1e-9):.1f}")
                 parts.append(f"time: {iter_time} data: {data_time}")
-                print_main(self.delimiter.join(parts))
+                distributed.print_main(self.delimiter.join(parts))
             end = time.time()
         elapsed = datetime.timedelta(seconds=int(time.time() - start))
-        print_main(f"{header} total time: {elapsed} ({(time.time() - start) / max(total, 1):.4f} s / it)")
+        distributed.print_main(f"{header} total time: {elapsed} ({(time.time() - start) / max(total, 1):.4f} s / it)")
 
     def synchronize_between_processes(self):
         """Makes every meter's global average the average over all ranks' samples."""
-        if not is_dist_avail_and_initialized():
-            return
         for meter in self.meters.values():
-            t = torch.tensor([meter.count, meter.total], dtype=torch.float64, device=_collective_device())
-            dist.all_reduce(t)
-            meter.count, meter.total = int(t[0].item()), t[1].item()
+            count, total = distributed.reduce_sum([meter.count, meter.total])
+            meter.count, meter.total = int(count), total
 
 
 def check_image_folder(folder, flag):
@@ -116,49 +114,9 @@ def check_image_folder(folder, flag):
         raise ValueError(f"{flag}: {folder} has no class sub-folders")
     for name in classes:
         with os.scandir(os.path.join(folder, name)) as entries:
-            if not any(entry.name.lower().endswith(IMG_EXTENSIONS) for entry in entries):
+            if not any(is_image_file(entry.name) for entry in entries):
                 raise ValueError(f"{flag}: class folder {os.path.join(folder, name)} holds no image file")
     return classes
-
-
-class SkipBadImages(torch.utils.data.Dataset):
-    """Yields None, after printing why, for the items whose image file cannot be decoded."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, index):
-        try:
-            return self.dataset[index]
-        except BadImageError as e:
-            print(f"skipping bad image: {e}", flush=True)
-            return None
-
-
-def collate_skipping_bad(batch):
-    """default_collate of the items that are not None (see SkipBadImages)."""
-    kept = [item for item in batch if item is not None]
-    if not kept:
-        raise BadImageError(f"all {len(batch)} images of a batch failed to load (see the messages above)")
-    return torch.utils.data.default_collate(kept)
-
-
-class WithIndex(torch.utils.data.Dataset):
-    """Yields (image, label, index): the dataset index is the instance id of the margin loss."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-        self.classes = dataset.classes
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, index):
-        image, label = self.dataset[index]
-        return image, label, index
 
 
 def accuracy_counts(output, target, topk=(1,)):
@@ -168,40 +126,6 @@ def accuracy_counts(output, target, topk=(1,)):
         pred = output.topk(maxk, dim=1).indices
         correct = pred.eq(target[:, None])
         return [correct[:, : min(k, maxk)].any(dim=1).sum() for k in topk]
-
-
-def is_dist_avail_and_initialized():
-    return dist.is_available() and dist.is_initialized()
-
-
-def get_world_size():
-    return dist.get_world_size() if is_dist_avail_and_initialized() else 1
-
-
-def get_rank():
-    return dist.get_rank() if is_dist_avail_and_initialized() else 0
-
-
-def is_main_process():
-    return get_rank() == 0
-
-
-def print_main(*args, **kwargs):
-    if is_main_process():
-        print(*args, **kwargs, flush=True)
-
-
-def _collective_device():
-    return torch.device("cuda") if dist.get_backend() == "nccl" else torch.device("cpu")
-
-
-def reduce_sum(values):
-    """Sums a list of numbers (or 0-dim tensors) over all ranks; returns Python floats."""
-    t = torch.tensor([float(v) for v in values], dtype=torch.float64)
-    if is_dist_avail_and_initialized():
-        t = t.to(_collective_device())
-        dist.all_reduce(t)
-    return t.tolist()
 
 
 def init_distributed_mode(args):

@@ -14,8 +14,6 @@ import os
 import time
 
 import torch
-import torch.utils.data
-from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms.functional import InterpolationMode
 
 import flags
@@ -34,24 +32,9 @@ from multigrain.checkpoint import (
     model_state_dict,
     save_checkpoint,
 )
+from multigrain.datasets import ImageList, list_image_files
 from multigrain.extraction import extract_descriptors
-from multigrain.image_io import load_rgb
 from multigrain.whitening import fit_whitening, fold_whitening
-
-
-class ImageList(torch.utils.data.Dataset):
-    """The images root/name for each name of `names`, as transformed tensors."""
-
-    def __init__(self, root, names, transform):
-        self.root = root
-        self.names = names
-        self.transform = transform
-
-    def __len__(self):
-        return len(self.names)
-
-    def __getitem__(self, index):
-        return self.transform(load_rgb(os.path.join(self.root, self.names[index])))
 
 
 def whitening_image_names(root, list_file=None, limit=-1):
@@ -61,12 +44,7 @@ def whitening_image_names(root, list_file=None, limit=-1):
         with open(list_file) as f:
             names = [line.strip() for line in f if line.strip()]
     else:
-        names = sorted(
-            os.path.relpath(os.path.join(folder, file), root)
-            for folder, _, files in os.walk(root, followlinks=True)
-            for file in files
-            if file.lower().endswith(IMG_EXTENSIONS)
-        )
+        names = list_image_files(root, recursive=True)
     if limit != -1:
         if limit > len(names):
             source = f"in --whiten-list {list_file}" if list_file else f"under --whiten-path {root}"
@@ -137,7 +115,7 @@ def main(args):
         )
     interpolation = InterpolationMode(args.interpolation)
     transform = presets.RetrievalPresetEval(max_size=args.input_size, interpolation=interpolation)
-    dataset = ImageList(args.whiten_path, names, transform)
+    dataset = ImageList([os.path.join(args.whiten_path, name) for name in names], names, transform=transform)
     print(f"Extracting {len(dataset)} pooled vectors at input size {args.input_size}, p={float(model.pool.p):.4f}")
     start = time.time()
     pooled = extract_descriptors(

@@ -25,7 +25,7 @@ from benchmarks.timing import (
     synchronize,
     time_side_by_side,
 )
-from multigrain.distance_weighted_sampling import NEGATIVE_SAMPLING_MODES
+from multigrain.distance_weighted_miner import NEGATIVE_SAMPLING_MODES
 from multigrain.model import build_model
 
 VARIANTS = ("eager", "channels-last", "compile", "compile+channels-last")

@@ -24,12 +24,11 @@ import torchvision
 
 import flags
 import presets
-import utils
 from benchmarks.timing import format_table, median_ratio, time_side_by_side, verdict
+from multigrain.datasets import RepeatedViews, WithIndex, collate_views
 from multigrain.image_io import load_rgb
-from repeated_views import DecodeOnceBatchSampler, RepeatedViews, collate_views
-from sampler import RASampler
-from synthetic_data import make_imagefolder, parse_size
+from sampler import DecodeOnceBatchSampler, RASampler
+from tools.synthetic_data import make_imagefolder, parse_size
 
 
 def image_folder(args, transform):
@@ -42,7 +41,7 @@ def image_folder(args, transform):
 
 
 def per_copy_loader(args, transform):
-    dataset = utils.WithIndex(image_folder(args, transform))
+    dataset = WithIndex(image_folder(args, transform))
     sampler = RASampler(len(dataset), reps=args.reps, epoch_len_factor=args.epoch_len_factor)
     loader = torch.utils.data.DataLoader(
         dataset,

@@ -36,7 +36,7 @@ from multigrain.extraction import extract_descriptors
 from multigrain.model import build_model
 from multigrain.nn_search import knn, ranking_positions
 from multigrain.retrieval_datasets import read_ukbench
-from synthetic_data import make_ukbench
+from tools.synthetic_data import make_ukbench
 
 CPU_SETTINGS = {"model": "resnet18", "input_size": 224, "dim": 256}
 PAPER_SETTINGS = {"model": "resnet50", "input_size": 500, "dim": 2048}

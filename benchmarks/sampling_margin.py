@@ -18,7 +18,8 @@ from torch.nn import functional as F
 
 import flags
 from benchmarks.timing import describe_machine, format_table, median_ratio, time_side_by_side, verdict
-from multigrain.distance_weighted_sampling import NEGATIVE_SAMPLING_MODES, DistanceWeightedSampler
+from multigrain.distance_weighted_miner import NEGATIVE_SAMPLING_MODES, DistanceWeightedMiner
+from multigrain.distances import squared_distances
 from multigrain.margin_loss import MarginLoss
 
 
@@ -41,8 +42,7 @@ def per_anchor_loop(embeddings, ids, margin_loss, rng, cutoff=0.5, nonzero_loss_
     """Margin loss on triplets mined anchor by anchor on the host: the baseline."""
     x = embeddings.detach()
     n, dim = x.shape
-    square = (x * x).sum(dim=1, keepdim=True)
-    distance = torch.sqrt(square + square.t() - 2.0 * x @ x.t() + torch.eye(n, device=x.device)).clamp(min=cutoff)
+    distance = torch.sqrt(squared_distances(x) + torch.eye(n, device=x.device)).clamp(min=cutoff)
     log_weights = (2.0 - dim) * distance.log() - ((dim - 3) / 2) * torch.log(1.0 - 0.25 * distance**2)
     weights = torch.exp(log_weights - log_weights.max())
     unequal = ids[:, None] != ids[None, :]
@@ -84,7 +84,7 @@ def main(args):
     device = torch.device(args.device)
     embeddings, ids = make_embeddings(args.batch_size, args.dim, args.reps, device)
     margin_loss = MarginLoss().to(device)
-    sampler = DistanceWeightedSampler(mode=args.negative_sampling)
+    miner = DistanceWeightedMiner(mode=args.negative_sampling)
     rng = np.random.default_rng(0)
 
     def backward(loss):
@@ -93,12 +93,12 @@ def main(args):
         loss.backward()
 
     def vectorised():
-        backward(margin_loss(embeddings, *sampler(embeddings, ids)))
+        backward(margin_loss(embeddings, *miner(embeddings, ids)))
 
     def sampling_only():
-        sampler(embeddings, ids)
+        miner(embeddings, ids)
 
-    triplets = sampler(embeddings, ids)
+    triplets = miner(embeddings, ids)
 
     def margin_only():
         backward(margin_loss(embeddings, *triplets))

@@ -21,7 +21,7 @@ import engine
 import flags
 import train
 from benchmarks.timing import apply_settings, describe_machine, format_table, median_ratio, time_side_by_side, verdict
-from multigrain.distance_weighted_sampling import NEGATIVE_SAMPLING_MODES, DistanceWeightedSampler
+from multigrain.distance_weighted_miner import NEGATIVE_SAMPLING_MODES, DistanceWeightedMiner
 from multigrain.joint_loss import MultiGrainLoss
 from multigrain.margin_loss import MarginLoss
 from multigrain.model import build_model
@@ -36,7 +36,7 @@ def make_step(model, args, classif_weight, batches, device, channels_last=False,
     model = copy.deepcopy(model)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    criterion = MultiGrainLoss(classif_weight, DistanceWeightedSampler(mode=args.negative_sampling), MarginLoss()).to(
+    criterion = MultiGrainLoss(classif_weight, DistanceWeightedMiner(mode=args.negative_sampling), MarginLoss()).to(
         device
     )
     optimizer = train.build_optimizer(model, criterion, opt="sgd", lr=0.001, momentum=0.9, weight_decay=1e-4)

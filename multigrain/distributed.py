@@ -1,15 +1,51 @@
+"""The process group as seen from one process: rank, world size, sums and gathers over ranks.
+
+Every function also works without a process group, as the single process of a world of size 1.
+"""
+
 import torch
 import torch.distributed as dist
 
 
-def world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+def is_initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_initialized() else 1
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_initialized() else 0
+
+
+def is_main_process() -> bool:
+    return get_rank() == 0
+
+
+def print_main(*args, **kwargs):
+    if is_main_process():
+        print(*args, **kwargs, flush=True)
+
+
+def collective_device() -> torch.device:
+    """Where the tensors of a collective must be: NCCL only reduces CUDA tensors."""
+    return torch.device("cuda") if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def reduce_sum(values):
+    """Sums a list of numbers (or 0-dim tensors) over all ranks; returns Python floats."""
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64)
+    if is_initialized():
+        t = t.to(collective_device())
+        dist.all_reduce(t)
+    return t.tolist()
 
 
 def _all_gather(x):
     """Concatenation over ranks of tensors whose first dimension may differ; also returns the sizes."""
     size = torch.tensor([x.shape[0]], device=x.device)
-    sizes = [torch.zeros_like(size) for _ in range(world_size())]
+    sizes = [torch.zeros_like(size) for _ in range(get_world_size())]
     dist.all_gather(sizes, size)
     sizes = [int(s) for s in sizes]
     padded = x.new_zeros((max(sizes), *x.shape[1:]))
@@ -40,13 +76,13 @@ class _GatherWithGradient(torch.autograd.Function):
 
 
 def gather_with_gradient(x: torch.Tensor) -> torch.Tensor:
-    if world_size() == 1:
+    if get_world_size() == 1:
         return x
     return _GatherWithGradient.apply(x)
 
 
 @torch.no_grad()
 def gather(x: torch.Tensor) -> torch.Tensor:
-    if world_size() == 1:
+    if get_world_size() == 1:
         return x
     return _all_gather(x)[0]

@@ -13,10 +13,9 @@ import torch.utils.data
 
 # What extract_descriptors can return for every image.
 #   descriptor: the retrieval descriptor, model(x)[1] (l2n of the embedding)
-#   embedding:  the vector the classifier reads (g, or the whitened e): it can be stored and classified
 #   logits:     model(x)[0]
 #   pooled:     the raw GeM vector g, before any whitening (what whiten.py fits on)
-EXTRACTION_OUTPUTS = ("descriptor", "embedding", "logits", "pooled")
+EXTRACTION_OUTPUTS = ("descriptor", "logits", "pooled")
 
 # How the CPU allocator words its out-of-memory RuntimeError (Linux, Windows); CUDA raises torch.OutOfMemoryError.
 CPU_OUT_OF_MEMORY_MESSAGES = ("DefaultCPUAllocator: can't allocate memory", "not enough memory")
@@ -66,8 +65,6 @@ def _output_fn(model, output):
         return lambda x: model(x)[1]
     if output == "logits":
         return lambda x: model(x)[0]
-    if output == "embedding":
-        return model.embedding
     return model.pooled
 
 

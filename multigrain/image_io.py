@@ -24,11 +24,13 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def load_rgb(path) -> Image.Image:
-    """The upright (EXIF orientation applied) RGB picture stored in `path`."""
+def load_rgb(path, exif_transpose: bool = True) -> Image.Image:
+    """The RGB picture stored in `path`, turned upright by its EXIF orientation unless `exif_transpose`
+    is False (the pixels as stored, as the official retrieval evaluation tools read them)."""
     try:
         with Image.open(path) as image:
-            image = ImageOps.exif_transpose(image)
+            if exif_transpose:
+                image = ImageOps.exif_transpose(image)
             image.load()
             return to_rgb(image)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:

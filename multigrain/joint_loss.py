@@ -1,23 +1,23 @@
 import torch
 from torch import nn
 
-from .distributed import gather, gather_with_gradient
+from . import distributed
 
 
 class MultiGrainLoss(nn.Module):
     """L = λ·CE(logits, labels) + (1 − λ)·margin loss on distance-weighted triplets.
 
     The triplets are mined from the GLOBAL batch: under DDP the embeddings and instance ids of every
-    rank are gathered first. With λ = 1 neither the sampler nor the margin loss runs.
+    rank are gathered first. With λ = 1 neither the miner nor the margin loss runs.
     Returns a dict with `loss`, `classif_loss` and, when λ < 1, `margin_loss`.
     """
 
-    def __init__(self, classif_weight, sampler, margin_loss, label_smoothing=0.0):
+    def __init__(self, classif_weight, miner, margin_loss, label_smoothing=0.0):
         super().__init__()
         if not 0.0 <= classif_weight <= 1.0:
             raise ValueError(f"classification weight λ must be in [0, 1], got {classif_weight}")
         self.classif_weight = classif_weight
-        self.sampler = sampler
+        self.miner = miner
         self.margin_loss = margin_loss
         self.cross_entropy = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
 
@@ -31,9 +31,9 @@ class MultiGrainLoss(nn.Module):
         if self.classif_weight == 1.0:
             losses["loss"] = classif_loss
             return losses
-        embeddings = gather_with_gradient(embeddings)
-        instance_ids = gather(instance_ids)
-        triplet_mask, negatives = self.sampler(embeddings, instance_ids)
+        embeddings = distributed.gather_with_gradient(embeddings)
+        instance_ids = distributed.gather(instance_ids)
+        triplet_mask, negatives = self.miner(embeddings, instance_ids)
         margin_loss = self.margin_loss(embeddings, triplet_mask, negatives)
         losses["margin_loss"] = margin_loss
         losses["loss"] = self.classif_weight * classif_loss + (1.0 - self.classif_weight) * margin_loss

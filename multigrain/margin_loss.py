@@ -2,13 +2,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .distances import distances
+
 
 class MarginLoss(nn.Module):
     """Margin loss of Wu et al. with a learnable boundary beta.
 
     For each triplet (a, p, n): relu(D(a, p) - beta + margin) + relu(beta - D(a, n) + margin), with
     D(u, v) = sqrt(|u - v|^2 + 1e-8), summed and divided by the number of active (non-zero) terms.
-    Triplets come as B x B tensors from `DistanceWeightedSampler`: row i, column j is the triplet
+    Triplets come as B x B tensors from `DistanceWeightedMiner`: row i, column j is the triplet
     (i, j, negatives[i, j]) wherever triplet_mask[i, j].
     """
 
@@ -18,9 +20,7 @@ class MarginLoss(nn.Module):
         self.margin = margin
 
     def forward(self, embeddings, triplet_mask, negatives):
-        x = embeddings.float()
-        square = (x * x).sum(dim=1, keepdim=True)
-        distance = torch.sqrt((square + square.t() - 2.0 * x @ x.t()).clamp(min=0) + 1e-8)
+        distance = distances(embeddings, eps=1e-8)
         positive_terms = F.relu(distance - self.beta + self.margin)
         negative_terms = F.relu(self.beta - distance.gather(1, negatives) + self.margin)
         positive_terms = positive_terms.where(triplet_mask, 0.0)

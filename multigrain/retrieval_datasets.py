@@ -6,7 +6,6 @@ each query needs, and the function scoring the rankings with the official protoc
 percentages, except the UKBench N-S score (0 to 4).
 """
 
-import copy
 import math
 import os
 from collections.abc import Callable
@@ -14,58 +13,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch.utils.data
-from PIL import Image
 
-from .image_io import BadImageError, to_rgb
+from .datasets import ImageList, list_image_files
 from .retrieval_metrics import copydays_map, holidays_ground_truth, holidays_map, revisitop_map, ukbench_score
 from .safe_pickle import load_pickle
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 REVISITOP_BENCHMARKS = ("roxford5k", "rparis6k")
 
 
-class ImageList(torch.utils.data.Dataset):
-    """RGB images read from `paths`, each optionally rotated, then cropped, then transformed.
-
-    The pixels are taken as stored, without applying an EXIF orientation, as the official evaluation
-    tools do; Holidays' sideways photos are turned upright by its explicit rotation list instead.
-
-    names: one identifier per image (a path relative to the benchmark folder), saved next to the
-    descriptors. rotations: degrees per image (0: none), applied with Image.rotate(degrees,
-    expand=True). boxes: (x1, y1, x2, y2) per image or None, applied with Image.crop.
-    """
-
-    def __init__(self, paths, names, rotations=None, boxes=None, transform=None):
-        if len(names) != len(paths):
-            raise ValueError(f"got {len(names)} names for {len(paths)} image paths")
-        self.paths = [str(path) for path in paths]
-        self.names = list(names)
-        self.rotations = list(rotations) if rotations is not None else [0] * len(paths)
-        self.boxes = list(boxes) if boxes is not None else [None] * len(paths)
-        if len(self.rotations) != len(paths) or len(self.boxes) != len(paths):
-            raise ValueError("need one rotation and one box (or None) per image")
-        self.transform = transform
-
-    def with_transform(self, transform):
-        images = copy.copy(self)
-        images.transform = transform
-        return images
-
-    def __len__(self):
-        return len(self.paths)
-
-    def __getitem__(self, index):
-        try:
-            with Image.open(self.paths[index]) as file:
-                image = to_rgb(file)
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-            raise BadImageError(f"cannot read image {self.paths[index]}: {e}") from e
-        if self.rotations[index]:
-            image = image.rotate(self.rotations[index], expand=True)
-        if self.boxes[index] is not None:
-            image = image.crop(self.boxes[index])
-        return self.transform(image) if self.transform is not None else image
+def _benchmark_images(paths, names, rotations=None, boxes=None):
+    """The pixels as stored, without applying an EXIF orientation, as the official evaluation tools read
+    them; Holidays' sideways photos are turned upright by its explicit rotation list instead."""
+    return ImageList(paths, names, rotations, boxes, exif_transpose=False)
 
 
 @dataclass
@@ -89,11 +48,6 @@ def _require_folder(path, what):
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{what}: folder {path} does not exist")
     return Path(path)
-
-
-def _image_files(folder):
-    """Image files of `folder` (not its subfolders), sorted by name."""
-    return sorted(p.name for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
 def read_rotations(path, image_names):
@@ -130,14 +84,14 @@ def read_holidays(root, rotations_file=None):
     rotations_file: optional rotation list (see `read_rotations`) turning the sideways photos upright.
     """
     folder = _require_folder(os.path.join(root, "jpg"), "Holidays (--holidays-path)")
-    files = _image_files(folder)
+    files = list_image_files(folder)
     if not files:
         raise FileNotFoundError(f"Holidays (--holidays-path): no images in {folder}")
     rotations = read_rotations(rotations_file, files) if rotations_file else {}
     ground_truth = holidays_ground_truth(files)
     if not ground_truth:
         raise ValueError(f"Holidays (--holidays-path): no query image (NNNN00.jpg) in {folder}")
-    database = ImageList(
+    database = _benchmark_images(
         [folder / name for name in files], [f"jpg/{name}" for name in files], [rotations.get(name, 0) for name in files]
     )
 
@@ -156,11 +110,11 @@ def read_ukbench(root):
     """
     root = _require_folder(root, "UKBench (--ukbench-path)")
     folder = root / "full" if (root / "full").is_dir() else root
-    files = _image_files(folder)
+    files = list_image_files(folder)
     if not files or len(files) % 4 != 0:
         raise ValueError(f"UKBench (--ukbench-path): expected groups of 4 images in {folder}, found {len(files)}")
     prefix = "full/" if folder != root else ""
-    database = ImageList([folder / name for name in files], [prefix + name for name in files])
+    database = _benchmark_images([folder / name for name in files], [prefix + name for name in files])
 
     def score(rankings):
         return {"N-S": ukbench_score(rankings)}
@@ -178,11 +132,7 @@ def read_distractors(root, list_file=None, num_distractors=None):
         names = [line.strip() for line in Path(list_file).read_text().splitlines() if line.strip()]
         source = str(list_file)
     else:
-        names = sorted(
-            str(path.relative_to(root))
-            for path in root.rglob("*")
-            if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
-        )
+        names = list_image_files(root, recursive=True)
         source = f"the images under {root}"
     if num_distractors is not None:
         if len(names) < num_distractors:
@@ -203,7 +153,7 @@ def read_copydays(root, distractors_root=None, distractors_list=None, num_distra
     """
     originals_folder = _require_folder(os.path.join(root, "original"), "Copydays (--copydays-path)")
     queries_folder = _require_folder(os.path.join(root, "strong"), "Copydays (--copydays-path)")
-    originals, query_files = _image_files(originals_folder), _image_files(queries_folder)
+    originals, query_files = list_image_files(originals_folder), list_image_files(queries_folder)
     if not originals or not query_files:
         raise FileNotFoundError(f"Copydays (--copydays-path): no images in {originals_folder} or {queries_folder}")
     original_index = {name[:4]: index for index, name in enumerate(originals)}
@@ -221,8 +171,10 @@ def read_copydays(root, distractors_root=None, distractors_list=None, num_distra
         names += distractor_names
     elif distractors_list is not None:
         raise ValueError("--distractors-list needs --distractors-path (the folder its names are relative to)")
-    database = ImageList(paths, names)
-    queries = ImageList([queries_folder / name for name in query_files], [f"strong/{name}" for name in query_files])
+    database = _benchmark_images(paths, names)
+    queries = _benchmark_images(
+        [queries_folder / name for name in query_files], [f"strong/{name}" for name in query_files]
+    )
     positives = np.array([original_index[name[:4]] for name in query_files])
 
     def score(rankings):
@@ -270,7 +222,7 @@ def read_revisitop(root, name):
         for path in paths:
             if not path.is_file():
                 raise FileNotFoundError(f"{name}: image {path} (listed in {ground_truth_path}) does not exist")
-        return ImageList(paths, names, boxes=boxes)
+        return _benchmark_images(paths, names, boxes=boxes)
 
     gnd = ground_truth["gnd"]
     database = images(ground_truth["imlist"])

@@ -5,7 +5,7 @@ from collections import namedtuple
 
 import pytest
 
-from synthetic_data import make_imagefolder
+from tools.synthetic_data import make_imagefolder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from multigrain.distance_weighted_sampling import DistanceWeightedSampler
+from multigrain.distance_weighted_miner import DistanceWeightedMiner
 from multigrain.joint_loss import MultiGrainLoss
 from multigrain.margin_loss import MarginLoss
 from multigrain.model import l2n
@@ -43,8 +43,8 @@ def global_batch():
 def build():
     torch.manual_seed(0)
     model = TinyNet()
-    sampler = DistanceWeightedSampler(mode="exact", generator=torch.Generator().manual_seed(0))
-    criterion = MultiGrainLoss(0.5, sampler, MarginLoss(beta_init=1.2))
+    miner = DistanceWeightedMiner(mode="exact", generator=torch.Generator().manual_seed(0))
+    criterion = MultiGrainLoss(0.5, miner, MarginLoss(beta_init=1.2))
     return model, criterion
 
 

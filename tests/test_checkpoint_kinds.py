@@ -17,7 +17,7 @@ import whiten
 from multigrain import checkpoint as checkpoint_module
 from multigrain.checkpoint import checkpoint_kind, load_checkpoint, load_model
 from multigrain.model import build_model
-from synthetic_data import make_imagefolder
+from tools.synthetic_data import make_imagefolder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = "--model resnet18 --device cpu -j 0 --print-freq 1000 --train-crop-size 32 --val-resize-size 36".split()

@@ -10,11 +10,11 @@ from PIL import Image
 
 import evaluate
 import presets
-import synthetic_data
 from multigrain.checkpoint import load_model
+from multigrain.datasets import ImageList
 from multigrain.model import build_model, l2n
-from multigrain.retrieval_datasets import ImageList
 from multigrain.retrieval_metrics import copydays_map, holidays_map, revisitop_map, ukbench_score
+from tools import synthetic_data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INPUT_SIZE = 64

@@ -10,7 +10,7 @@ import torch
 
 import train
 from multigrain.checkpoint import save_checkpoint
-from synthetic_data import make_imagefolder
+from tools.synthetic_data import make_imagefolder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = [

@@ -4,102 +4,17 @@ import os
 
 import pytest
 import torch
-from torch import nn
+from test_extraction import ListDataset, mixed_size_images, tiny_model
 from torch.nn import functional as F
 
 import finetune_p
-from multigrain.extraction import EXTRACTION_OUTPUTS, extract_descriptors, forward_by_size
-from multigrain.model import MultiGrainNet
-
-
-def tiny_model(num_classes=6, p=3.0, seed=0):
-    torch.manual_seed(seed)
-    features = nn.Sequential(
-        nn.Conv2d(3, 12, 3, padding=1), nn.BatchNorm2d(12), nn.ReLU(), nn.Conv2d(12, 16, 3, stride=2), nn.ReLU()
-    )
-    model = MultiGrainNet(features, nn.Linear(16, num_classes), p=p)
-    with torch.no_grad():
-        model.classifier.weight.mul_(20)  # logits that depend visibly on p
-        model.features[1].running_mean.uniform_(-0.2, 0.2)
-        model.features[1].running_var.uniform_(0.5, 2.0)
-    return model.eval()
-
-
-def mixed_size_images(count=7, seed=0):
-    sizes = [(20, 28), (28, 20), (20, 28), (24, 24), (28, 20), (20, 28), (17, 31)]
-    generator = torch.Generator().manual_seed(seed)
-    return [torch.randn(3, *sizes[i % len(sizes)], generator=generator) for i in range(count)]
-
-
-class ListDataset(torch.utils.data.Dataset):
-    def __init__(self, images, targets):
-        self.images, self.targets = images, targets
-
-    def __len__(self):
-        return len(self.images)
-
-    def __getitem__(self, index):
-        return self.images[index], int(self.targets[index])
+from multigrain.extraction import forward_by_size
 
 
 def finetune_args(**overrides):
     args = dict(batch_size=4, lr=0.005, momentum=0.9, lr_power=0.9, seed=0, workers=0, print_freq=1000)
     args.update(overrides)
     return argparse.Namespace(**args)
-
-
-def one_at_a_time(model, images):
-    outputs = [model(image[None]) for image in images]
-    return torch.cat([o[0] for o in outputs]), torch.cat([o[1] for o in outputs])
-
-
-def test_mixed_size_batch_equals_one_image_at_a_time():
-    model = tiny_model()
-    images = mixed_size_images()
-    with torch.no_grad():
-        logits, descriptors = forward_by_size(model, images)
-        single_logits, single_descriptors = one_at_a_time(model, images)
-    torch.testing.assert_close(logits, single_logits, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(descriptors, single_descriptors, rtol=1e-5, atol=1e-6)
-
-
-def test_mixed_size_batch_gradient_of_p_equals_one_image_at_a_time():
-    model = tiny_model()
-    model.pool.make_p_learnable()
-    images = mixed_size_images()
-    targets = torch.arange(len(images)) % 6
-    loss = F.cross_entropy(forward_by_size(model, images)[0], targets)
-    (batch_grad,) = torch.autograd.grad(loss, model.pool.p)
-    single_grads = [
-        torch.autograd.grad(F.cross_entropy(model(image[None])[0], target[None]), model.pool.p)[0]
-        for image, target in zip(images, targets)
-    ]
-    torch.testing.assert_close(batch_grad, torch.stack(single_grads).mean(), rtol=1e-4, atol=1e-7)
-
-
-@pytest.mark.parametrize("output", EXTRACTION_OUTPUTS)
-def test_extraction_keeps_dataset_order_whatever_the_batching(output):
-    model = tiny_model()
-    images = mixed_size_images(count=15, seed=1)
-    dataset = ListDataset(images, [0] * len(images))
-    with torch.no_grad():
-        expected = {
-            "descriptor": lambda x: model(x)[1],
-            "logits": lambda x: model(x)[0],
-            "embedding": model.embedding,
-            "pooled": model.pooled,
-        }[output]
-        reference = torch.cat([expected(image[None]) for image in images])
-    for batch_size in (1, 2, 32):  # 2: buckets overflow, the largest one is flushed early
-        rows = extract_descriptors(model, dataset, "cpu", output=output, batch_size=batch_size)
-        assert rows.dtype == torch.float32 and rows.shape == reference.shape
-        torch.testing.assert_close(rows, reference, rtol=1e-5, atol=1e-5)
-
-
-def test_extraction_of_an_empty_dataset_has_the_output_width():
-    model = tiny_model()
-    rows = extract_descriptors(model, ListDataset([], []), "cpu", output="logits")
-    assert rows.shape == (0, 6)
 
 
 def test_first_images_per_class_keeps_dataset_order():

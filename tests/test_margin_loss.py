@@ -2,8 +2,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from multigrain.distance_weighted_sampling import DistanceWeightedSampler
-from multigrain.joint_loss import MultiGrainLoss
+from multigrain.distance_weighted_miner import DistanceWeightedMiner
 from multigrain.margin_loss import MarginLoss
 
 
@@ -30,7 +29,7 @@ def batch(seed=0, num_instances=5, reps=3, dim=8):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_matches_brute_force_value_and_gradients(seed):
     embeddings, ids = batch(seed)
-    mask, negatives = DistanceWeightedSampler(mode="exact", generator=torch.Generator().manual_seed(seed))(
+    mask, negatives = DistanceWeightedMiner(mode="exact", generator=torch.Generator().manual_seed(seed))(
         embeddings, ids
     )
     triplets = [(a, p, negatives[a, p].item()) for a, p in mask.nonzero().tolist()]
@@ -68,45 +67,3 @@ def test_beta_is_a_learnable_parameter():
     loss = MarginLoss(beta_init=1.2)
     assert [name for name, _ in loss.named_parameters()] == ["beta"]
     assert loss.beta.item() == pytest.approx(1.2)
-
-
-class ExplodingSampler(torch.nn.Module):
-    def forward(self, *args):
-        raise AssertionError("the sampler must not run when λ = 1")
-
-
-def test_lambda_one_never_samples():
-    embeddings, ids = batch()
-    logits = torch.randn(len(ids), 4, requires_grad=True)
-    labels = torch.randint(0, 4, (len(ids),))
-    criterion = MultiGrainLoss(1.0, ExplodingSampler(), MarginLoss())
-    losses = criterion(logits, embeddings, labels, ids)
-    assert "margin_loss" not in losses
-    torch.testing.assert_close(losses["loss"], F.cross_entropy(logits, labels))
-
-
-def test_joint_loss_combines_the_two_terms():
-    embeddings, ids = batch(seed=5)
-    logits = torch.randn(len(ids), 4)
-    labels = torch.randint(0, 4, (len(ids),))
-    sampler = DistanceWeightedSampler(mode="exact", generator=torch.Generator().manual_seed(3))
-    losses = MultiGrainLoss(0.3, sampler, MarginLoss())(logits, embeddings, labels, ids)
-    assert losses["margin_loss"].item() > 0
-    expected = 0.3 * F.cross_entropy(logits, labels) + 0.7 * losses["margin_loss"]
-    torch.testing.assert_close(losses["loss"], expected)
-
-
-def test_joint_loss_runs_in_float32_under_autocast():
-    embeddings, ids = batch(seed=6)
-    logits = torch.randn(len(ids), 4)
-    labels = torch.randint(0, 4, (len(ids),))
-    sampler = DistanceWeightedSampler(generator=torch.Generator().manual_seed(3))
-    criterion = MultiGrainLoss(0.5, sampler, MarginLoss())
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        losses = criterion(logits.bfloat16(), embeddings.bfloat16(), labels, ids)
-    assert all(v.dtype == torch.float32 for v in losses.values())
-
-
-def test_lambda_out_of_range():
-    with pytest.raises(ValueError, match="1.5"):
-        MultiGrainLoss(1.5, ExplodingSampler(), MarginLoss())

@@ -3,12 +3,8 @@ import pickle
 
 import numpy as np
 import pytest
-from PIL import Image
 
-import synthetic_data
-from multigrain.image_io import BadImageError
 from multigrain.retrieval_datasets import (
-    ImageList,
     read_copydays,
     read_distractors,
     read_holidays,
@@ -16,6 +12,7 @@ from multigrain.retrieval_datasets import (
     read_rotations,
     read_ukbench,
 )
+from tools import synthetic_data
 
 
 @pytest.fixture(scope="module")
@@ -40,28 +37,6 @@ def ranking_with_first(first, size):
     """A ranking of range(size) that starts with `first`, in that order."""
     first = list(first)
     return np.array(first + [i for i in range(size) if i not in first])
-
-
-def test_image_list_rotates_then_crops_then_transforms(tmp_path):
-    pixels = np.zeros((20, 30, 3), dtype=np.uint8)  # 30 wide, 20 high
-    pixels[:5, :, 0] = 255  # red band along the top
-    Image.fromarray(pixels).save(tmp_path / "a.png")
-    images = ImageList(
-        [tmp_path / "a.png"] * 3, ["a0", "a1", "a2"], rotations=[0, 90, 90], boxes=[None, None, (0, 0, 5, 7)]
-    )
-    assert images[0].size == (30, 20)
-    rotated = images[1]
-    assert rotated.size == (20, 30)  # expand=True keeps the whole picture
-    # Counter-clockwise by 90 degrees: the top band becomes the left band.
-    assert np.asarray(rotated)[:, :5, 0].min() == 255 and np.asarray(rotated)[:, 5:, 0].max() == 0
-    assert images[2].size == (5, 7)
-    resized = images.with_transform(lambda image: image.size)
-    assert resized[1] == (20, 30) and images.transform is None
-    with pytest.raises(ValueError, match="names"):
-        ImageList([tmp_path / "a.png"], ["a", "b"])
-    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
-    with pytest.raises(BadImageError, match="broken.jpg"):
-        ImageList([tmp_path / "broken.jpg"], ["broken.jpg"])[0]
 
 
 def test_read_rotations(tmp_path):

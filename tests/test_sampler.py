@@ -3,7 +3,7 @@ from collections import Counter
 import pytest
 import torch
 
-from sampler import RASampler
+from sampler import DecodeOnceBatchSampler, RASampler
 
 
 def epoch_per_rank(dataset_size, num_replicas, epoch=0, **kwargs):
@@ -149,3 +149,67 @@ def test_defaults_without_process_group_are_single_process():
 def test_bad_arguments_raise_a_value_error_naming_them(kwargs, name):
     with pytest.raises(ValueError, match=name):
         RASampler(**kwargs)
+
+
+def expand(batch):
+    return [index for index, copies in batch for _ in range(copies)]
+
+
+def ra_batches(dataset_size, num_replicas, rank, batch_size, drop_last, **kwargs):
+    sampler = RASampler(dataset_size, num_replicas=num_replicas, rank=rank, **kwargs)
+    indices = list(sampler)
+    batches = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
+    return batches[:-1] if drop_last and len(batches[-1]) < batch_size else batches
+
+
+def decode_once_batches(dataset_size, num_replicas, rank, batch_size, drop_last, **kwargs):
+    sampler = RASampler(dataset_size, num_replicas=num_replicas, rank=rank, **kwargs)
+    return list(DecodeOnceBatchSampler(sampler, batch_size, drop_last))
+
+
+@pytest.mark.parametrize("drop_last", [True, False])
+@pytest.mark.parametrize("batch_size", [6, 7, 64])
+def test_single_process_batches_equal_the_ra_sampler_batches(batch_size, drop_last):
+    kwargs = dict(reps=3, epoch_len_factor=2.0, seed=3)
+    expected = ra_batches(25, 1, 0, batch_size, drop_last, **kwargs)
+    batches = decode_once_batches(25, 1, 0, batch_size, drop_last, **kwargs)
+    assert [expand(batch) for batch in batches] == expected
+    assert len(DecodeOnceBatchSampler(RASampler(25, **kwargs), batch_size, drop_last)) == len(expected)
+
+
+@pytest.mark.parametrize("num_replicas", [2, 3])
+@pytest.mark.parametrize("batch_size", [6, 5])
+def test_every_global_batch_holds_the_samples_of_the_ra_sampler(num_replicas, batch_size):
+    kwargs = dict(reps=3, epoch_len_factor=3.0, seed=1)
+    per_rank = [decode_once_batches(20, num_replicas, r, batch_size, False, **kwargs) for r in range(num_replicas)]
+    reference = [ra_batches(20, num_replicas, r, batch_size, False, **kwargs) for r in range(num_replicas)]
+    assert [len(batches) for batches in per_rank] == [len(batches) for batches in reference]
+    for step in range(len(reference[0])):
+        ours = Counter(i for batches in per_rank for i in expand(batches[step]))
+        theirs = Counter(i for batches in reference for i in batches[step])
+        assert ours == theirs
+        assert len({len(expand(batches[step])) for batches in per_rank}) == 1
+    # epoch_len_factor == reps: every image exactly reps times in the epoch.
+    epoch = Counter(i for batches in per_rank for batch in batches for i in expand(batch))
+    assert epoch == {index: 3 for index in range(20)}
+
+
+def test_copies_of_an_image_stay_together_when_batches_hold_whole_groups():
+    per_rank = [decode_once_batches(12, 2, r, 6, True, reps=3, epoch_len_factor=3.0) for r in range(2)]
+    pairs = [pair for batches in per_rank for batch in batches for pair in batch]
+    assert sorted(index for index, _ in pairs) == list(range(12))
+    assert all(copies == 3 for _, copies in pairs)
+
+
+def test_decode_once_set_epoch_changes_the_order():
+    batch_sampler = DecodeOnceBatchSampler(RASampler(30, reps=3, epoch_len_factor=3.0), 9, True)
+    first = list(batch_sampler)
+    batch_sampler.set_epoch(1)
+    assert list(batch_sampler) != first
+
+
+def test_decode_once_bad_arguments_are_refused():
+    with pytest.raises(ValueError, match="RASampler"):
+        DecodeOnceBatchSampler(torch.utils.data.SequentialSampler(range(4)), 2, True)
+    with pytest.raises(ValueError, match="batch_size"):
+        DecodeOnceBatchSampler(RASampler(4), 0, True)

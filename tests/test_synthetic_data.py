@@ -12,10 +12,9 @@ import torch
 from PIL import Image
 from torchvision import datasets, transforms
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from tools import synthetic_data
 
-import synthetic_data  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 class NoClassesUnpickler(pickle.Unpickler):
@@ -282,7 +281,7 @@ def test_command_line(tmp_path):
     output = tmp_path / "imagenet"
     command = [
         sys.executable,
-        "synthetic_data.py",
+        "tools/synthetic_data.py",
         "imagefolder",
         "--output",
         str(output),
@@ -333,7 +332,7 @@ def test_retrieval_pictures_come_from_the_first_num_classes(tmp_path):
 
 def test_command_line_refuses_a_bad_class_count(tmp_path):
     output = tmp_path / "revisitop"
-    command = [sys.executable, "synthetic_data.py", "revisitop", "--output", str(output), "--num-classes", "1"]
+    command = [sys.executable, "tools/synthetic_data.py", "revisitop", "--output", str(output), "--num-classes", "1"]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 2
     assert "--num-classes must be between 2 and 72, got 1" in result.stderr and "Traceback" not in result.stderr

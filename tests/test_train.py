@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import train
-from synthetic_data import make_imagefolder
+from tools.synthetic_data import make_imagefolder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ["--model", "resnet18", "--device", "cpu", "-j", "0", "--print-freq", "1000"]
@@ -241,6 +241,43 @@ def test_bad_flags_exit_before_any_process_starts(tmp_path):
     assert missing.returncode == 2 and "nowhere/train is not a folder" in missing.stderr
 
 
-def test_unknown_model_lists_the_supported_ones(tiny, tmp_path):
-    with pytest.raises(ValueError, match="supported models: .*resnet50"):
-        train.main(parse(["--data-path", str(tiny), *SMALL, "--model", "vit_b_16", "--output-dir", str(tmp_path)]))
+def test_train_py_with_decode_once_and_channels_last(tmp_path):
+    make_imagefolder(tmp_path / "data", num_classes=3, train_per_class=8, val_per_class=3, image_size=32, seed=1)
+    flags = [
+        "--data-path",
+        str(tmp_path / "data"),
+        "--output-dir",
+        str(tmp_path / "run"),
+        "--model",
+        "resnet18",
+        "--device",
+        "cpu",
+        "-j",
+        "0",
+        "--print-freq",
+        "1000",
+        "--train-crop-size",
+        "32",
+        "--val-resize-size",
+        "36",
+        "--val-crop-size",
+        "32",
+        "-b",
+        "6",
+        "--epochs",
+        "1",
+        "--lr",
+        "0.01",
+        "--ra-decode-once",
+        "--channels-last",
+    ]
+    metrics = train.main(train.get_args_parser().parse_args(flags))
+    assert metrics["images"] == 9
+    (record,) = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert "train_margin_loss" in record and record["train_margin_loss"] > 0
+    weight = torch.load(tmp_path / "run" / "checkpoint.pth", weights_only=True)["model"]["features.conv1.weight"]
+    assert weight.is_contiguous(memory_format=torch.channels_last)
+
+    refused = train.get_args_parser().parse_args([*flags, "--no-ra-sampler", "--classif-weight", "1"])
+    with pytest.raises(ValueError, match="--ra-decode-once"):
+        train.check_args(refused)

@@ -1,13 +1,16 @@
-"""Distance-weighted negative sampling (Wu et al. 2017, "Sampling matters in deep embedding learning").
+"""Triplets mined from a batch by distance-weighted negative sampling (Wu et al. 2017, "Sampling matters
+in deep embedding learning").
 
-The sampler returns fixed-shape B x B tensors instead of lists of triplets, so that nothing in a
-training step waits for the device: `positive_mask[i, j]` marks the ordered positive pairs (same
-instance id, j != i) that are anchors of a triplet, and `negatives[i, j]` is the negative drawn for
-that pair from row i of the negative distribution.
+The miner returns fixed-shape B x B tensors instead of lists of triplets, so that nothing in a training
+step waits for the device: `triplet_mask[i, j]` marks the ordered positive pairs (same instance id,
+j != i) whose anchor i has a negative to draw, and `negatives[i, j]` is the negative drawn for that
+pair from row i of the negative distribution.
 """
 
 import torch
 from torch import nn
+
+from .distances import distances, squared_distances
 
 NEGATIVE_SAMPLING_MODES = ("reference", "exact")
 
@@ -20,10 +23,11 @@ def reference_negative_weights(embeddings, ids, cutoff=0.5, nonzero_loss_cutoff=
     uniform over every item of another instance, ignoring the `nonzero_loss_cutoff` window.
     Returns a B x B probability matrix; a row with no item of another instance is all NaN.
     """
-    x = embeddings.detach().float()
+    x = embeddings.detach()
     n, dim = x.shape
-    square = (x * x).sum(dim=1, keepdim=True)
-    distance = torch.sqrt(square + square.t() - 2.0 * x @ x.t() + torch.eye(n, dtype=x.dtype, device=x.device))
+    # As published, no clamp before the square root: a negative rounding error gives NaN weights, and the
+    # rows left without weight fall back to uniform below.
+    distance = torch.sqrt(squared_distances(x) + torch.eye(n, dtype=torch.float32, device=x.device))
     distance = distance.clamp(min=cutoff)
     log_weights = (2.0 - dim) * distance.log() - ((dim - 3) / 2) * torch.log(1.0 - 0.25 * distance**2)
     weights = torch.exp(log_weights - log_weights.max())
@@ -43,10 +47,8 @@ def exact_negative_log_weights(embeddings, ids, cutoff=0.5, nonzero_loss_cutoff=
     A row with no valid candidate is uniform over the items of another instance; a row without any
     item of another instance is all -inf.
     """
-    x = embeddings.detach().float()
-    dim = x.shape[1]
-    square = (x * x).sum(dim=1, keepdim=True)
-    distance = (square + square.t() - 2.0 * x @ x.t()).clamp(min=0).sqrt().clamp(min=cutoff).double()
+    dim = embeddings.shape[1]
+    distance = distances(embeddings.detach()).clamp(min=cutoff).double()
     one_minus = (1.0 - 0.25 * distance**2).clamp(min=1e-12)
     log_weights = (2.0 - dim) * distance.log() - ((dim - 3) / 2) * one_minus.log()
     unequal = ids[:, None] != ids[None, :]
@@ -86,7 +88,7 @@ def draw_negatives(log_probs, positive_mask, generator=None):
     return negatives, positive_mask & has_candidate
 
 
-class DistanceWeightedSampler(nn.Module):
+class DistanceWeightedMiner(nn.Module):
     """Mines (anchor, positive, negative) triplets from L2-normalised embeddings and instance ids.
 
     Instance ids are dataset indices (copies of one image under repeated augmentation), never class
@@ -111,7 +113,7 @@ class DistanceWeightedSampler(nn.Module):
 
     @torch.no_grad()
     def forward(self, embeddings, ids):
-        """Returns (positive_mask, negatives), both B x B; see the module docstring."""
+        """Returns (triplet_mask, negatives), both B x B; see the module docstring."""
         same = ids[:, None] == ids[None, :]
         positive_mask = same & ~torch.eye(len(ids), dtype=torch.bool, device=ids.device)
         negatives, triplet_mask = draw_negatives(

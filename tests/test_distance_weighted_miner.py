@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from multigrain.distance_weighted_sampling import (
-    DistanceWeightedSampler,
+from multigrain.distance_weighted_miner import (
+    DistanceWeightedMiner,
     exact_negative_log_weights,
     reference_negative_weights,
 )
@@ -23,9 +23,9 @@ def clustered_batch(num_instances=6, reps=3, dim=16, spread=0.35, seed=0):
 @pytest.mark.parametrize("mode", ["reference", "exact"])
 def test_positives_share_the_instance_and_negatives_do_not(mode):
     embeddings, ids = clustered_batch()
-    sampler = DistanceWeightedSampler(mode=mode, generator=torch.Generator().manual_seed(1))
+    miner = DistanceWeightedMiner(mode=mode, generator=torch.Generator().manual_seed(1))
     for _ in range(5):
-        mask, negatives = sampler(embeddings, ids)
+        mask, negatives = miner(embeddings, ids)
         anchors, positives = mask.nonzero(as_tuple=True)
         expected = (ids[:, None] == ids[None, :]) & ~torch.eye(len(ids), dtype=torch.bool)
         assert torch.equal(mask, expected)  # every ordered positive pair, nothing else
@@ -38,13 +38,13 @@ def test_positives_share_the_instance_and_negatives_do_not(mode):
 def test_draws_follow_the_weights(mode):
     # reps = 2: every anchor has one positive, so each draw is one sample from its row.
     embeddings, ids = clustered_batch(num_instances=8, reps=2, dim=6, spread=0.6, seed=3)
-    sampler = DistanceWeightedSampler(mode=mode, generator=torch.Generator().manual_seed(0))
-    probs = sampler.negative_log_probs(embeddings, ids).exp()
+    miner = DistanceWeightedMiner(mode=mode, generator=torch.Generator().manual_seed(0))
+    probs = miner.negative_log_probs(embeddings, ids).exp()
     assert torch.allclose(probs.sum(dim=1), torch.ones(len(ids), dtype=probs.dtype))
     draws = 4000
     counts = torch.zeros(len(ids), len(ids))
     for _ in range(draws):
-        mask, negatives = sampler(embeddings, ids)
+        mask, negatives = miner(embeddings, ids)
         anchors, positives = mask.nonzero(as_tuple=True)
         counts[anchors, negatives[anchors, positives]] += 1
     empirical = counts / draws
@@ -55,10 +55,10 @@ def test_draws_follow_the_weights(mode):
 
 def test_negatives_are_drawn_without_replacement_when_possible():
     embeddings, ids = clustered_batch(num_instances=5, reps=3, dim=6, spread=0.6, seed=4)
-    sampler = DistanceWeightedSampler(mode="exact", generator=torch.Generator().manual_seed(0))
-    log_probs = sampler.negative_log_probs(embeddings, ids)
+    miner = DistanceWeightedMiner(mode="exact", generator=torch.Generator().manual_seed(0))
+    log_probs = miner.negative_log_probs(embeddings, ids)
     for _ in range(200):
-        mask, negatives = sampler(embeddings, ids)
+        mask, negatives = miner(embeddings, ids)
         for i in range(len(ids)):
             drawn = negatives[i, mask[i]]
             if torch.isfinite(log_probs[i]).sum() >= len(drawn):
@@ -124,8 +124,8 @@ def test_reference_equals_step_by_step_transcription(case):
         uniform_rows = [np.allclose(row[row > 0], row[row > 0][0]) and (row > 0).sum() == 10 for row in theirs]
         assert any(uniform_rows) and not all(uniform_rows)  # both paths of the published code are exercised
     np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=atol)
-    sampler = DistanceWeightedSampler(mode="reference")
-    np.testing.assert_allclose(sampler.negative_log_probs(embeddings, ids).exp().numpy(), theirs, rtol=1e-4, atol=atol)
+    miner = DistanceWeightedMiner(mode="reference")
+    np.testing.assert_allclose(miner.negative_log_probs(embeddings, ids).exp().numpy(), theirs, rtol=1e-4, atol=atol)
 
 
 def unit(dim, *components):
@@ -177,10 +177,10 @@ def test_degenerate_batches_give_no_nan(mode):
         "antipodal (distance 2)": (torch.stack([e[0], e[0], -e[0], -e[0]]), torch.tensor([0, 0, 1, 1])),
         "no positives": (e, torch.arange(4)),
     }
-    sampler = DistanceWeightedSampler(mode=mode, generator=torch.Generator().manual_seed(0))
+    miner = DistanceWeightedMiner(mode=mode, generator=torch.Generator().manual_seed(0))
     for name, (embeddings, ids) in cases.items():
         embeddings = embeddings.clone().requires_grad_()
-        mask, negatives = sampler(embeddings, ids)
+        mask, negatives = miner(embeddings, ids)
         if name in ("one instance", "no positives"):
             assert not mask.any(), name
         else:
@@ -198,4 +198,4 @@ def test_degenerate_batches_give_no_nan(mode):
 
 def test_unknown_mode():
     with pytest.raises(ValueError, match="bogus"):
-        DistanceWeightedSampler(mode="bogus")
+        DistanceWeightedMiner(mode="bogus")

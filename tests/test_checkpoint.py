@@ -13,7 +13,7 @@ import train
 import whiten
 from multigrain.checkpoint import load_checkpoint, load_model
 from multigrain.model import build_model
-from synthetic_data import make_imagefolder
+from tools.synthetic_data import make_imagefolder
 
 
 class RunsCodeWhenUnpickled:
