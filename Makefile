@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO := data/demo
 
-.PHONY: venv demo test lint clean
+.PHONY: venv demo test lint gpu-check clean
 
 venv: $(VENV)/.installed
 
@@ -42,6 +42,9 @@ test: venv
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+gpu-check: venv
+	$(BIN)/python -m benchmarks.gpu_check
 
 clean:
 	rm -rf $(VENV) data

@@ -4,12 +4,22 @@ import sys
 from collections import namedtuple
 
 import pytest
+import torch
 
 from tools.synthetic_data import make_imagefolder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TrainedCheckpoint = namedtuple("TrainedCheckpoint", ["path", "data_path", "val_acc1"])
+
+
+def pytest_collection_modifyitems(items):
+    """Skips the tests marked `cuda` (pytest.ini) when torch sees no CUDA device."""
+    if torch.cuda.is_available():
+        return
+    for item in items:
+        if item.get_closest_marker("cuda"):
+            item.add_marker(pytest.mark.skip(reason="needs CUDA"))
 
 
 @pytest.fixture(scope="session")

@@ -1,13 +1,23 @@
-"""Smoke tests of the benchmarks: each main() with tiny settings. No timing is asserted."""
+"""Smoke tests of the benchmarks: each main() with tiny settings, and gpu_check's CPU smoke mode. No timing is
+asserted."""
 
+import argparse
 import math
+import os
+import re
+import subprocess
+import sys
+import time
 
 import numpy as np
+import pytest
+import torch
 
-from benchmarks import channels_last_compile, data_pipeline, retrieval, sampling_margin, step_overhead
+from benchmarks import channels_last_compile, data_pipeline, gpu_check, retrieval, sampling_margin, step_overhead
 from benchmarks.timing import format_table, median_ratio, time_side_by_side
 from multigrain.margin_loss import MarginLoss
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_MODEL = ["--model", "resnet18", "--input-size", "32", "-b", "6", "--num-classes", "5"]
 
 
@@ -84,3 +94,56 @@ def test_channels_last_without_compile():
     result = channels_last_compile.main(channels_last_compile.get_args_parser().parse_args(flags))
     assert set(result) == {"train", "eval"}
     assert result["train"]["eager"] == 1.0 and result["eval"]["channels-last"] > 0
+
+
+def run_gpu_check_smoke(log_dir, parts):
+    command = [sys.executable, "-m", "benchmarks.gpu_check", "--device", "cpu", "--smoke", "--log-dir", str(log_dir)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    run = subprocess.run([*command, "--parts", *parts], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-5000:] + run.stderr[-3000:]
+    summary = (log_dir / "summary.txt").read_text()
+    for part in parts:
+        assert re.search(rf"^{part} +ok +\S", summary, re.MULTILINE), summary
+        assert (log_dir / f"{part}.log").stat().st_size > 0
+    return summary
+
+
+def test_gpu_check_smoke_runs_the_tests_and_the_training(tmp_path):
+    summary = run_gpu_check_smoke(tmp_path, ["cuda-tests", "train"])
+    assert re.search(r"^train +ok +\d+ img/s, 2x2 steps, loss [\d.]+ → [\d.]+", summary, re.MULTILINE), summary
+    assert len((tmp_path / "train-log.jsonl").read_text().splitlines()) == 2
+
+
+def test_gpu_check_smoke_runs_the_benchmarks(tmp_path):
+    run_gpu_check_smoke(tmp_path, ["step-overhead", "sampling-margin", "extraction", "channels-last"])
+
+
+def test_gpu_check_runs_every_part_by_default_and_the_cpu_only_in_smoke_mode():
+    parser = gpu_check.get_args_parser()
+    args = parser.parse_args(["--device", "cpu", "--smoke"])
+    gpu_check.check_args(args)
+    assert [part.name for part in gpu_check.build_parts(args, "work")] == list(gpu_check.PART_NAMES)
+    with pytest.raises(ValueError, match="add --smoke"):
+        gpu_check.check_args(parser.parse_args(["--device", "cpu"]))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without a CUDA device")
+def test_gpu_check_refuses_to_start_without_cuda():
+    with pytest.raises(ValueError, match="sees no CUDA device"):
+        gpu_check.check_args(gpu_check.get_args_parser().parse_args([]))
+
+
+def test_gpu_check_kills_a_command_at_its_timeout(tmp_path):
+    start = time.monotonic()
+    with open(tmp_path / "log", "w") as log:
+        returncode = gpu_check.run_command([sys.executable, "-c", "import time; time.sleep(60)"], log, timeout=0.5)
+    assert returncode is None and time.monotonic() - start < 30
+
+
+def test_gpu_check_counts_skipped_cuda_tests_as_a_failure_on_cuda():
+    cpu, cuda = argparse.Namespace(device="cpu"), argparse.Namespace(device="cuda")
+    skipped = "sss\n3 skipped, 270 deselected in 6.81s\n"
+    assert gpu_check.pytest_figure(skipped, cpu, "work") == "3 skipped"
+    with pytest.raises(ValueError, match="no CUDA device"):
+        gpu_check.pytest_figure(skipped, cuda, "work")
+    assert gpu_check.pytest_figure("...\n3 passed, 270 deselected in 2.0s\n", cuda, "work") == "3 passed"

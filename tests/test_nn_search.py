@@ -216,7 +216,7 @@ def test_real_faiss_gives_the_torch_result():
         assert torch.equal(indices, expected_indices) and torch.equal(scores, expected_scores), k
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_cuda_queries_match_cpu_search():
     queries, database = make_descriptors()
     expected_scores, expected_indices = knn(queries, database, 20, chunk_size=13, use_faiss=False)
