@@ -37,7 +37,7 @@ import torch
 from benchmarks.timing import describe_machine, format_table
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SYNTHETIC_DATA = "synthetic_data.py"  # the synthetic dataset writer, relative to ROOT
+SYNTHETIC_DATA = "tools/synthetic_data.py"  # the synthetic dataset writer, relative to ROOT
 PART_NAMES = ("cuda-tests", "train", "step-overhead", "sampling-margin", "extraction", "channels-last")
 
 

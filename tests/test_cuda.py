@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from multigrain.distance_weighted_sampling import DistanceWeightedSampler
+from multigrain.distance_weighted_miner import DistanceWeightedMiner
 from multigrain.extraction import extract_descriptors
 from multigrain.gem import GeM
 from multigrain.joint_loss import MultiGrainLoss
@@ -50,7 +50,7 @@ def test_learnable_gem_exponent_gradient_under_float16_autocast_matches_the_cpu(
 
 def test_margin_loss_value_and_gradients_on_cuda_match_the_cpu():
     embeddings, ids = clustered_batch()
-    mask, negatives = DistanceWeightedSampler(mode="exact", generator=torch.Generator().manual_seed(0))(embeddings, ids)
+    mask, negatives = DistanceWeightedMiner(mode="exact", generator=torch.Generator().manual_seed(0))(embeddings, ids)
     results = []
     for device in ("cpu", "cuda"):
         x = embeddings.to(device).requires_grad_()
@@ -67,10 +67,10 @@ def test_margin_loss_value_and_gradients_on_cuda_match_the_cpu():
 def test_negative_distribution_on_cuda_matches_the_cpu_and_draws_follow_it(mode):
     # reps = 2: every anchor has one positive, so each draw is one sample from its row.
     embeddings, ids = clustered_batch(num_instances=8, reps=2, dim=16, seed=3)
-    probs = DistanceWeightedSampler(mode=mode).negative_log_probs(embeddings, ids).exp()
+    probs = DistanceWeightedMiner(mode=mode).negative_log_probs(embeddings, ids).exp()
     embeddings, ids = embeddings.cuda(), ids.cuda()
-    sampler = DistanceWeightedSampler(mode=mode, generator=torch.Generator("cuda").manual_seed(0))
-    torch.testing.assert_close(sampler.negative_log_probs(embeddings, ids).exp().cpu(), probs, rtol=1e-4, atol=1e-6)
+    miner = DistanceWeightedMiner(mode=mode, generator=torch.Generator("cuda").manual_seed(0))
+    torch.testing.assert_close(miner.negative_log_probs(embeddings, ids).exp().cpu(), probs, rtol=1e-4, atol=1e-6)
 
     expected_mask = (ids[:, None] == ids[None, :]) & ~torch.eye(len(ids), dtype=torch.bool, device="cuda")
     anchors, positives = expected_mask.nonzero(as_tuple=True)
@@ -78,7 +78,7 @@ def test_negative_distribution_on_cuda_matches_the_cpu_and_draws_follow_it(mode)
     draws = 4000
     counts = torch.zeros(len(ids), len(ids), device="cuda")
     for _ in range(draws):
-        mask, negatives = sampler(embeddings, ids)
+        mask, negatives = miner(embeddings, ids)
         assert mask.is_cuda and negatives.is_cuda
         counts.index_put_((anchors, negatives[anchors, positives]), ones, accumulate=True)
     assert torch.equal(mask, expected_mask)
@@ -92,11 +92,11 @@ def test_sampling_and_margin_loss_never_wait_for_the_device(mode):
     """At the paper's size (B = 510, d = 2048), forward and backward: no host synchronisation at all."""
     embeddings, ids = clustered_batch(num_instances=170, reps=3, dim=2048)
     x, ids = embeddings.cuda().requires_grad_(), ids.cuda()
-    sampler = DistanceWeightedSampler(mode=mode, generator=torch.Generator("cuda").manual_seed(0))
+    miner = DistanceWeightedMiner(mode=mode, generator=torch.Generator("cuda").manual_seed(0))
     margin_loss = MarginLoss().cuda()
 
     def step():
-        margin_loss(x, *sampler(x, ids)).backward()
+        margin_loss(x, *miner(x, ids)).backward()
 
     step()  # the first call loads the kernels and fills the allocator's cache
     torch.cuda.set_sync_debug_mode("error")
@@ -112,8 +112,8 @@ def test_joint_loss_under_float16_autocast_on_cuda_is_float32():
     generator = torch.Generator().manual_seed(2)
     logits = torch.randn(len(ids), 10, generator=generator).half()
     labels = torch.randint(10, (len(ids),), generator=generator)
-    sampler = DistanceWeightedSampler(generator=torch.Generator("cuda").manual_seed(0))
-    criterion = MultiGrainLoss(0.5, sampler, MarginLoss()).cuda()
+    miner = DistanceWeightedMiner(generator=torch.Generator("cuda").manual_seed(0))
+    criterion = MultiGrainLoss(0.5, miner, MarginLoss()).cuda()
     with torch.autocast("cuda", dtype=torch.float16):
         losses = criterion(logits.cuda(), embeddings.half().cuda(), labels.cuda(), ids.cuda())
     assert set(losses) == {"loss", "classif_loss", "margin_loss"}
