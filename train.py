@@ -90,8 +90,9 @@ RECIPE_FLAGS = (
 )
 GLOBAL_BATCH = "global_batch_size"
 
-# The checkpoint a run starts from: a training state to continue (resumed) or a model to take the weights of.
-StartingPoint = namedtuple("StartingPoint", ["path", "checkpoint", "resumed"])
+# The checkpoint a run starts from: a training state to continue (resumed, with the recipe changes that
+# --allow-change allowed) or a model to take the weights of.
+StartingPoint = namedtuple("StartingPoint", ["path", "checkpoint", "resumed", "recipe_changes"], defaults=[()])
 
 
 def recipe(args, world_size):
@@ -213,8 +214,10 @@ def check_args(args):
             raise ValueError(f"--{flag.replace('_', '-')} {path} is not a file")
 
     if not args.test_only:
-        utils.check_image_folder(os.path.join(args.data_path, "train"), "--data-path")
+        train_classes = utils.check_image_folder(os.path.join(args.data_path, "train"), "--data-path")
     classes = utils.check_image_folder(os.path.join(args.data_path, "val"), "--data-path")
+    if not args.test_only and train_classes != classes:
+        raise ValueError(f"train/ and val/ of --data-path {args.data_path} have different class folders")
     if args.test_only:
         if not args.resume:
             return None
@@ -236,9 +239,9 @@ def check_args(args):
         architecture_name(checkpoint, resume, args.model)
         if args.start_epoch:
             raise ValueError(f"--start-epoch {args.start_epoch}: a resumed run continues after the checkpoint's epoch")
-        check_recipe(checkpoint, resume, args)
+        changes = check_recipe(checkpoint, resume, args)
         check_num_classes(checkpoint, resume, classes, args.data_path)
-        return StartingPoint(resume, checkpoint, resumed=True)
+        return StartingPoint(resume, checkpoint, resumed=True, recipe_changes=changes)
     if args.init_from:
         checkpoint = load_checkpoint(args.init_from)
         architecture_name(checkpoint, args.init_from, args.model)
@@ -275,8 +278,6 @@ def load_data(args):
     # Under --ra-decode-once the images are decoded without transform and RepeatedViews augments each copy.
     folder_transform = None if args.ra_decode_once else train_transform
     dataset = torchvision.datasets.ImageFolder(os.path.join(args.data_path, "train"), folder_transform, loader=load_rgb)
-    if dataset.classes != dataset_val.classes:
-        raise ValueError(f"train/ and val/ of --data-path {args.data_path} have different class folders")
     reps = args.ra_reps if args.ra_sampler else 1
     train_sampler = RASampler(len(dataset), reps=reps, seed=args.seed, epoch_len_factor=args.epoch_len_factor)
     dataset = RepeatedViews(dataset, train_transform) if args.ra_decode_once else WithIndex(dataset)
@@ -417,7 +418,7 @@ def main(args):
         start_epoch = checkpoint["epoch"] + 1
         history = checkpoint.get("log", [])
         recipe_changes = checkpoint.get("recipe_changes", [])
-        for key, old, new in check_recipe(checkpoint, start.path, args):
+        for key, old, new in start.recipe_changes:
             distributed.print_main(f"Recipe change allowed by --allow-change: {key} {old!r} -> {new!r}")
             recipe_changes.append({"epoch": start_epoch, "entry": key, "stored": old, "given": new})
         if log_path and distributed.is_main_process():

@@ -9,6 +9,7 @@ from torch.nn import functional as F
 
 import finetune_p
 from multigrain.extraction import forward_by_size
+from multigrain.model import build_model
 
 
 def finetune_args(**overrides):
@@ -101,7 +102,9 @@ def test_bad_flags_are_refused(tmp_path, capsys):
     with pytest.raises(ValueError, match="--resume"):
         finetune_p.check_args(args)
     checkpoint = tmp_path / "c.pth"
-    checkpoint.write_bytes(b"")
+    torch.save(
+        {"model": build_model("resnet18", num_classes=1).state_dict(), "args": {"model": "resnet18"}}, checkpoint
+    )
     args = parser.parse_args(["--resume", str(checkpoint), "--data-path", str(tmp_path)])
     with pytest.raises(ValueError, match="--data-path"):
         finetune_p.check_args(args)
