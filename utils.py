@@ -119,15 +119,6 @@ def check_image_folder(folder, flag):
     return classes
 
 
-def accuracy_counts(output, target, topk=(1,)):
-    """Number of samples whose target is among the top-k predictions, for each k."""
-    with torch.no_grad():
-        maxk = min(max(topk), output.shape[1])
-        pred = output.topk(maxk, dim=1).indices
-        correct = pred.eq(target[:, None])
-        return [correct[:, : min(k, maxk)].any(dim=1).sum() for k in topk]
-
-
 def init_distributed_mode(args):
     """Sets args.distributed, args.rank, args.world_size, args.gpu from torchrun, SLURM or nothing.
 
