@@ -219,3 +219,34 @@ def test_test_only_refuses_a_model_of_another_class_count(data, tmp_path):
     torch.save({"model": build_model("resnet18", num_classes=7).state_dict(), "args": {"model": "resnet18"}}, path)
     with pytest.raises(utils.UsageError, match="classifies 7 classes, --data-path .* has 3"):
         train.main(parse(data, tmp_path / "t", "--test-only", "--resume", str(path)))
+
+
+def test_a_training_state_of_an_earlier_version_resumes_under_its_own_recipe(data, trained, tmp_path):
+    """States written before `kind` and `recipe` existed: the kind comes from their entries, the recipe from
+    their arguments (the defaults of today's flags for those they lack)."""
+    out = tmp_path / "legacy"
+    out.mkdir()
+    legacy = load_checkpoint(str(trained / "checkpoint.pth"))
+    for entry in ("kind", "recipe", "recipe_changes", "code_version"):
+        del legacy[entry]
+    del legacy["args"]["init_from"]
+    checkpoint_module.save_checkpoint(legacy, out / "checkpoint.pth")
+    assert checkpoint_kind(legacy) == "train"
+
+    with pytest.raises(utils.UsageError, match="--lr: 0.01 → 0.02"):
+        train.main(parse(data, out, "--epochs", "2", "-b", "6", "--lr", "0.02", "--allow-change", "epochs"))
+    train.main(parse(data, out, "--epochs", "2", "-b", "6", "--lr", "0.01", "--allow-change", "epochs"))
+    resumed = load_checkpoint(str(out / "checkpoint.pth"))
+    assert resumed["kind"] == "train" and resumed["epoch"] == 1
+
+
+def test_kinds_of_files_that_do_not_name_theirs():
+    state = {"pool.p": torch.tensor(3.0)}
+    assert checkpoint_kind({"model": state, "optimizer": {}, "criterion": {}}) == "train"
+    assert checkpoint_kind({"model": state, "finetune_p": {}}) == "finetune_p"
+    assert checkpoint_kind({"model": state, "whitening": {}}) == "whiten"
+    assert checkpoint_kind({"model": state, "args": {}}) == "model"
+    assert checkpoint_kind({"model_state": state}) == "published"
+    assert checkpoint_kind({"weights": state}) == "unknown"
+    with pytest.raises(ValueError, match="unknown checkpoint kind 'trained'"):
+        checkpoint_module.make_checkpoint("trained", state, {})
