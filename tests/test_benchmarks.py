@@ -58,31 +58,10 @@ def test_data_pipeline_both_pipelines_give_the_same_number_of_samples():
 
 def test_retrieval_batched_and_single_extraction_agree_and_search_runs():
     flags = [
-        "--model",
-        "resnet18",
-        "--input-size",
-        "40",
-        "--num-groups",
-        "2",
-        "-b",
-        "4",
-        "-j",
-        "0",
-        "--rounds",
-        "1",
-        "--num-queries",
-        "50",
-        "--num-database",
-        "300",
-        "--dim",
-        "8",
-        "-k",
-        "5",
-        "--chunk-sizes",
-        "64",
-        "--num-ap-queries",
-        "7",
-    ]
+        "--model", "resnet18", "--input-size", "40", "--num-groups", "2", "-b", "4", "-j", "0", "--rounds", "1",
+        "--num-queries", "50", "--num-database", "300", "--dim", "8", "-k", "5", "--chunk-sizes", "64",
+        "--num-ap-queries", "7",
+    ]  # fmt: skip
     result = retrieval.main(retrieval.get_args_parser().parse_args(flags))
     assert result["extraction"]["max_difference"] < 1e-4
     assert result["search"][64]["seconds"] > 0 and result["search"][64]["peak_bytes"] >= 0

@@ -96,25 +96,10 @@ def evaluations(bench, trained_checkpoint, untrained_checkpoint, tmp_path_factor
     for name, checkpoint in (("trained", trained_checkpoint.path), ("untrained", untrained_checkpoint)):
         out = tmp_path_factory.mktemp(f"{name}_evaluation")
         argv = [
-            "--resume",
-            str(checkpoint),
-            "--device",
-            "cpu",
-            "-j",
-            "0",
-            "--input-size",
-            str(INPUT_SIZE),
-            "--dataset",
-            "imagenet-val",
-            *BENCHMARKS,
-            "--imagenet-path",
-            str(trained_checkpoint.data_path),
-            *benchmark_flags(root),
-            "--output-dir",
-            str(out),
-            "--save-features",
-            str(out / "features"),
-        ]
+            "--resume", str(checkpoint), "--device", "cpu", "-j", "0", "--input-size", str(INPUT_SIZE),
+            "--dataset", "imagenet-val", *BENCHMARKS, "--imagenet-path", str(trained_checkpoint.data_path),
+            *benchmark_flags(root), "--output-dir", str(out), "--save-features", str(out / "features"),
+        ]  # fmt: skip
         if name == "trained":
             stdout = run_evaluate(argv).stdout
         else:
@@ -205,23 +190,10 @@ def test_trained_model_beats_untrained_on_imagenet_val(evaluations):
 
 def test_classification_without_crop(trained_checkpoint, evaluations, tmp_path):
     argv = [
-        "--resume",
-        str(trained_checkpoint.path),
-        "--device",
-        "cpu",
-        "-j",
-        "0",
-        "--input-size",
-        "64",
-        "--input-crop",
-        "none",
-        "--dataset",
-        "imagenet-val",
-        "--imagenet-path",
-        str(trained_checkpoint.data_path),
-        "--output-dir",
-        str(tmp_path),
-    ]
+        "--resume", str(trained_checkpoint.path), "--device", "cpu", "-j", "0", "--input-size", "64",
+        "--input-crop", "none", "--dataset", "imagenet-val", "--imagenet-path", str(trained_checkpoint.data_path),
+        "--output-dir", str(tmp_path),
+    ]  # fmt: skip
     results = evaluate.main(evaluate.get_args_parser().parse_args(argv))
     # The synthetic images are square: largest side 64 equals the training view, without the 73 -> 64 crop.
     assert results["imagenet-val"]["acc1"] >= 80.0
@@ -269,18 +241,9 @@ def test_trained_model_beats_untrained_on_retrieval(quality_bench, trained_check
     8.6 mAP (Holidays), 0.37 N-S (UKBench) and 7.4 mAP (Copydays). (The synthetic revisitop layouts put
     small instances in clutter; there neither model has an edge, both at 16 to 28 Medium mAP.)"""
     flags = [
-        "--device",
-        "cpu",
-        "-j",
-        "0",
-        "--input-size",
-        "96",
-        "--dataset",
-        "holidays",
-        "ukbench",
-        "copydays",
+        "--device", "cpu", "-j", "0", "--input-size", "96", "--dataset", "holidays", "ukbench", "copydays",
         *benchmark_flags(quality_bench, num_distractors=160),
-    ]
+    ]  # fmt: skip
     scores = {}
     for name, checkpoint in (("trained", trained_checkpoint.path), ("untrained", untrained_checkpoint)):
         argv = ["--resume", str(checkpoint), *flags, "--output-dir", str(tmp_path / name)]

@@ -14,21 +14,9 @@ from tools.synthetic_data import make_imagefolder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = [
-    "--model",
-    "resnet18",
-    "--device",
-    "cpu",
-    "-j",
-    "0",
-    "--print-freq",
-    "1000",
-    "--train-crop-size",
-    "32",
-    "--val-resize-size",
-    "36",
-    "--val-crop-size",
-    "32",
-]
+    "--model", "resnet18", "--device", "cpu", "-j", "0", "--print-freq", "1000", "--train-crop-size", "32",
+    "--val-resize-size", "36", "--val-crop-size", "32",
+]  # fmt: skip
 
 
 @pytest.fixture
@@ -65,27 +53,10 @@ def test_killed_worker_restarts_and_the_run_finishes_with_a_continuous_log(data,
     out = tmp_path / "run"
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
     cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "--max-restarts=1",
-        "train.py",
-        "--data-path",
-        str(data),
-        "--output-dir",
-        str(out),
-        *SMALL,
-        "-b",
-        "3",
-        "--epochs",
-        "4",
-        "--lr",
-        "0.01",
-        "--epoch-len-factor",
-        "6",
-    ]
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        "--max-restarts=1", "train.py", "--data-path", str(data), "--output-dir", str(out), *SMALL, "-b", "3",
+        "--epochs", "4", "--lr", "0.01", "--epoch-len-factor", "6",
+    ]  # fmt: skip
     torchrun = subprocess.Popen(
         cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
     )

@@ -280,22 +280,9 @@ def test_bad_arguments_name_the_flag(tmp_path):
 def test_command_line(tmp_path):
     output = tmp_path / "imagenet"
     command = [
-        sys.executable,
-        "tools/synthetic_data.py",
-        "imagefolder",
-        "--output",
-        str(output),
-        "--num-classes",
-        "2",
-        "--train-per-class",
-        "3",
-        "--val-per-class",
-        "1",
-        "--image-size",
-        "40x32",
-        "--seed",
-        "7",
-    ]
+        sys.executable, "tools/synthetic_data.py", "imagefolder", "--output", str(output), "--num-classes", "2",
+        "--train-per-class", "3", "--val-per-class", "1", "--image-size", "40x32", "--seed", "7",
+    ]  # fmt: skip
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "6 training and 2 validation images" in result.stdout

@@ -60,25 +60,10 @@ def parse(args):
 def test_torchrun_two_processes_learns(five_classes, tmp_path):
     out = tmp_path / "run"
     args = [
-        "--data-path",
-        str(five_classes),
-        "--output-dir",
-        str(out),
-        *SMALL,
-        *size_flags(48),
-        "-b",
-        "16",
-        "--epochs",
-        "4",
-        "--lr",
-        "0.01",
-        "--lr-scheduler",
-        "cosineannealinglr",
-        "--lr-warmup-epochs",
-        "1",
-        "--lr-warmup-decay",
-        "0.1",
-    ]
+        "--data-path", str(five_classes), "--output-dir", str(out), *SMALL, *size_flags(48), "-b", "16",
+        "--epochs", "4", "--lr", "0.01", "--lr-scheduler", "cosineannealinglr", "--lr-warmup-epochs", "1",
+        "--lr-warmup-decay", "0.1",
+    ]  # fmt: skip
     run = run_script(args, nproc=2)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "300 samples per epoch" in run.stdout  # 150 images x epoch-len-factor 2.0
@@ -244,33 +229,10 @@ def test_bad_flags_exit_before_any_process_starts(tmp_path):
 def test_train_py_with_decode_once_and_channels_last(tmp_path):
     make_imagefolder(tmp_path / "data", num_classes=3, train_per_class=8, val_per_class=3, image_size=32, seed=1)
     flags = [
-        "--data-path",
-        str(tmp_path / "data"),
-        "--output-dir",
-        str(tmp_path / "run"),
-        "--model",
-        "resnet18",
-        "--device",
-        "cpu",
-        "-j",
-        "0",
-        "--print-freq",
-        "1000",
-        "--train-crop-size",
-        "32",
-        "--val-resize-size",
-        "36",
-        "--val-crop-size",
-        "32",
-        "-b",
-        "6",
-        "--epochs",
-        "1",
-        "--lr",
-        "0.01",
-        "--ra-decode-once",
-        "--channels-last",
-    ]
+        "--data-path", str(tmp_path / "data"), "--output-dir", str(tmp_path / "run"), "--model", "resnet18",
+        "--device", "cpu", "-j", "0", "--print-freq", "1000", "--train-crop-size", "32", "--val-resize-size", "36",
+        "--val-crop-size", "32", "-b", "6", "--epochs", "1", "--lr", "0.01", "--ra-decode-once", "--channels-last",
+    ]  # fmt: skip
     metrics = train.main(train.get_args_parser().parse_args(flags))
     assert metrics["images"] == 9
     (record,) = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]

@@ -115,21 +115,9 @@ def test_train_finetune_p_whiten_chain(tmp_path):
 
     # At 32 x 32, the validation crop of train.py sees the images finetune_p validated on.
     args = [
-        "--test-only",
-        "--resume",
-        str(tmp_path / "whiten" / "whitened.pth"),
-        "--model",
-        "resnet18",
-        "--data-path",
-        str(data),
-        "--val-resize-size",
-        "32",
-        "--val-crop-size",
-        "32",
-        "--print-freq",
-        "1000",
-        *small,
-    ]
+        "--test-only", "--resume", str(tmp_path / "whiten" / "whitened.pth"), "--model", "resnet18",
+        "--data-path", str(data), "--val-resize-size", "32", "--val-crop-size", "32", "--print-freq", "1000", *small,
+    ]  # fmt: skip
     metrics = train.main(train.get_args_parser().parse_args(args))
     assert metrics["images"] == 12
     assert (metrics["acc1"], metrics["acc5"]) == (finetune_log[-1]["val_acc1"], finetune_log[-1]["val_acc5"])
