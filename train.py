@@ -48,46 +48,16 @@ from sampler import DecodeOnceBatchSampler, RASampler
 # The flags that change what is trained. A run continues only under the values it was started with, plus
 # the global batch size (-b times the number of processes).
 RECIPE_FLAGS = (
-    "model",
-    "weights",
-    "init_from",
-    "classif_weight",
-    "pooling_exponent",
-    "ra_sampler",
-    "ra_reps",
-    "epoch_len_factor",
-    "opt",
-    "lr",
-    "momentum",
-    "weight_decay",
-    "norm_weight_decay",
-    "label_smoothing",
-    "lr_scheduler",
-    "lr_steps",
-    "lr_step_size",
-    "lr_gamma",
-    "lr_min",
-    "lr_warmup_epochs",
-    "lr_warmup_method",
-    "lr_warmup_decay",
-    "epochs",
-    "clip_grad_norm",
-    "sync_bn",
-    "beta_init",
-    "beta_lr",
-    "margin",
-    "sampling_cutoff",
-    "nonzero_loss_cutoff",
-    "negative_sampling",
-    "auto_augment",
-    "ra_magnitude",
-    "augmix_severity",
-    "color_jitter",
-    "lighting",
-    "train_crop_size",
+    "model", "weights", "init_from", "pooling_exponent", "sync_bn",  # the network
+    "classif_weight", "margin", "beta_init", "beta_lr", "sampling_cutoff", "nonzero_loss_cutoff",  # the loss
+    "negative_sampling", "label_smoothing",
+    "ra_sampler", "ra_reps", "epoch_len_factor", "seed",  # the samples
+    "auto_augment", "ra_magnitude", "augmix_severity", "color_jitter", "lighting", "train_crop_size",  # augmentation
     "interpolation",
-    "seed",
-)
+    "opt", "lr", "momentum", "weight_decay", "norm_weight_decay", "clip_grad_norm", "epochs",  # the optimisation
+    "lr_scheduler", "lr_steps", "lr_step_size", "lr_gamma", "lr_min", "lr_warmup_epochs", "lr_warmup_method",
+    "lr_warmup_decay",
+)  # fmt: skip
 GLOBAL_BATCH = "global_batch_size"
 
 # The checkpoint a run starts from: a training state to continue (resumed, with the recipe changes that
