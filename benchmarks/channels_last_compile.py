@@ -9,7 +9,6 @@ with the model made channels-last and/or its trunk compiled, as evaluate.py does
 compilation included, are not timed: the table gives how long they took. A ratio below 1 is a gain.
 """
 
-import argparse
 import copy
 import time
 
@@ -18,7 +17,9 @@ import torch
 import flags
 from benchmarks.step_overhead import CPU_SETTINGS, PAPER_SETTINGS, make_step
 from benchmarks.timing import (
+    add_training_step_flags,
     apply_settings,
+    benchmark_parser,
     describe_machine,
     format_table,
     median_ratio,
@@ -101,25 +102,10 @@ def main(args):
 
 
 def get_args_parser(add_help=True):
-    parser = argparse.ArgumentParser(
-        description="Step time with --channels-last and --compile against the plain model",
-        add_help=add_help,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    parser = benchmark_parser(
+        "Step time with --channels-last and --compile against the plain model", add_help, CPU_SETTINGS, PAPER_SETTINGS
     )
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument(
-        "--threads", default=None, type=flags.int_in(1), help="torch threads of this process (default: torch's choice)"
-    )
-    parser.add_argument(
-        "--paper", action="store_true", help=f"the paper's settings {PAPER_SETTINGS} instead of {CPU_SETTINGS}"
-    )
-    parser.add_argument("--model", default=None, help="torchvision model")
-    parser.add_argument("--input-size", default=None, type=flags.int_in(1), help="side of the square input images")
-    parser.add_argument("-b", "--batch-size", default=None, type=flags.int_in(1), help="images per step")
-    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="automatic mixed precision")
-    parser.add_argument(
-        "--amp-dtype", default="float16", choices=["float16", "bfloat16"], help="autocast dtype of --amp"
-    )
+    add_training_step_flags(parser)
     parser.add_argument(
         "--variants",
         default=list(VARIANTS),

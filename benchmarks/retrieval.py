@@ -13,7 +13,6 @@ precision needs, the positions of each query's positives in its full ranking, fr
 229 queries (as Copydays) with one positive each: time, peak memory and equality of the positions.
 """
 
-import argparse
 import tempfile
 import threading
 import time
@@ -25,6 +24,7 @@ import flags
 import presets
 from benchmarks.timing import (
     apply_settings,
+    benchmark_parser,
     describe_machine,
     format_table,
     median_ratio,
@@ -202,17 +202,11 @@ def main(args):
 
 
 def get_args_parser(add_help=True):
-    parser = argparse.ArgumentParser(
-        description="Retrieval extraction (batched by size against one at a time) and chunked exact search",
-        add_help=add_help,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument(
-        "--threads", default=None, type=flags.int_in(1), help="torch threads of this process (default: torch's choice)"
-    )
-    parser.add_argument(
-        "--paper", action="store_true", help=f"the paper's settings {PAPER_SETTINGS} instead of {CPU_SETTINGS}"
+    parser = benchmark_parser(
+        "Retrieval extraction (batched by size against one at a time) and chunked exact search",
+        add_help,
+        CPU_SETTINGS,
+        PAPER_SETTINGS,
     )
     parser.add_argument(
         "--part", default="all", choices=["extraction", "search", "positions", "all"], help="which benchmark to run"

@@ -17,7 +17,7 @@ import torch
 from torch.nn import functional as F
 
 import flags
-from benchmarks.timing import describe_machine, format_table, median_ratio, time_side_by_side, verdict
+from benchmarks.timing import benchmark_parser, describe_machine, format_table, median_ratio, time_side_by_side, verdict
 from multigrain.distance_weighted_miner import NEGATIVE_SAMPLING_MODES, DistanceWeightedMiner
 from multigrain.distances import squared_distances
 from multigrain.margin_loss import MarginLoss
@@ -137,15 +137,7 @@ def main(args):
 
 
 def get_args_parser(add_help=True):
-    parser = argparse.ArgumentParser(
-        description="Vectorised sampling + margin loss against a per-anchor loop",
-        add_help=add_help,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument(
-        "--threads", default=None, type=flags.int_in(1), help="torch threads of this process (default: torch's choice)"
-    )
+    parser = benchmark_parser("Vectorised sampling + margin loss against a per-anchor loop", add_help)
     parser.add_argument(
         "-b", "--batch-size", default=512, type=flags.int_in(1), help="B: embeddings in the (global) batch"
     )

@@ -10,7 +10,6 @@ instance ids hold `--reps` copies of each image, as repeated augmentation gives 
 on the CPU, ≤ 1.02× on a GPU.
 """
 
-import argparse
 import contextlib
 import copy
 import io
@@ -20,7 +19,16 @@ import torch
 import engine
 import flags
 import train
-from benchmarks.timing import apply_settings, describe_machine, format_table, median_ratio, time_side_by_side, verdict
+from benchmarks.timing import (
+    add_training_step_flags,
+    apply_settings,
+    benchmark_parser,
+    describe_machine,
+    format_table,
+    median_ratio,
+    time_side_by_side,
+    verdict,
+)
 from multigrain.distance_weighted_miner import NEGATIVE_SAMPLING_MODES, DistanceWeightedMiner
 from multigrain.joint_loss import MultiGrainLoss
 from multigrain.margin_loss import MarginLoss
@@ -97,25 +105,10 @@ def main(args):
 
 
 def get_args_parser(add_help=True):
-    parser = argparse.ArgumentParser(
-        description="Training step time, MultiGrain against classification only",
-        add_help=add_help,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    parser = benchmark_parser(
+        "Training step time, MultiGrain against classification only", add_help, CPU_SETTINGS, PAPER_SETTINGS
     )
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument(
-        "--threads", default=None, type=flags.int_in(1), help="torch threads of this process (default: torch's choice)"
-    )
-    parser.add_argument(
-        "--paper", action="store_true", help=f"the paper's settings {PAPER_SETTINGS} instead of {CPU_SETTINGS}"
-    )
-    parser.add_argument("--model", default=None, help="torchvision model")
-    parser.add_argument("--input-size", default=None, type=flags.int_in(1), help="side of the square input images")
-    parser.add_argument("-b", "--batch-size", default=None, type=flags.int_in(1), help="images per step")
-    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="automatic mixed precision")
-    parser.add_argument(
-        "--amp-dtype", default="float16", choices=["float16", "bfloat16"], help="autocast dtype of --amp"
-    )
+    add_training_step_flags(parser)
     parser.add_argument(
         "--reps", default=3, type=flags.int_in(1), help="copies of each image in the batch (repeated augmentation)"
     )

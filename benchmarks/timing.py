@@ -4,11 +4,42 @@ Absolute times drift on a shared machine, so the alternatives of a benchmark run
 rounds (A B, B A, A B, ...) and a ratio is the median over the rounds of the ratio within a round.
 """
 
+import argparse
 import statistics
 import time
 from collections.abc import Callable
 
 import torch
+
+import flags
+
+
+def benchmark_parser(description, add_help=True, cpu_settings=None, paper_settings=None):
+    """An ArgumentParser with the flags of every benchmark: --device, --threads, and --paper when the benchmark
+    has the paper's settings (applied by apply_settings)."""
+    parser = argparse.ArgumentParser(
+        description=description, add_help=add_help, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument(
+        "--threads", default=None, type=flags.int_in(1), help="torch threads of this process (default: torch's choice)"
+    )
+    if paper_settings is not None:
+        parser.add_argument(
+            "--paper", action="store_true", help=f"the paper's settings {paper_settings} instead of {cpu_settings}"
+        )
+    return parser
+
+
+def add_training_step_flags(parser):
+    """The flags of the benchmarks that time training steps; their None defaults come from apply_settings."""
+    parser.add_argument("--model", default=None, help="torchvision model")
+    parser.add_argument("--input-size", default=None, type=flags.int_in(1), help="side of the square input images")
+    parser.add_argument("-b", "--batch-size", default=None, type=flags.int_in(1), help="images per step")
+    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="automatic mixed precision")
+    parser.add_argument(
+        "--amp-dtype", default="float16", choices=["float16", "bfloat16"], help="autocast dtype of --amp"
+    )
 
 
 def apply_settings(args, cpu_settings: dict, paper_settings: dict) -> None:
