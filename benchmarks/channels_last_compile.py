@@ -26,7 +26,6 @@ from benchmarks.timing import (
     synchronize,
     time_side_by_side,
 )
-from multigrain.distance_weighted_miner import NEGATIVE_SAMPLING_MODES
 from multigrain.model import build_model
 
 VARIANTS = ("eager", "channels-last", "compile", "compile+channels-last")
@@ -112,14 +111,6 @@ def get_args_parser(add_help=True):
         nargs="+",
         help=f"what to time, among {', '.join(VARIANTS)} (eager is the reference)",
     )
-    parser.add_argument(
-        "--reps", default=3, type=flags.int_in(1), help="copies of each image in the batch (repeated augmentation)"
-    )
-    parser.add_argument("--classif-weight", default=0.5, type=flags.float_in(0, 1), help="λ of the training step")
-    parser.add_argument(
-        "--negative-sampling", default="reference", choices=NEGATIVE_SAMPLING_MODES, help="negative sampling mode"
-    )
-    parser.add_argument("--num-classes", default=1000, type=flags.int_in(1), help="classifier outputs")
     parser.add_argument("--steps", default=2, type=flags.int_in(1), help="steps per timed round")
     parser.add_argument("--rounds", default=5, type=flags.int_in(1), help="timed rounds of each variant")
     return parser

@@ -29,7 +29,7 @@ from benchmarks.timing import (
     time_side_by_side,
     verdict,
 )
-from multigrain.distance_weighted_miner import NEGATIVE_SAMPLING_MODES, DistanceWeightedMiner
+from multigrain.distance_weighted_miner import DistanceWeightedMiner
 from multigrain.joint_loss import MultiGrainLoss
 from multigrain.margin_loss import MarginLoss
 from multigrain.model import build_model
@@ -109,14 +109,6 @@ def get_args_parser(add_help=True):
         "Training step time, MultiGrain against classification only", add_help, CPU_SETTINGS, PAPER_SETTINGS
     )
     add_training_step_flags(parser)
-    parser.add_argument(
-        "--reps", default=3, type=flags.int_in(1), help="copies of each image in the batch (repeated augmentation)"
-    )
-    parser.add_argument("--classif-weight", default=0.5, type=flags.float_in(0, 1), help="λ of the MultiGrain step")
-    parser.add_argument(
-        "--negative-sampling", default="reference", choices=NEGATIVE_SAMPLING_MODES, help="negative sampling mode"
-    )
-    parser.add_argument("--num-classes", default=1000, type=flags.int_in(1), help="classifier outputs")
     parser.add_argument("--steps", default=2, type=flags.int_in(1), help="training steps per timed round")
     parser.add_argument("--rounds", default=9, type=flags.int_in(1), help="timed rounds of each step")
     return parser

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import torch
 
 import flags
+from multigrain.distance_weighted_miner import NEGATIVE_SAMPLING_MODES
 
 
 def benchmark_parser(description, add_help=True, cpu_settings=None, paper_settings=None):
@@ -40,6 +41,14 @@ def add_training_step_flags(parser):
     parser.add_argument(
         "--amp-dtype", default="float16", choices=["float16", "bfloat16"], help="autocast dtype of --amp"
     )
+    parser.add_argument(
+        "--reps", default=3, type=flags.int_in(1), help="copies of each image in the batch (repeated augmentation)"
+    )
+    parser.add_argument("--classif-weight", default=0.5, type=flags.float_in(0, 1), help="λ of the MultiGrain step")
+    parser.add_argument(
+        "--negative-sampling", default="reference", choices=NEGATIVE_SAMPLING_MODES, help="negative sampling mode"
+    )
+    parser.add_argument("--num-classes", default=1000, type=flags.int_in(1), help="classifier outputs")
 
 
 def apply_settings(args, cpu_settings: dict, paper_settings: dict) -> None:
