@@ -5,6 +5,7 @@ dataset differ in size. Padding them into one batch would change what GeM averag
 images of identical size are stacked into one batch and every other image runs on its own.
 """
 
+import contextlib
 import time
 from collections import defaultdict
 
@@ -25,10 +26,22 @@ class ExtractionOutOfMemoryError(MemoryError):
     """A batch of same-size images did not fit in memory: lower the batch size or the image size."""
 
 
-def _is_out_of_memory(error):
-    return isinstance(error, torch.OutOfMemoryError) or any(
-        message in str(error) for message in CPU_OUT_OF_MEMORY_MESSAGES
-    )
+@contextlib.contextmanager
+def reporting_out_of_memory(num_images, size, device, batch_size=None):
+    """Turns an allocator's out-of-memory error in the block into an ExtractionOutOfMemoryError that says
+    which batch (num_images images of `size`, the batch size asked for) failed and what to lower."""
+    try:
+        yield
+    except RuntimeError as error:
+        cpu_message = any(message in str(error) for message in CPU_OUT_OF_MEMORY_MESSAGES)
+        if not (isinstance(error, torch.OutOfMemoryError) or cpu_message):
+            raise
+        height, width = size[-2:]
+        asked = f" (batch size {batch_size})" if batch_size is not None else ""
+        raise ExtractionOutOfMemoryError(
+            f"out of memory on {device} running a batch of {num_images} images of {height}×{width} px (H×W){asked}: "
+            "lower the batch size (--batch-size, --eval-batch-size of finetune_p.py) or the image size (--input-size)"
+        ) from error
 
 
 def collate_image_list(batch):
@@ -50,8 +63,9 @@ def forward_by_size(fn, images):
     for position, image in enumerate(images):
         groups[tuple(image.shape)].append(position)
     outputs, positions = [], []
-    for group in groups.values():
-        outputs.append(fn(torch.stack([images[i] for i in group])))
+    for size, group in groups.items():
+        with reporting_out_of_memory(len(group), size, images[group[0]].device):
+            outputs.append(fn(torch.stack([images[i] for i in group])))
         positions.extend(group)
     order = torch.empty(len(images), dtype=torch.long)
     order[torch.tensor(positions)] = torch.arange(len(images))
@@ -102,22 +116,10 @@ def extract_descriptors(
         nonlocal pending
         items = buckets.pop(size)
         pending -= len(items)
-        try:
+        with reporting_out_of_memory(len(items), size, device, batch_size):
             batch = torch.stack([image for _, image in items]).to(device, non_blocking=True)
-            if amp_dtype is None:
+            with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 rows = fn(batch)
-            else:
-                with torch.autocast(device_type=device.type, dtype=amp_dtype):
-                    rows = fn(batch)
-        except RuntimeError as error:
-            if not _is_out_of_memory(error):
-                raise
-            height, width = size[-2:]
-            raise ExtractionOutOfMemoryError(
-                f"out of memory on {device} running a batch of {len(items)} images of {height}×{width} px (H×W) "
-                f"(batch size {batch_size}): lower the batch size (--batch-size, --eval-batch-size of finetune_p.py) "
-                "or the image size (--input-size)"
-            ) from error
         result[[index for index, _ in items]] = rows.float().cpu()
 
     loader = torch.utils.data.DataLoader(

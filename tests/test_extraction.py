@@ -126,3 +126,9 @@ class Fails(AllocatesTooMuch):
 def test_other_errors_pass_unchanged():
     with pytest.raises(RuntimeError, match="not a memory problem"):
         extract_descriptors(Fails(), [torch.zeros(3, 20, 30)], "cpu")
+
+
+def test_out_of_memory_of_a_mixed_size_batch_names_the_group():
+    images = [torch.zeros(3, 20, 30), torch.zeros(3, 30, 20), torch.zeros(3, 20, 30)]
+    with pytest.raises(ExtractionOutOfMemoryError, match="a batch of 2 images of 20×30 px"):
+        forward_by_size(AllocatesTooMuch(), images)
