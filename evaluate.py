@@ -25,12 +25,7 @@ import flags
 import presets
 import utils
 from multigrain import distributed, retrieval_datasets
-from multigrain.checkpoint import (
-    architecture_name,
-    load_checkpoint,
-    model_from_checkpoint,
-    model_state_dict,
-)
+from multigrain.checkpoint import architecture_name, check_num_classes, load_checkpoint, model_from_checkpoint
 from multigrain.extraction import collate_image_list, extract_descriptors
 from multigrain.image_io import load_rgb
 from multigrain.model import l2n
@@ -83,11 +78,7 @@ def check_args(args):
     architecture_name(checkpoint, args.resume, args.model)
     if "imagenet-val" in args.dataset:
         classes = utils.check_image_folder(os.path.join(args.imagenet_path, "val"), "--imagenet-path")
-        num_classes = model_state_dict(checkpoint, args.resume)["classifier.weight"].shape[0]
-        if len(classes) != num_classes:
-            raise ValueError(
-                f"--imagenet-path {args.imagenet_path} has {len(classes)} classes, the model {num_classes}"
-            )
+        check_num_classes(checkpoint, args.resume, classes, f"--imagenet-path {args.imagenet_path}")
     return checkpoint
 
 

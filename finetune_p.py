@@ -29,14 +29,15 @@ from multigrain.checkpoint import (
     FILE_NAMES,
     LOG_NAMES,
     architecture_name,
+    check_num_classes,
     check_output_dir,
-    checkpoint_kind,
     describe,
     load_checkpoint,
     make_checkpoint,
     model_from_checkpoint,
     model_state_dict,
     save_checkpoint,
+    source_of,
 )
 from multigrain.extraction import collate_image_list, forward_by_size
 from multigrain.image_io import load_rgb
@@ -67,11 +68,7 @@ def check_args(args):
     check_output_dir(args.output_dir, "finetune_p")
     checkpoint = load_checkpoint(args.resume)
     architecture_name(checkpoint, args.resume, args.model)
-    num_classes = model_state_dict(checkpoint, args.resume)["classifier.weight"].shape[0]
-    if num_classes != len(classes[0]):
-        raise ValueError(
-            f"--data-path {args.data_path} has {len(classes[0])} classes, the model of {args.resume} {num_classes}"
-        )
+    check_num_classes(checkpoint, args.resume, classes[0], f"--data-path {args.data_path}")
     return checkpoint
 
 
@@ -182,7 +179,7 @@ def main(args):
     model = model_from_checkpoint(checkpoint, args.resume, model_name=name, device=device, unwhitened=True)
     if "whitening.mean" in model_state_dict(checkpoint, args.resume):
         print(f"{args.resume} is whitened: fine-tuning p on the unwhitened model (re-run whiten.py afterwards)")
-    source = {"path": os.path.abspath(args.resume), "kind": checkpoint_kind(checkpoint)}
+    source = source_of(checkpoint, args.resume)
     del checkpoint
     initial_p = float(model.pool.p)
 

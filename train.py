@@ -28,6 +28,7 @@ from multigrain.checkpoint import (
     FILE_NAMES,
     LOG_NAMES,
     architecture_name,
+    check_num_classes,
     check_output_dir,
     checkpoint_kind,
     describe,
@@ -129,12 +130,6 @@ def checkpoint_to_resume(args):
     return path if args.auto_resume and os.path.isfile(path) else ""
 
 
-def check_num_classes(checkpoint, path, classes, data_path):
-    num_classes = model_state_dict(checkpoint, path)["classifier.weight"].shape[0]
-    if num_classes != len(classes):
-        raise ValueError(f"{path} classifies {num_classes} classes, --data-path {data_path} has {len(classes)}")
-
-
 @utils.usage_check
 def check_args(args):
     """Refuses inconsistent flags, data folders and checkpoints before any process group or worker starts.
@@ -193,7 +188,7 @@ def check_args(args):
             return None
         checkpoint = load_checkpoint(args.resume)
         architecture_name(checkpoint, args.resume, args.model)
-        check_num_classes(checkpoint, args.resume, classes, args.data_path)
+        check_num_classes(checkpoint, args.resume, classes, f"--data-path {args.data_path}")
         return StartingPoint(args.resume, checkpoint, resumed=False)
 
     if args.output_dir:
@@ -210,12 +205,12 @@ def check_args(args):
         if args.start_epoch:
             raise ValueError(f"--start-epoch {args.start_epoch}: a resumed run continues after the checkpoint's epoch")
         changes = check_recipe(checkpoint, resume, args)
-        check_num_classes(checkpoint, resume, classes, args.data_path)
+        check_num_classes(checkpoint, resume, classes, f"--data-path {args.data_path}")
         return StartingPoint(resume, checkpoint, resumed=True, recipe_changes=changes)
     if args.init_from:
         checkpoint = load_checkpoint(args.init_from)
         architecture_name(checkpoint, args.init_from, args.model)
-        check_num_classes(checkpoint, args.init_from, classes, args.data_path)
+        check_num_classes(checkpoint, args.init_from, classes, f"--data-path {args.data_path}")
         return StartingPoint(args.init_from, checkpoint, resumed=False)
     return None
 

@@ -24,13 +24,13 @@ from multigrain.checkpoint import (
     LOG_NAMES,
     architecture_name,
     check_output_dir,
-    checkpoint_kind,
     describe,
     load_checkpoint,
     make_checkpoint,
     model_from_checkpoint,
     model_state_dict,
     save_checkpoint,
+    source_of,
 )
 from multigrain.datasets import ImageList, list_image_files
 from multigrain.extraction import extract_descriptors
@@ -103,7 +103,7 @@ def main(args):
     model = model_from_checkpoint(checkpoint, args.resume, model_name=name, device=device, unwhitened=True)
     if "whitening.mean" in model_state_dict(checkpoint, args.resume):
         print(f"{args.resume} is whitened already: replacing its whitening")
-    source = {"path": os.path.abspath(args.resume), "kind": checkpoint_kind(checkpoint)}
+    source = source_of(checkpoint, args.resume)
     del checkpoint
 
     names = whitening_image_names(args.whiten_path, args.whiten_list, args.num_whiten_images)

@@ -198,6 +198,18 @@ def model_state_dict(checkpoint, path="checkpoint"):
     return state
 
 
+def check_num_classes(checkpoint, path, classes, data_flag):
+    """Refuses a model whose classifier has another number of classes than the dataset's `classes`."""
+    num_classes = model_state_dict(checkpoint, path)["classifier.weight"].shape[0]
+    if num_classes != len(classes):
+        raise ValueError(f"{path} classifies {num_classes} classes, {data_flag} has {len(classes)}")
+
+
+def source_of(checkpoint, path) -> dict:
+    """The `source` entry of a model made from the checkpoint in `path`."""
+    return {"path": os.path.abspath(path), "kind": checkpoint_kind(checkpoint)}
+
+
 def architecture_name(checkpoint, path="checkpoint", model_name=None) -> str:
     """The architecture of a checkpoint: its `args["model"]` (resnet50 for the published files, which
     do not name it); `model_name` names it for checkpoints that do not, and must agree with it otherwise."""
