@@ -50,15 +50,12 @@ class GeM(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=x.device.type, enabled=False):
             x = x.float()
-            if self.p_learnable:
-                p = self.p
-            else:
-                p = self._fixed_p
-                if p == 1:
+            if not self.p_learnable:
+                if self._fixed_p == 1.0:
                     return F.adaptive_avg_pool2d(x, 1).flatten(1)
-                if math.isinf(p):
+                if math.isinf(self._fixed_p):
                     return F.adaptive_max_pool2d(x, 1).flatten(1)
-            return x.clamp(min=self.eps).pow(p).mean(dim=(-2, -1)).pow(1.0 / p)
+            return x.clamp(min=self.eps).pow(self.p).mean(dim=(-2, -1)).pow(1.0 / self.p)
 
     def extra_repr(self) -> str:
         kind = "learnable" if self.p_learnable else "fixed"
