@@ -21,8 +21,8 @@ from multigrain.checkpoint import architecture_name, load_checkpoint, model_from
 
 FORMATS = {".pt2": "torch.export", ".onnx": "ONNX"}
 # The traced example and the two inputs the exported program is checked on: batch, height, width all differ.
-EXAMPLE_SHAPE = (2, 3, 224, 160)
-CHECK_SHAPES = ((1, 3, 160, 224), (3, 3, 96, 128))
+EXAMPLE_SHAPE = (2, 3, 128, 96)
+CHECK_SHAPES = ((1, 3, 96, 128), (3, 3, 80, 64))
 INPUT_NAMES, OUTPUT_NAMES = ["images"], ["logits", "descriptors"]
 
 
