@@ -1,6 +1,8 @@
 """The inference model exported by export.py (torch.export, ONNX) and scripted by torch.jit.script gives the
 eager model's logits and descriptors, on batches of other sizes and aspect ratios than the traced one."""
 
+import importlib.util
+
 import pytest
 import torch
 
@@ -55,11 +57,18 @@ def test_torch_jit_script_of_the_whitened_model(tiny_whitened_checkpoint):
     assert_same_outputs(scripted, model)
 
 
-def test_bad_arguments(tiny_whitened_checkpoint, tmp_path):
+def test_bad_arguments(tiny_whitened_checkpoint, tmp_path, monkeypatch):
     with pytest.raises(utils.UsageError, match=r"--output .*model\.zip must end with \.pt2 or \.onnx"):
         run_export("--resume", tiny_whitened_checkpoint, "--output", tmp_path / "model.zip")
     with pytest.raises(utils.UsageError, match="checkpoint .*missing.pth does not exist"):
         run_export("--resume", tmp_path / "missing.pth", "--output", tmp_path / "model.pt2")
     with pytest.raises(utils.UsageError, match="holds a resnet18 model, but --model is resnet50"):
         run_export("--resume", tiny_whitened_checkpoint, "--model", "resnet50", "--output", tmp_path / "model.pt2")
-    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(utils.UsageError, match=r"--output .*folder.pt2 is a folder"):
+        (tmp_path / "folder.pt2").mkdir()
+        run_export("--resume", tiny_whitened_checkpoint, "--output", tmp_path / "folder.pt2")
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "onnxscript" else find_spec(name))
+    with pytest.raises(utils.UsageError, match=r"needs the packages onnxscript: pip install 'multigrain\[onnx\]'"):
+        run_export("--resume", tiny_whitened_checkpoint, "--output", tmp_path / "model.onnx")
+    assert [path.name for path in tmp_path.iterdir()] == ["folder.pt2"]
