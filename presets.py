@@ -1,17 +1,10 @@
-import torch
 from torchvision import transforms
 from torchvision.transforms.functional import InterpolationMode
 
-from multigrain.transforms import ClampToUnitRange, Lighting, ResizeLargestSide
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from multigrain.transforms import IMAGENET_MEAN, IMAGENET_STD, ClampToUnitRange, Lighting, to_float_tensor
+from multigrain.transforms import RetrievalPresetEval as RetrievalPresetEval  # the retrieval input, used by the scripts
 
 AUTO_AUGMENT_POLICIES = ("autoaugment", "ra", "ta_wide", "augmix")
-
-
-def _to_float_tensor():
-    return [transforms.PILToTensor(), transforms.ConvertImageDtype(torch.float)]
 
 
 class ClassificationPresetTrain:
@@ -54,7 +47,7 @@ class ClassificationPresetTrain:
                 trans.append(
                     transforms.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter)
                 )
-            trans += _to_float_tensor()
+            trans += to_float_tensor()
             if lighting > 0:
                 trans.append(Lighting(lighting))
             trans.append(ClampToUnitRange())
@@ -68,7 +61,7 @@ class ClassificationPresetTrain:
             else:
                 policy = transforms.AugMix(severity=augmix_severity, interpolation=interpolation)
             trans.append(policy)
-            trans += _to_float_tensor()
+            trans += to_float_tensor()
 
         trans.append(transforms.Normalize(mean=mean, std=std))
         self.transforms = transforms.Compose(trans)
@@ -95,30 +88,7 @@ class ClassificationPresetEval:
             [
                 transforms.Resize(resize_size, interpolation=interpolation),
                 transforms.CenterCrop(crop_size),
-                *_to_float_tensor(),
-                transforms.Normalize(mean=mean, std=std),
-            ]
-        )
-
-    def __call__(self, img):
-        return self.transforms(img)
-
-
-class RetrievalPresetEval:
-    """Resize so the longer side is max_size, no crop, normalise (retrieval and finetune_p input)."""
-
-    def __init__(
-        self,
-        *,
-        max_size,
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
-        interpolation=InterpolationMode.BILINEAR,
-    ):
-        self.transforms = transforms.Compose(
-            [
-                ResizeLargestSide(max_size, interpolation=interpolation),
-                *_to_float_tensor(),
+                *to_float_tensor(),
                 transforms.Normalize(mean=mean, std=std),
             ]
         )

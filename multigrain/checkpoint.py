@@ -19,6 +19,7 @@ import functools
 import os
 import subprocess
 import tempfile
+import urllib.parse
 
 import torch
 from torch import nn
@@ -244,12 +245,34 @@ def model_from_checkpoint(checkpoint, path="checkpoint", *, model_name=None, dev
     return model.to(device).eval()
 
 
-def load_model(path, *, model_name=None, device="cpu"):
-    """The MultiGrainNet stored in `path` (any checkpoint of this project or a published file), in eval
-    mode, with its pooling exponent and whitening as stored.
+def checkpoint_file(path_or_url) -> str:
+    """The local file of a checkpoint: `path_or_url` itself, or for an http://, https:// or file:// URL the
+    file it is downloaded to, once, in torch.hub's cache (<torch.hub.get_dir()>/checkpoints/<file name>).
+    Nothing is read here: load_checkpoint reads the file safely."""
+    path_or_url = os.fspath(path_or_url)
+    if "://" not in path_or_url:
+        return path_or_url
+    url = urllib.parse.urlparse(path_or_url)
+    name = os.path.basename(url.path)
+    if url.scheme not in ("http", "https", "file") or not name:
+        raise ValueError(f"checkpoint URL {path_or_url} is not an http(s):// or file:// URL of a file")
+    path = os.path.join(torch.hub.get_dir(), "checkpoints", name)
+    if not os.path.isfile(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        try:
+            torch.hub.download_url_to_file(path_or_url, path, progress=False)
+        except OSError as e:
+            raise OSError(f"cannot download checkpoint {path_or_url}: {e}") from e
+    return path
+
+
+def load_model(path_or_url, *, model_name=None, device="cpu"):
+    """The MultiGrainNet stored in a checkpoint file or URL (see checkpoint_file): any checkpoint of this
+    project or a published file, in eval mode, with its pooling exponent and whitening as stored.
 
     The architecture is the checkpoint's `args["model"]` (resnet50 for the published files, which do
     not name it); `model_name` names it for checkpoints that do not, and must agree with it otherwise.
     The number of classes is read from the classifier.
     """
+    path = checkpoint_file(path_or_url)
     return model_from_checkpoint(load_checkpoint(path), path, model_name=model_name, device=device)

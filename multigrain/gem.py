@@ -22,10 +22,7 @@ class GeM(nn.Module):
         self.eps = eps
         self.register_buffer("p", torch.tensor(p))
         self._fixed_p = p  # host copy of the buffer: branching on it needs no device sync
-
-    @property
-    def p_learnable(self) -> bool:
-        return isinstance(self.p, nn.Parameter)
+        self.p_learnable = False  # a plain bool: torch.jit.script sees a parameter and a buffer as one Tensor type
 
     def set_p(self, p: float) -> None:
         p = float(p)
@@ -41,6 +38,7 @@ class GeM(nn.Module):
         p = self.p.detach().clone()
         del self.p
         self.p = nn.Parameter(p)
+        self.p_learnable = True
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
@@ -48,17 +46,15 @@ class GeM(nn.Module):
             self._fixed_p = float(state_dict[prefix + "p"])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        # constant device types, as torch.jit.script needs: the recipe runs on CUDA and on the CPU
+        with torch.autocast("cuda", enabled=False), torch.autocast("cpu", enabled=False):
             x = x.float()
-            if self.p_learnable:
-                p = self.p
-            else:
-                p = self._fixed_p
-                if p == 1:
+            if not self.p_learnable:
+                if self._fixed_p == 1.0:
                     return F.adaptive_avg_pool2d(x, 1).flatten(1)
-                if math.isinf(p):
+                if math.isinf(self._fixed_p):
                     return F.adaptive_max_pool2d(x, 1).flatten(1)
-            return x.clamp(min=self.eps).pow(p).mean(dim=(-2, -1)).pow(1.0 / p)
+            return x.clamp(min=self.eps).pow(self.p).mean(dim=(-2, -1)).pow(1.0 / self.p)
 
     def extra_repr(self) -> str:
         kind = "learnable" if self.p_learnable else "fixed"

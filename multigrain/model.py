@@ -12,7 +12,7 @@ SUPPORTED_PREFIXES = ("resnet", "resnext", "wide_resnet", "regnet_", "efficientn
 
 
 def l2n(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    return x / (x.norm(dim=-1, keepdim=True) + eps)
+    return x / (x.norm(p=2, dim=-1, keepdim=True) + eps)
 
 
 def supported_models() -> list:

@@ -1,9 +1,13 @@
-"""Image transforms of the recipe that torchvision does not have."""
+"""Image transforms of the recipe that torchvision does not have, and the evaluation input of the models."""
 
 import torch
+import torchvision
 from torch import nn
 from torchvision.transforms import functional as F
 from torchvision.transforms.functional import InterpolationMode
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # PCA of the ImageNet RGB pixels (AlexNet, Krizhevsky et al. 2012); eigenvectors are the columns.
 IMAGENET_EIGVAL = (0.2175, 0.0188, 0.0045)
@@ -72,3 +76,32 @@ class ResizeLargestSide(nn.Module):
 
     def extra_repr(self) -> str:
         return f"max_size={self.max_size}, interpolation={self.interpolation.value}"
+
+
+def to_float_tensor():
+    """PIL image -> float (C, H, W) tensor in [0, 1]."""
+    return [torchvision.transforms.PILToTensor(), torchvision.transforms.ConvertImageDtype(torch.float)]
+
+
+class RetrievalPresetEval:
+    """Resize so the longer side is max_size, no crop, normalise: the input of retrieval, of finetune_p
+    and of multigrain.eval_transform."""
+
+    def __init__(
+        self,
+        *,
+        max_size,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        interpolation=InterpolationMode.BILINEAR,
+    ):
+        self.transforms = torchvision.transforms.Compose(
+            [
+                ResizeLargestSide(max_size, interpolation=interpolation),
+                *to_float_tensor(),
+                torchvision.transforms.Normalize(mean=mean, std=std),
+            ]
+        )
+
+    def __call__(self, img):
+        return self.transforms(img)

@@ -40,7 +40,8 @@ class Whitening(nn.Module):
         self.register_buffer("projection", projection.detach().float().clone())
 
     def forward(self, g: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device_type=g.device.type, enabled=False):
+        # constant device types, as torch.jit.script needs: the recipe runs on CUDA and on the CPU
+        with torch.autocast("cuda", enabled=False), torch.autocast("cpu", enabled=False):
             return (augment_and_normalize(g.float()) - self.mean) @ self.projection
 
     def extra_repr(self) -> str:

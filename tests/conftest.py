@@ -46,3 +46,23 @@ def trained_checkpoint(tmp_path_factory):
     final = next(line for line in run.stdout.splitlines() if line.startswith("Final"))
     val_acc1 = float(final.split("Acc@1")[1].split()[0])
     return TrainedCheckpoint(output_dir / "checkpoint.pth", data_path, val_acc1)
+
+
+@pytest.fixture(scope="session")
+def tiny_whitened_checkpoint(tmp_path_factory):
+    """An untrained resnet18 (5 classes, p = 3) with a random whitening folded into its classifier, saved as
+    whiten.py saves its models: the inference model (trunk, GeM, whitening, classifier) in seconds."""
+    from multigrain.checkpoint import make_checkpoint, save_checkpoint
+    from multigrain.model import build_model
+    from multigrain.whitening import fold_whitening
+
+    generator = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    model = build_model("resnet18", num_classes=5).eval()
+    dim = model.embedding_dim + 1
+    mean = torch.randn(dim, generator=generator) / dim**0.5
+    projection = torch.linalg.qr(torch.randn(dim, dim, generator=generator))[0] * 3.0
+    fold_whitening(model, mean, projection)
+    path = tmp_path_factory.mktemp("tiny_whitened") / "whitened.pth"
+    save_checkpoint(make_checkpoint("whiten", model.state_dict(), {"model": "resnet18"}), path)
+    return path

@@ -78,3 +78,18 @@ def test_bad_exponents():
         GeM(0.0)
     with pytest.raises(ValueError, match="inf"):
         GeM(math.inf).make_p_learnable()
+
+
+@pytest.mark.parametrize("p", [1.0, 3.0, math.inf, "learnable"])
+def test_torch_jit_script_gives_the_eager_result(p):
+    pool = GeM(3.0 if p == "learnable" else p)
+    if p == "learnable":
+        pool.make_p_learnable()
+    scripted = torch.jit.script(pool)
+    x = torch.randn(2, 3, 5, 7)  # negative values: p = 1 and inf take their own paths, without the clamp
+    assert torch.equal(scripted(x), pool(x))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert scripted(x.bfloat16() * 60).dtype == torch.float32
+    if p == "learnable":
+        scripted(x.abs()).sum().backward()
+        assert scripted.p.grad is not None

@@ -1,0 +1,138 @@
+"""Export of a MultiGrain model for inference: torch.export (.pt2) or ONNX (.onnx), dynamic batch, height, width.
+
+    python export.py --resume whitened.pth --output multigrain.pt2
+    python export.py --resume whitened.pth --output multigrain.onnx   # needs onnx and onnxscript
+
+The exported program takes a normalised (N, 3, H, W) float32 batch (multigrain.eval_transform) and returns
+(logits, descriptors), as MultiGrainNet does: the trunk, GeM with the checkpoint's p, its whitening and its
+classifier. Before the file is written, its outputs are compared with the model's on two inputs of different
+aspect ratios (ONNX: when onnxruntime is installed).
+"""
+
+import argparse
+import importlib.util
+import os
+import tempfile
+
+import torch
+
+import utils
+from multigrain.checkpoint import architecture_name, load_checkpoint, model_from_checkpoint
+
+FORMATS = {".pt2": "torch.export", ".onnx": "ONNX"}
+# The traced example and the two inputs the exported program is checked on: batch, height, width all differ.
+EXAMPLE_SHAPE = (2, 3, 128, 96)
+CHECK_SHAPES = ((1, 3, 96, 128), (3, 3, 80, 64))
+INPUT_NAMES, OUTPUT_NAMES = ["images"], ["logits", "descriptors"]
+
+
+def dynamic_shapes():
+    """Batch, height and width of the one input are free."""
+    return ({0: torch.export.Dim.AUTO, 2: torch.export.Dim.AUTO, 3: torch.export.Dim.AUTO},)
+
+
+def export_program(model) -> torch.export.ExportedProgram:
+    return torch.export.export(model, (torch.randn(EXAMPLE_SHAPE),), dynamic_shapes=dynamic_shapes())
+
+
+def write_onnx(model, path):
+    torch.onnx.export(
+        model,
+        (torch.randn(EXAMPLE_SHAPE),),
+        path,
+        dynamo=True,
+        external_data=False,
+        dynamic_shapes=dynamic_shapes(),
+        input_names=INPUT_NAMES,
+        output_names=OUTPUT_NAMES,
+        verbose=False,
+    )
+
+
+def onnx_runner(path):
+    """The ONNX file run by onnxruntime on the CPU, as a function of an input tensor."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    return lambda images: tuple(torch.from_numpy(output) for output in session.run(None, {"images": images.numpy()}))
+
+
+def check_same_outputs(model, run_exported, what):
+    """Compares the exported outputs with the model's on CHECK_SHAPES; raises if they differ."""
+    generator = torch.Generator().manual_seed(0)
+    for shape in CHECK_SHAPES:
+        images = torch.randn(shape, generator=generator)
+        with torch.no_grad():
+            expected = model(images)
+        for name, output, reference in zip(OUTPUT_NAMES, run_exported(images), expected):
+            torch.testing.assert_close(output, reference, rtol=1e-4, atol=1e-4, msg=f"{what}: {name} at {shape}")
+        print(f"{what} at {tuple(shape)}: same logits and descriptors as the model")
+
+
+@utils.usage_check
+def check_args(args):
+    """Refuses a bad --output or --resume before anything is exported; returns the checkpoint."""
+    extension = os.path.splitext(args.output)[1]
+    if extension not in FORMATS:
+        raise ValueError(f"--output {args.output} must end with {' or '.join(FORMATS)} (the format to write)")
+    if extension == ".onnx":
+        missing = [name for name in ("onnx", "onnxscript") if importlib.util.find_spec(name) is None]
+        if missing:
+            raise ValueError(
+                f"--output {args.output} needs the packages {', '.join(missing)}: pip install 'multigrain[onnx]'"
+            )
+    if os.path.isdir(args.output):
+        raise ValueError(f"--output {args.output} is a folder")
+    checkpoint = load_checkpoint(args.resume)
+    architecture_name(checkpoint, args.resume, args.model)
+    return checkpoint
+
+
+def main(args):
+    checkpoint = check_args(args)
+    name = architecture_name(checkpoint, args.resume, args.model)
+    model = model_from_checkpoint(checkpoint, args.resume, model_name=name)
+    del checkpoint
+    extension = os.path.splitext(args.output)[1]
+    folder = os.path.dirname(os.path.abspath(args.output))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp_path = tempfile.mkstemp(prefix=".tmp-", suffix=extension, dir=folder)
+    os.close(fd)
+    try:
+        if extension == ".pt2":
+            program = export_program(model)
+            check_same_outputs(model, program.module(), "torch.export program")
+            torch.export.save(program, tmp_path)
+        else:
+            write_onnx(model, tmp_path)
+            if importlib.util.find_spec("onnxruntime") is not None:
+                check_same_outputs(model, onnx_runner(tmp_path), "ONNX file (onnxruntime)")
+            else:
+                print("onnxruntime is not installed: the ONNX file is not checked against the model")
+        os.replace(tmp_path, args.output)
+    finally:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+    print(f"{name} (p={float(model.pool.p):.4g}, whitened: {model.whitening is not None}) exported to {args.output}")
+
+
+def get_args_parser(add_help=True):
+    parser = argparse.ArgumentParser(
+        description="MultiGrain: export a model for inference (torch.export or ONNX)",
+        add_help=add_help,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--resume", required=True, help="checkpoint to export (train.py, finetune_p.py, whiten.py or published)"
+    )
+    parser.add_argument(
+        "--model", default=None, help="architecture, for checkpoints that do not name it (published files: resnet50)"
+    )
+    parser.add_argument(
+        "--output", required=True, help="file to write: .pt2 (torch.export.save) or .onnx (ONNX, dynamo exporter)"
+    )
+    return parser
+
+
+if __name__ == "__main__":
+    utils.run_script(main, get_args_parser())

@@ -1,0 +1,28 @@
+"""torch.hub entry points: MultiGrain models ready for inference (eval mode, p and whitening as stored).
+
+    model = torch.hub.load("path/to/this/repository", "multigrain_resnet50", source="local",
+                           checkpoint="https://.../whitened.pth")
+
+`checkpoint` is a file or an http(s):// or file:// URL, downloaded once into torch.hub's cache; every file
+is read by the project's safe loader (weights_only=True, or tensors only for the published files).
+"""
+
+import multigrain as _multigrain
+
+dependencies = ["torch", "torchvision", "numpy", "scipy", "PIL"]
+
+
+def multigrain(checkpoint, architecture=None, device="cpu"):
+    """The MultiGrainNet of `checkpoint` (any checkpoint of this project or a published MultiGrain file);
+    `architecture` (a torchvision name, e.g. resnet18) is needed only for checkpoints that do not name it."""
+    return _multigrain.load_model(checkpoint, model_name=architecture, device=device)
+
+
+def multigrain_resnet50(checkpoint, device="cpu"):
+    """A ResNet-50 MultiGrain model, e.g. a published one; a checkpoint of another architecture is refused."""
+    return _multigrain.load_model(checkpoint, model_name="resnet50", device=device)
+
+
+def eval_transform(input_size):
+    """PIL image -> normalised tensor with largest side `input_size`, no crop: the input of the models."""
+    return _multigrain.eval_transform(input_size)

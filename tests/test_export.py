@@ -1,0 +1,74 @@
+"""The inference model exported by export.py (torch.export, ONNX) and scripted by torch.jit.script gives the
+eager model's logits and descriptors, on batches of other sizes and aspect ratios than the traced one."""
+
+import importlib.util
+
+import pytest
+import torch
+
+import export
+import utils
+from multigrain import load_model
+
+# Two batches whose height and width differ from each other and from export.EXAMPLE_SHAPE.
+SHAPES = ((1, 3, 48, 80), (2, 3, 72, 40))
+
+
+def assert_same_outputs(run, model):
+    generator = torch.Generator().manual_seed(1)
+    for shape in SHAPES:
+        images = torch.randn(shape, generator=generator)
+        with torch.no_grad():
+            logits, descriptors = model(images)
+        exported_logits, exported_descriptors = run(images)
+        assert exported_logits.shape == logits.shape and exported_descriptors.shape == descriptors.shape
+        torch.testing.assert_close(exported_logits, logits, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(exported_descriptors, descriptors, rtol=1e-4, atol=1e-6)
+
+
+def run_export(*argv):
+    export.main(export.get_args_parser().parse_args(list(map(str, argv))))
+
+
+def test_torch_export_command(tiny_whitened_checkpoint, tmp_path):
+    output = tmp_path / "multigrain.pt2"
+    run_export("--resume", tiny_whitened_checkpoint, "--output", output)
+    model = load_model(tiny_whitened_checkpoint)
+    assert model.whitening is not None and float(model.pool.p) == 3.0
+    program = torch.export.load(str(output))
+    assert_same_outputs(program.module(), model)
+    assert [path.name for path in tmp_path.iterdir()] == ["multigrain.pt2"]  # no temporary file left
+
+
+def test_onnx_command(tiny_whitened_checkpoint, tmp_path):
+    pytest.importorskip("onnxscript")
+    onnxruntime = pytest.importorskip("onnxruntime")
+    output = tmp_path / "multigrain.onnx"
+    run_export("--resume", tiny_whitened_checkpoint, "--output", output)
+    session = onnxruntime.InferenceSession(str(output), providers=["CPUExecutionProvider"])
+    assert [node.name for node in session.get_inputs()] == ["images"]
+    assert [node.name for node in session.get_outputs()] == ["logits", "descriptors"]
+    assert_same_outputs(export.onnx_runner(str(output)), load_model(tiny_whitened_checkpoint))
+
+
+def test_torch_jit_script_of_the_whitened_model(tiny_whitened_checkpoint):
+    model = load_model(tiny_whitened_checkpoint)
+    scripted = torch.jit.script(model)
+    assert_same_outputs(scripted, model)
+
+
+def test_bad_arguments(tiny_whitened_checkpoint, tmp_path, monkeypatch):
+    with pytest.raises(utils.UsageError, match=r"--output .*model\.zip must end with \.pt2 or \.onnx"):
+        run_export("--resume", tiny_whitened_checkpoint, "--output", tmp_path / "model.zip")
+    with pytest.raises(utils.UsageError, match="checkpoint .*missing.pth does not exist"):
+        run_export("--resume", tmp_path / "missing.pth", "--output", tmp_path / "model.pt2")
+    with pytest.raises(utils.UsageError, match="holds a resnet18 model, but --model is resnet50"):
+        run_export("--resume", tiny_whitened_checkpoint, "--model", "resnet50", "--output", tmp_path / "model.pt2")
+    with pytest.raises(utils.UsageError, match=r"--output .*folder.pt2 is a folder"):
+        (tmp_path / "folder.pt2").mkdir()
+        run_export("--resume", tiny_whitened_checkpoint, "--output", tmp_path / "folder.pt2")
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "onnxscript" else find_spec(name))
+    with pytest.raises(utils.UsageError, match=r"needs the packages onnxscript: pip install 'multigrain\[onnx\]'"):
+        run_export("--resume", tiny_whitened_checkpoint, "--output", tmp_path / "model.onnx")
+    assert [path.name for path in tmp_path.iterdir()] == ["folder.pt2"]
