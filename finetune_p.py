@@ -94,8 +94,9 @@ def check_args(args):
 
 
 @utils.usage_check
-def pretrained_classifier(args, classes):
+def pretrained_classifier(args):
     """The MultiGrainNet of --model with --weights, in eval mode, its classifier kept, p = --pooling-exponent."""
+    classes = utils.check_image_folder(os.path.join(args.data_path, "val"), "--data-path")
     p = 1.0 if args.pooling_exponent is None else args.pooling_exponent
     model = build_model(args.model, weights=args.weights, num_classes=None, pooling_exponent=p)
     if model.classifier.out_features != len(classes):
@@ -212,7 +213,7 @@ def main(args):
     if checkpoint is None:
         print(f"Fine-tuning p of --model {args.model} with --weights {args.weights}")
         name = args.model
-        model = pretrained_classifier(args, val.classes)
+        model = pretrained_classifier(args)
         source = {"weights": args.weights}
     else:
         print(f"Fine-tuning p of {describe(checkpoint, args.resume)}")

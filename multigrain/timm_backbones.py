@@ -219,13 +219,18 @@ def build_timm_trunk(name, weights=None, num_classes=1000):
     else:
         net = timm.create_model(model_name, pretrained=False, num_classes=num_classes)
     if state is not None:
-        missing, unexpected = net.load_state_dict(state, strict=False)
-        if missing or unexpected:
+        expected = net.state_dict()
+        missing = [key for key in expected if key not in state]
+        unexpected = [key for key in state if key not in expected]
+        misshapen = [key for key in expected if key in state and state[key].shape != expected[key].shape]
+        if missing or unexpected or misshapen:
             raise ValueError(
                 f"--weights {weights} do not fit --model {name} (timm's {model_name}): "
                 f"missing {len(missing)} keys ({', '.join(missing[:5])}), "
-                f"unexpected {len(unexpected)} keys ({', '.join(unexpected[:5])})"
+                f"unexpected {len(unexpected)} keys ({', '.join(unexpected[:5])}), "
+                f"{len(misshapen)} of another shape ({', '.join(misshapen[:5])})"
             )
+        net.load_state_dict(state)
     classifier = _check_head(net, name)
     dropout = float(getattr(net, "drop_rate", 0.0) or 0.0)
     if name == "senet154":
