@@ -56,7 +56,7 @@ def test_timm_model_through_every_script(tmp_path):
     run_script("finetune_p.py", "--data-path", data, "--resume", checkpoint, "--output-dir", tmp_path / "p",
                "--input-size", "40", "--images-per-class", "2", "-b", "2", *SMALL)  # fmt: skip
     run_script("whiten.py", "--resume", tmp_path / "p" / "finetune_p.pth", "--whiten-path", whitening_images,
-               "--output-dir", tmp_path / "w", "--input-size", "32", "--shrinkage", "0.1", "--device", "cpu", "-j", "0")  # fmt: skip
+               "--output-dir", tmp_path / "w", "--input-size", "32", "--shrinkage", "0.1", *SMALL)  # fmt: skip
     whitened = load_model(str(tmp_path / "w" / "whitened.pth"))
     assert whitened.whitening is not None and whitened.embedding_dim == 97  # [g; 1] of the 96-d g
     out = run_script("evaluate.py", "--resume", tmp_path / "w" / "whitened.pth", "--dataset", "imagenet-val",
@@ -137,10 +137,11 @@ def test_senet154_published_file_and_readme_commands(tmp_path):
     published_file(tmp_path / "senet154-finetune400.pth", net, "features.", ("layer",), 1.6)
     check_published_file(tmp_path / "senet154-finetune400.pth", net, "senet154", [(40, 72), (64, 36)], 1.6)
     # The README's appendix-E commands, on 2 classes x 1 image.
-    torch.save(net.state_dict(), tmp_path / "legacy_senet154.pth")
+    weights = tmp_path / "legacy_senet154.pth"
+    torch.save(net.state_dict(), weights)  # the layout of timm's pretrained weights
     data = tmp_path / "imagenet"
     make_imagefolder(data, num_classes=2, train_per_class=1, val_per_class=1, image_size=(48, 36), seed=6)
-    run_script("finetune_p.py", "--data-path", data, "--model", "senet154", "--weights", tmp_path / "legacy_senet154.pth",
+    run_script("finetune_p.py", "--data-path", data, "--model", "senet154", "--weights", weights,
                "--input-size", "40", "--output-dir", tmp_path / "senet154_s450", "--p-grid", "1.6",
                "--no-validate-first", *SMALL)  # fmt: skip
     record = load_checkpoint(tmp_path / "senet154_s450" / "finetune_p.pth")["finetune_p"]
