@@ -64,7 +64,7 @@ def test_timm_model_through_every_script(tmp_path):
     assert "Acc@1" in out
 
 
-def test_weights_from_a_local_file_and_refusals(tmp_path):
+def test_weights_from_a_file_or_the_cache_and_refusals(tmp_path, monkeypatch):
     net = randomize_batchnorm(timm.create_model("resnet10t", num_classes=3))
     torch.save(net.state_dict(), tmp_path / "resnet10t.pth")
     from safetensors.torch import save_file
@@ -78,6 +78,21 @@ def test_weights_from_a_local_file_and_refusals(tmp_path):
             torch.testing.assert_close(model.eval()(x)[0], expected)
     with pytest.raises(ValueError, match=r"do not fit --model timm:test_resnet.*missing .*unexpected"):
         build_model("timm:test_resnet", weights=str(tmp_path / "resnet10t.pth"))
+    # A pretrained tag is read from timm's caches (Hugging Face hub, torch hub), never downloaded.
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    with pytest.raises(ValueError, match=r"c3_in1k are not in the local cache.*timm.create_model\('resnet10t.c3_in1k'"):
+        build_model("timm:resnet10t", weights="c3_in1k")
+    snapshot = tmp_path / "hub" / "models--timm--resnet10t.c3_in1k" / "snapshots" / "0123"
+    snapshot.mkdir(parents=True)
+    (tmp_path / "hub" / "models--timm--resnet10t.c3_in1k" / "refs").mkdir()
+    (tmp_path / "hub" / "models--timm--resnet10t.c3_in1k" / "refs" / "main").write_text("0123")
+    save_file(net.state_dict(), str(snapshot / "model.safetensors"))
+    model = build_model("timm:resnet10t", weights="c3_in1k", num_classes=None, pooling_exponent=2).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x)[0], expected)
     with pytest.raises(ValueError, match=r"neither a file nor a pretrained tag.*tags: .*a1_in1k"):
         build_model("timm:resnet50", weights="no_such_tag")
     with pytest.raises(ValueError, match="not a global pooling followed by one Linear"):
