@@ -177,7 +177,7 @@ class ForwardFeatures(nn.Module):
 
 
 def _check_head(net, name):
-    """Refuses a network whose head is not "global average pooling, then the classifier's Linear"."""
+    """Refuses a network whose head is not "global average pooling, then one Linear"."""
     classifier = net.get_classifier()
     message = f"--model {name}: its head is not a global pooling followed by one Linear, so GeM cannot replace it"
     if not isinstance(classifier, nn.Linear) or getattr(net, "num_features", None) != classifier.in_features:
@@ -194,7 +194,28 @@ def _check_head(net, name):
         net.train(was_training)
     if pooled.shape != (2, classifier.in_features) or not torch.allclose(pooled, feature_map.mean((2, 3)), atol=1e-6):
         raise ValueError(message)
-    return classifier
+
+
+def _load_weights(net, weights, name, model_name):
+    """Loads --weights (a file, or a pretrained tag read from timm's cache) into the timm network `net`,
+    whose classifier takes the weights' number of classes."""
+    path = weights if os.path.isfile(weights) else _pretrained_file(model_name, weights)
+    state = read_weights(path)
+    head = next(key for key, module in net.named_modules() if module is net.get_classifier())
+    if f"{head}.weight" in state and state[f"{head}.weight"].shape[0] != net.get_classifier().out_features:
+        net.reset_classifier(state[f"{head}.weight"].shape[0])
+    expected = net.state_dict()
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    misshapen = [key for key in expected if key in state and state[key].shape != expected[key].shape]
+    if missing or unexpected or misshapen:
+        raise ValueError(
+            f"--weights {weights} do not fit --model {name} (timm's {model_name}): "
+            f"missing {len(missing)} keys ({', '.join(missing[:5])}), "
+            f"unexpected {len(unexpected)} keys ({', '.join(unexpected[:5])}), "
+            f"{len(misshapen)} of another shape ({', '.join(misshapen[:5])})"
+        )
+    net.load_state_dict(state)
 
 
 def build_timm_trunk(name, weights=None, num_classes=1000):
@@ -205,39 +226,21 @@ def build_timm_trunk(name, weights=None, num_classes=1000):
     """
     timm = _import_timm()
     model_name = timm_name(name)
-    state = None
-    if weights:
-        path = weights if os.path.isfile(weights) else _pretrained_file(model_name, weights)
-        state = read_weights(path)
-        head_key = timm.models.get_pretrained_cfg(model_name).classifier
-        if isinstance(head_key, (list, tuple)):
-            head_key = head_key[0]
-        if f"{head_key}.weight" in state:
-            num_classes = state[f"{head_key}.weight"].shape[0]
     if name == "pnasnet5large":
         net = timm.models.pnasnet.PNASNet5Large(num_classes=num_classes, pad_type="")  # symmetric, as Cadene's
     else:
         net = timm.create_model(model_name, pretrained=False, num_classes=num_classes)
-    if state is not None:
-        expected = net.state_dict()
-        missing = [key for key in expected if key not in state]
-        unexpected = [key for key in state if key not in expected]
-        misshapen = [key for key in expected if key in state and state[key].shape != expected[key].shape]
-        if missing or unexpected or misshapen:
-            raise ValueError(
-                f"--weights {weights} do not fit --model {name} (timm's {model_name}): "
-                f"missing {len(missing)} keys ({', '.join(missing[:5])}), "
-                f"unexpected {len(unexpected)} keys ({', '.join(unexpected[:5])}), "
-                f"{len(misshapen)} of another shape ({', '.join(misshapen[:5])})"
-            )
-        net.load_state_dict(state)
-    classifier = _check_head(net, name)
+    _check_head(net, name)
+    if weights:
+        _load_weights(net, weights, name, model_name)
+    classifier = net.get_classifier()
     dropout = float(getattr(net, "drop_rate", 0.0) or 0.0)
     if name == "senet154":
         trunk = OrderedDict((key, child) for key, child in net.named_children() if key.startswith(("layer", "pool0")))
         return nn.Sequential(trunk), classifier, dropout
     if name == "pnasnet5large":
         # The published files keep the whole network, its own last_linear included, next to `classifier`.
-        return nn.Sequential(ForwardFeatures(_cadene_pnasnet(net)), nn.ReLU()), copy.deepcopy(classifier), dropout
+        # timm's forward_features ends with the ReLU that the published `features.1` applied.
+        return nn.Sequential(ForwardFeatures(_cadene_pnasnet(net))), copy.deepcopy(classifier), dropout
     net.reset_classifier(0)
     return ForwardFeatures(net), classifier, dropout
