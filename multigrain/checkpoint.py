@@ -24,7 +24,7 @@ import tempfile
 import torch
 from torch import nn
 
-from .model import build_model
+from .model import build_model, check_model_name
 from .safe_pickle import not_loaded_objects, tensors_only_pickle
 from .whitening import Whitening, remove_whitening
 
@@ -240,6 +240,7 @@ def architecture_name(checkpoint, path="checkpoint", model_name=None) -> str:
     name = model_name or stored_name or (PUBLISHED_ARCHITECTURE if published else None)
     if name is None:
         raise ValueError(f"{path} does not name its architecture: pass --model")
+    check_model_name(name)
     return name
 
 

@@ -186,3 +186,6 @@ def test_nasnetamobile_file_is_refused(tmp_path):
     torch.save({"model_state": state}, tmp_path / "nasnetamobile-finetune350.pth")
     with pytest.raises(ValueError, match="nasnetamobile .* is not available: timm has no port"):
         load_model(str(tmp_path / "nasnetamobile-finetune350.pth"))
+    with pytest.raises(utils.UsageError, match="nasnetamobile .* is not available"):
+        run_script("evaluate.py", "--resume", tmp_path / "nasnetamobile-finetune350.pth", "--dataset", "imagenet-val",
+                   "--imagenet-path", tmp_path, *SMALL)  # fmt: skip
