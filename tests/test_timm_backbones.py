@@ -189,3 +189,19 @@ def test_nasnetamobile_file_is_refused(tmp_path):
     with pytest.raises(utils.UsageError, match="nasnetamobile .* is not available"):
         run_script("evaluate.py", "--resume", tmp_path / "nasnetamobile-finetune350.pth", "--dataset", "imagenet-val",
                    "--imagenet-path", tmp_path, *SMALL)  # fmt: skip
+
+
+@pytest.mark.parametrize("size", [(9, 12), (12, 9), (11, 11)])
+def test_pnasnet_cell_4_shift_is_cadenes_zero_pad(size):
+    """cell_4's stride-2 ops equal Cadene's recipe: zero-pad one row and column at the top-left, run the op
+    with its symmetric padding, drop the first output row and column."""
+    from multigrain.timm_backbones import _shifted
+
+    x = torch.randn(1, 2, *size)
+    conv = torch.nn.Conv2d(2, 2, 5, stride=2, padding=2, groups=2, bias=False)
+    pool = torch.nn.MaxPool2d(3, stride=2, padding=1)
+    expected = [op(torch.nn.functional.pad(x, (1, 0, 1, 0)))[:, :, 1:, 1:] for op in (conv, pool)]
+    _shifted(conv, 2)
+    _shifted(pool, 1)
+    torch.testing.assert_close(conv(x), expected[0])
+    torch.testing.assert_close(pool(x), expected[1])
