@@ -5,19 +5,20 @@ import contextlib
 import io
 
 import pytest
+import timm  # requirements-dev.txt: the timm tests run wherever the suite runs
 import torch
+from safetensors.torch import save_file
 
-timm = pytest.importorskip("timm")
-
-import evaluate  # noqa: E402
-import finetune_p  # noqa: E402
-import train  # noqa: E402
-import utils  # noqa: E402
-import whiten  # noqa: E402
-from multigrain.checkpoint import load_checkpoint, load_model  # noqa: E402
-from multigrain.gem import GeM  # noqa: E402
-from multigrain.model import build_model  # noqa: E402
-from tools.synthetic_data import make_imagefolder  # noqa: E402
+import evaluate
+import finetune_p
+import train
+import utils
+import whiten
+from multigrain.checkpoint import load_checkpoint, load_model
+from multigrain.gem import GeM
+from multigrain.model import build_model
+from multigrain.timm_backbones import _shifted
+from tools.synthetic_data import make_imagefolder
 
 SMALL = ["--device", "cpu", "-j", "0", "--print-freq", "1000"]
 
@@ -67,8 +68,6 @@ def test_timm_model_through_every_script(tmp_path):
 def test_weights_from_a_file_or_the_cache_and_refusals(tmp_path, monkeypatch):
     net = randomize_batchnorm(timm.create_model("resnet10t", num_classes=3))
     torch.save(net.state_dict(), tmp_path / "resnet10t.pth")
-    from safetensors.torch import save_file
-
     save_file(net.state_dict(), str(tmp_path / "resnet10t.safetensors"))
     x = torch.rand(1, 3, 40, 56)
     with torch.no_grad():
@@ -195,8 +194,6 @@ def test_nasnetamobile_file_is_refused(tmp_path):
 def test_pnasnet_cell_4_shift_is_cadenes_zero_pad(size):
     """cell_4's stride-2 ops equal Cadene's recipe: zero-pad one row and column at the top-left, run the op
     with its symmetric padding, drop the first output row and column."""
-    from multigrain.timm_backbones import _shifted
-
     x = torch.randn(1, 2, *size)
     conv = torch.nn.Conv2d(2, 2, 5, stride=2, padding=2, groups=2, bias=False)
     pool = torch.nn.MaxPool2d(3, stride=2, padding=1)
