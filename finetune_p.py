@@ -3,9 +3,15 @@
     python finetune_p.py --data-path /datasets/imagenet --resume train/checkpoint.pth --input-size 500 \\
         --output-dir finetune500
 
+or, from a pretrained classifier with no MultiGrain checkpoint (the paper's appendix E), e.g.
+
+    python finetune_p.py --data-path /datasets/imagenet --model senet154 --weights legacy_senet154.pth \\
+        --input-size 450 --output-dir senet154-finetune450
+
 Only p is learned: the model stays in eval mode (BatchNorm statistics frozen), SGD on the
 cross-entropy, one pass over the first --images-per-class training images of each class, resized so
-that their largest side is s*, without crop. With --p-grid, p is chosen by cross-validation on the same
+that their largest side is s*, without crop. A pretrained classifier starts from --pooling-exponent
+(1: the average pooling it was trained with). With --p-grid, p is chosen by cross-validation on the same
 images instead. The checkpoint holds the model with the new p; a whitened model loses its whitening,
 which is specific to p and s*: run whiten.py on the result.
 """
@@ -41,6 +47,7 @@ from multigrain.checkpoint import (
 )
 from multigrain.extraction import collate_image_list, forward_by_size
 from multigrain.image_io import load_rgb
+from multigrain.model import build_model, check_model_name
 
 
 def parse_p_grid(text):
@@ -57,19 +64,47 @@ def parse_p_grid(text):
 
 @utils.usage_check
 def check_args(args):
-    """Refuses bad flags, data folders and checkpoints; returns the checkpoint of --resume, read once."""
-    if not os.path.isfile(args.resume):
+    """Refuses bad flags, data folders and checkpoints; returns the checkpoint of --resume, read once
+    (None when starting from --weights)."""
+    if bool(args.resume) == bool(args.weights):
+        raise ValueError(
+            "start from a checkpoint (--resume) or from a pretrained classifier (--model NAME --weights W): "
+            "pass exactly one of --resume and --weights"
+        )
+    if args.weights:
+        if not args.model:
+            raise ValueError("--weights needs --model, the architecture of the weights")
+        check_model_name(args.model)
+    elif not os.path.isfile(args.resume):
         raise ValueError(f"--resume {args.resume} is not a file")
+    elif args.pooling_exponent is not None:
+        raise ValueError("--pooling-exponent sets the starting p of --weights; --resume starts from its stored p")
     classes = [
         utils.check_image_folder(os.path.join(args.data_path, split), "--data-path") for split in ("train", "val")
     ]
     if classes[0] != classes[1]:
         raise ValueError(f"train/ and val/ of --data-path {args.data_path} have different class folders")
     check_output_dir(args.output_dir, "finetune_p")
+    if args.weights:
+        return None
     checkpoint = load_checkpoint(args.resume)
     architecture_name(checkpoint, args.resume, args.model)
     check_num_classes(checkpoint, args.resume, classes[0], f"--data-path {args.data_path}")
     return checkpoint
+
+
+@utils.usage_check
+def pretrained_classifier(args):
+    """The MultiGrainNet of --model with --weights, in eval mode, its classifier kept, p = --pooling-exponent."""
+    classes = utils.check_image_folder(os.path.join(args.data_path, "val"), "--data-path")
+    p = 1.0 if args.pooling_exponent is None else args.pooling_exponent
+    model = build_model(args.model, weights=args.weights, num_classes=None, pooling_exponent=p)
+    if model.classifier.out_features != len(classes):
+        raise ValueError(
+            f"--weights {args.weights} classify {model.classifier.out_features} classes, "
+            f"--data-path {args.data_path} has {len(classes)}"
+        )
+    return model.to(args.device).eval()
 
 
 def first_images_per_class(targets, count):
@@ -174,16 +209,22 @@ def main(args):
     if os.path.exists(log_path):
         os.remove(log_path)
 
-    print(f"Fine-tuning p of {describe(checkpoint, args.resume)}")
-    name = architecture_name(checkpoint, args.resume, args.model)
-    model = model_from_checkpoint(checkpoint, args.resume, model_name=name, device=device, unwhitened=True)
-    if "whitening.mean" in model_state_dict(checkpoint, args.resume):
-        print(f"{args.resume} is whitened: fine-tuning p on the unwhitened model (re-run whiten.py afterwards)")
-    source = source_of(checkpoint, args.resume)
+    subset, val = load_data(args)
+    if checkpoint is None:
+        print(f"Fine-tuning p of --model {args.model} with --weights {args.weights}")
+        name = args.model
+        model = pretrained_classifier(args)
+        source = {"weights": args.weights}
+    else:
+        print(f"Fine-tuning p of {describe(checkpoint, args.resume)}")
+        name = architecture_name(checkpoint, args.resume, args.model)
+        model = model_from_checkpoint(checkpoint, args.resume, model_name=name, device=device, unwhitened=True)
+        if "whitening.mean" in model_state_dict(checkpoint, args.resume):
+            print(f"{args.resume} is whitened: fine-tuning p on the unwhitened model (re-run whiten.py afterwards)")
+        source = source_of(checkpoint, args.resume)
     del checkpoint
     initial_p = float(model.pool.p)
 
-    subset, val = load_data(args)
     print(f"{len(subset)} fine-tuning images ({args.images_per_class} per class), {len(val)} validation images")
 
     record = {"input_size": args.input_size, "initial_p": initial_p}
@@ -220,10 +261,24 @@ def get_args_parser(add_help=True):
         "--data-path", default="/datasets01/imagenet_full_size/061417/", help="folder with train/ and val/ ImageFolders"
     )
     parser.add_argument(
-        "--resume", required=True, help="checkpoint to start from (train.py, finetune_p.py, whiten.py or published)"
+        "--resume", default=None, help="checkpoint to start from (train.py, finetune_p.py, whiten.py or published)"
     )
     parser.add_argument(
-        "--model", default=None, help="architecture, for checkpoints that do not name it (published files: resnet50)"
+        "--model",
+        default=None,
+        help="architecture: of --weights, or for checkpoints that do not name it (published files: told by their keys)",
+    )
+    parser.add_argument(
+        "--weights",
+        default=None,
+        help="start from a pretrained classifier instead of --resume: torchvision weights name, or for timm models "
+        "(timm:NAME, senet154, pnasnet5large) a weights file or timm pretrained tag",
+    )
+    parser.add_argument(
+        "--pooling-exponent",
+        default=None,
+        type=flags.float_in(0, low_open=True),
+        help="starting p with --weights (default 1: the average pooling the classifier was trained with)",
     )
     parser.add_argument("--device", default="cuda", help="cuda or cpu")
     parser.add_argument(

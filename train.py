@@ -43,7 +43,7 @@ from multigrain.distance_weighted_miner import NEGATIVE_SAMPLING_MODES, Distance
 from multigrain.image_io import load_rgb
 from multigrain.joint_loss import MultiGrainLoss
 from multigrain.margin_loss import MarginLoss
-from multigrain.model import build_model
+from multigrain.model import build_model, check_model_name
 from sampler import DecodeOnceBatchSampler, RASampler
 
 # The flags that change what is trained. A run continues only under the values it was started with, plus
@@ -173,6 +173,7 @@ def check_args(args):
         )
     if args.weights and args.init_from:
         raise ValueError("--weights and --init-from both give the initial weights: pass one of them")
+    check_model_name(args.model)
     for flag in ("resume", "init_from"):
         path = getattr(args, flag)
         if path and not os.path.isfile(path):
@@ -487,10 +488,14 @@ def get_args_parser(add_help=True):
     parser.add_argument(
         "--model",
         default="resnet50",
-        help="torchvision model name (ResNet, ResNeXt, Wide-ResNet, RegNet, EfficientNet)",
+        help="torchvision model name (ResNet, ResNeXt, Wide-ResNet, RegNet, EfficientNet), timm:NAME for a timm CNN "
+        "with a global pooling + Linear head, or senet154 / pnasnet5large (appendix E)",
     )
     parser.add_argument(
-        "--weights", default=None, help="torchvision weights for the trunk, e.g. ResNet50_Weights.IMAGENET1K_V1"
+        "--weights",
+        default=None,
+        help="weights of the trunk: torchvision weights name (e.g. ResNet50_Weights.IMAGENET1K_V1), or for timm "
+        "models a weights file (safetensors or state_dict) or a timm pretrained tag found in its cache",
     )
     parser.add_argument("--device", default="cuda", help="cuda or cpu")
     parser.add_argument(

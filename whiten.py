@@ -164,7 +164,9 @@ def get_args_parser(add_help=True):
         "--resume", required=True, help="checkpoint to whiten (train.py, finetune_p.py, whiten.py or published)"
     )
     parser.add_argument(
-        "--model", default=None, help="architecture, for checkpoints that do not name it (published files: resnet50)"
+        "--model",
+        default=None,
+        help="architecture, for checkpoints that do not name it (published files: told by their keys)",
     )
     parser.add_argument(
         "--whiten-path",

@@ -12,7 +12,8 @@ A checkpoint of this project is a plain dict that says what it is:
 The published MultiGrain files (joint_1B_1.0.pth ..., ResNet-50) are recognised too ("published"): a
 dict whose `model_state` entry has the same `features.*`, `pool.p`, `classifier.*` keys, possibly
 behind a `module.` prefix, and for whitened models `whitening.pca.pca_m`, `whitening.pca.pca_P` with a
-classifier of width 2049 that reads the whitened vector.
+classifier of width 2049 that reads the whitened vector; so are the published appendix-E files
+(senet154, pnasnet5large; nasnetamobile is refused), told by their keys (appendix_e_architecture).
 """
 
 import functools
@@ -24,7 +25,7 @@ import urllib.parse
 import torch
 from torch import nn
 
-from .model import build_model
+from .model import build_model, check_model_name
 from .safe_pickle import not_loaded_objects, tensors_only_pickle
 from .whitening import Whitening, remove_whitening
 
@@ -40,6 +41,12 @@ KIND_DESCRIPTIONS = {
     "model": "a MultiGrain model",
 }
 PUBLISHED_ARCHITECTURE = "resnet50"
+# The beginning of keys that only the published file of each appendix-E architecture has.
+PUBLISHED_APPENDIX_E_MARKERS = {
+    "senet154": "features.layer0.conv3.",
+    "nasnetamobile": "features.0.base_net.reduction_cell_0.",
+    "pnasnet5large": "features.0.base_net.cell_stem_0.",
+}
 PUBLISHED_WHITENING_KEYS = {"whitening.pca.pca_m": "whitening.mean", "whitening.pca.pca_P": "whitening.projection"}
 
 
@@ -211,16 +218,30 @@ def source_of(checkpoint, path) -> dict:
     return {"path": os.path.abspath(path), "kind": checkpoint_kind(checkpoint)}
 
 
+def appendix_e_architecture(checkpoint):
+    """The appendix-E architecture of a published file, told by its keys (senet154, pnasnet5large,
+    nasnetamobile: multigrain.timm_backbones); None for the others."""
+    keys = [key.removeprefix("module.") for key in checkpoint["model_state"]]
+    for name, marker in PUBLISHED_APPENDIX_E_MARKERS.items():
+        if any(key.startswith(marker) for key in keys):
+            return name
+    return None
+
+
 def architecture_name(checkpoint, path="checkpoint", model_name=None) -> str:
-    """The architecture of a checkpoint: its `args["model"]` (resnet50 for the published files, which
-    do not name it); `model_name` names it for checkpoints that do not, and must agree with it otherwise."""
+    """The architecture of a checkpoint: its `args["model"]` (for the published files, which do not name
+    it, the appendix-E architecture their keys tell, else resnet50); `model_name` names it for checkpoints
+    that do not, and must agree with it otherwise."""
     stored_name = (checkpoint.get("args") or {}).get("model")
+    published = checkpoint_kind(checkpoint) == "published"
+    if published:
+        stored_name = appendix_e_architecture(checkpoint)
     if model_name and stored_name and model_name != stored_name:
         raise ValueError(f"{path} holds a {stored_name} model, but --model is {model_name}")
-    published = checkpoint_kind(checkpoint) == "published"
     name = model_name or stored_name or (PUBLISHED_ARCHITECTURE if published else None)
     if name is None:
         raise ValueError(f"{path} does not name its architecture: pass --model")
+    check_model_name(name)
     return name
 
 

@@ -5,6 +5,7 @@ import torchvision
 from torch import nn
 
 from .gem import GeM
+from .timm_backbones import APPENDIX_E, build_timm_trunk, is_timm_name, timm_name
 
 # Families whose torchvision head is "global pool -> (dropout) -> one Linear", so that the Linear can
 # read the GeM vector directly.
@@ -74,11 +75,27 @@ def _split_trunk(trunk: nn.Module):
     raise TypeError(f"unsupported trunk class {type(trunk).__name__}")
 
 
+def check_model_name(name: str) -> None:
+    """Refuses an architecture name that build_model does not know, without building it."""
+    if is_timm_name(name):
+        timm_name(name)
+    elif name not in supported_models():
+        raise ValueError(
+            f"unsupported --model {name!r}; supported models: {', '.join(supported_models())}, "
+            f"timm:NAME for a timm CNN, and {', '.join(APPENDIX_E)}"
+        )
+
+
 def build_model(name: str, *, weights=None, num_classes: int = 1000, pooling_exponent: float = 3.0):
-    """A MultiGrainNet on a torchvision trunk `name`; `weights` is a torchvision weights name."""
-    supported = supported_models()
-    if name not in supported:
-        raise ValueError(f"unsupported --model {name!r}; supported models: {', '.join(supported)}")
+    """A MultiGrainNet on a torchvision trunk `name`, or a timm trunk (timm:NAME, senet154, pnasnet5large:
+    multigrain.timm_backbones); `weights` is a torchvision weights name, or for timm a weights file or a
+    pretrained tag of timm's, whose classifier is replaced when num_classes (None: keep it) differs."""
+    if is_timm_name(name):
+        features, classifier, dropout = build_timm_trunk(name, weights, num_classes or 1000)
+        if num_classes is not None and classifier.out_features != num_classes:
+            classifier = nn.Linear(classifier.in_features, num_classes)
+        return MultiGrainNet(features, classifier, p=pooling_exponent, dropout=dropout)
+    check_model_name(name)
     if weights:
         try:
             trunk = torchvision.models.get_model(name, weights=weights)
@@ -89,6 +106,6 @@ def build_model(name: str, *, weights=None, num_classes: int = 1000, pooling_exp
     else:
         trunk = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
     features, classifier, dropout = _split_trunk(trunk)
-    if classifier.out_features != num_classes:
+    if num_classes is not None and classifier.out_features != num_classes:
         classifier = nn.Linear(classifier.in_features, num_classes)
     return MultiGrainNet(features, classifier, p=pooling_exponent, dropout=dropout)
