@@ -4,6 +4,7 @@ import copy
 import os
 
 import torch.utils.data
+import torchvision
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from .image_io import BadImageError, load_rgb
@@ -35,6 +36,23 @@ def list_image_files(root, recursive=False):
 
     add(os.fspath(root), "")
     return sorted(names)
+
+
+class ImageFolder(torchvision.datasets.ImageFolder):
+    """torchvision's ImageFolder (class sub-folders of images) with each class's files listed by
+    `list_image_files`: regular files only (a FIFO named x.jpg would block the loader), every real folder
+    once (a link loop adds nothing)."""
+
+    @staticmethod
+    def make_dataset(directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
+        samples = []
+        for class_name, label in sorted(class_to_idx.items(), key=lambda item: item[1]):
+            folder = os.path.join(directory, class_name)
+            names = list_image_files(folder, recursive=True)
+            if not names and not allow_empty:
+                raise FileNotFoundError(f"class folder {folder} holds no image file")
+            samples.extend((os.path.join(folder, name), label) for name in names)
+        return samples
 
 
 class ImageList(torch.utils.data.Dataset):
