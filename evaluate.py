@@ -138,7 +138,7 @@ def extract_sharded(model, images, device, args):
         descriptors = np.empty((len(images), local.shape[1]), dtype=np.float32)
         for shard_rank, shard_descriptors in enumerate(shards):
             descriptors[shard_rank::world_size] = shard_descriptors
-    check_finite(descriptors, images.names, "descriptors")
+    check_finite(descriptors, images.names, "descriptors", zero_too=True)
     return descriptors
 
 
@@ -185,7 +185,7 @@ def load_features(folder, stem, names):
     descriptors = np.load(array_path)
     if descriptors.ndim != 2 or len(descriptors) != len(names):
         raise ValueError(f"{array_path} holds an array of shape {descriptors.shape}, expected ({len(names)}, d)")
-    check_finite(descriptors, names, f"descriptors in {array_path}")
+    check_finite(descriptors, names, f"descriptors in {array_path}", zero_too=True)
     return descriptors.astype(np.float32, copy=False)
 
 

@@ -18,18 +18,24 @@ def is_image_file(name) -> bool:
 def list_image_files(root, recursive=False):
     """The paths relative to `root` of its image files (and, if `recursive`, of its sub-folders'), sorted.
 
-    Links are followed, but every real folder is listed once: a link to a folder already listed (such as
-    a link to a parent folder) adds nothing.
+    Only regular files are images (not a FIFO named x.jpg). Links are followed, but every real folder is
+    listed once: a link to a folder already listed, or to a folder holding `root` (a loop, such as a link
+    to a parent folder), adds nothing.
     """
     names = []
     listed = set()
+    top = os.path.realpath(root)
+
+    def holds_root(real):
+        return top == real or top.startswith(real.rstrip(os.sep) + os.sep)
 
     def add(folder, prefix):
         listed.add(os.path.realpath(folder))
         with os.scandir(folder) as entries:
             for entry in sorted(entries, key=lambda entry: entry.name):
                 if entry.is_dir():
-                    if recursive and os.path.realpath(entry.path) not in listed:
+                    real = os.path.realpath(entry.path)
+                    if recursive and real not in listed and not holds_root(real):
                         add(entry.path, prefix + entry.name + os.sep)
                 elif entry.is_file() and is_image_file(entry.name):
                     names.append(prefix + entry.name)

@@ -59,9 +59,12 @@ def image_name(dataset, index):
     return f"item {index}"
 
 
-def non_finite_rows(values):
-    """The indices of the rows of a 2-D tensor that hold a NaN or an infinity."""
-    return (~torch.isfinite(values)).any(dim=1).nonzero().flatten().tolist()
+def non_finite_rows(values, zero_too=False):
+    """The indices of the rows of a 2-D tensor that hold a NaN or an infinity (or, if `zero_too`, only zeros)."""
+    bad = (~torch.isfinite(values)).any(dim=1)
+    if zero_too:
+        bad |= (values == 0).all(dim=1)
+    return bad.nonzero().flatten().tolist()
 
 
 def non_finite_message(count, total, what, names):
@@ -72,10 +75,12 @@ def non_finite_message(count, total, what, names):
     )
 
 
-def check_finite(values, names, what):
-    """Raises a NonFiniteOutputError naming the images (`names`, one per row) whose row of `values` is not finite."""
-    rows = non_finite_rows(torch.as_tensor(values))
+def check_finite(values, names, what, zero_too=False):
+    """Raises a NonFiniteOutputError naming the images (`names`, one per row) whose row of `values` is not
+    finite (or, if `zero_too`, is all zeros: a descriptor whose pooling underflowed)."""
+    rows = non_finite_rows(torch.as_tensor(values), zero_too)
     if rows:
+        what = f"{what} (or all-zero ones)" if zero_too else what
         raise NonFiniteOutputError(non_finite_message(len(rows), len(values), what, [str(names[i]) for i in rows[:5]]))
 
 
