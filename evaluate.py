@@ -75,10 +75,6 @@ def check_args(args):
         raise ValueError(f"--distractors-list {args.distractors_list} is not a file")
     if args.num_distractors is not None and not args.distractors_path:
         raise ValueError(f"--num-distractors {args.num_distractors} needs --distractors-path (the distractor images)")
-    if args.distractors_path and "copydays" not in args.dataset:
-        raise ValueError("--distractors-path is for --dataset copydays, which is not evaluated")
-    if args.holidays_rotations and "holidays" not in args.dataset:
-        raise ValueError("--holidays-rotations is for --dataset holidays, which is not evaluated")
     if args.output_dir:
         utils.check_writable_folder(args.output_dir, "--output-dir")
     if args.save_features:

@@ -211,8 +211,8 @@ def check_args(args):
         architecture_name(checkpoint, resume, args.model)
         if args.start_epoch:
             raise ValueError(f"--start-epoch {args.start_epoch}: a resumed run continues after the checkpoint's epoch")
-        changes = check_recipe(checkpoint, resume, args)
         check_num_classes(checkpoint, resume, classes, f"--data-path {args.data_path}")
+        changes = check_recipe(checkpoint, resume, args)
         return StartingPoint(resume, checkpoint, resumed=True, recipe_changes=changes)
     if args.init_from:
         checkpoint = load_checkpoint(args.init_from)
