@@ -111,7 +111,9 @@ def test_train_resume_refuses_a_stored_negative_pooling_exponent(data, tmp_path)
     state = {key: value.clone() for key, value in random_state(4).items()}
     state["pool.p"] = torch.tensor(-2.0)
     save_checkpoint(make_checkpoint("train", state, {"model": "resnet18"}, epoch=0), tmp_path / "checkpoint.pth")
-    args = train.get_args_parser().parse_args(["--data-path", str(data), "--output-dir", str(tmp_path)])
+    args = train.get_args_parser().parse_args(
+        ["--data-path", str(data), "--model", "resnet18", "--output-dir", str(tmp_path)]
+    )
     with pytest.raises(UsageError, match="checkpoint.pth: its GeM exponent pool.p is -2.0"):
         train.check_args(args)
 
