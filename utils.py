@@ -121,11 +121,16 @@ def check_image_folder(folder, flag):
 
 
 def check_writable_folder(folder, flag):
-    """Creates `folder` if needed and writes and removes a probe file there, so that an output that cannot be
-    written is refused before the work rather than after it (permission bits say nothing when running as root)."""
+    """Refuses an output folder that cannot be created or written, before the work rather than after it: a file
+    is written and removed in the folder, or in the nearest existing folder above it when it does not exist yet
+    (nothing is left behind). Permission bits say nothing when running as root; the probe does not rely on them."""
+    existing = os.path.abspath(folder)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ValueError(f"{flag} {folder} is not a writable folder: {existing} is a file")
     try:
-        os.makedirs(folder, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=folder)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=existing)
         os.close(fd)
         os.remove(probe)
     except OSError as e:
