@@ -93,7 +93,7 @@ def _process_is_running(pid):
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass  # alive, run by another user
     return True
 
 
