@@ -1,5 +1,6 @@
 """The training and evaluation loops, taking what they use as arguments (no command line needed)."""
 
+import itertools
 import math
 
 import torch
@@ -7,7 +8,7 @@ from torch import nn
 
 import utils
 from multigrain import distributed
-from multigrain.extraction import forward_by_size
+from multigrain.extraction import NonFiniteOutputError, forward_by_size, image_name, non_finite_message, non_finite_rows
 
 
 def accuracy_counts(logits, targets, topk=(1,)):
@@ -94,23 +95,35 @@ def evaluate(model, data_loader, device, *, amp_dtype=None, print_freq=10, heade
     model.eval()
     metric_logger = utils.MetricLogger()
     correct1 = correct5 = loss_sum = 0.0
-    count = 0
-    for images, targets in metric_logger.log_every(data_loader, print_freq, header):
+    count = non_finite = 0
+    non_finite_names = []
+    for batch_index, (images, targets) in enumerate(metric_logger.log_every(data_loader, print_freq, header)):
         targets = targets.to(device, non_blocking=True)
         with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             if isinstance(images, torch.Tensor):
                 logits, _ = model(images.to(device, non_blocking=True))
             else:
                 logits, _ = forward_by_size(model, [image.to(device, non_blocking=True) for image in images])
+        bad_rows = non_finite_rows(logits.detach().float())
+        if bad_rows:
+            non_finite += len(bad_rows)
+            batch = list(itertools.islice(data_loader.batch_sampler, batch_index, batch_index + 1))[0]
+            non_finite_names += [image_name(data_loader.dataset, batch[row]) for row in bad_rows[:5]]
         loss = nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
         acc1, acc5 = accuracy_counts(logits, targets, topk=(1, 5))
         correct1 += acc1.item()
         correct5 += acc5.item()
         loss_sum += loss.item()
         count += len(targets)
-    correct1, correct5, loss_sum, count = distributed.reduce_sum([correct1, correct5, loss_sum, count])
+    correct1, correct5, loss_sum, count, non_finite = distributed.reduce_sum(
+        [correct1, correct5, loss_sum, count, non_finite]
+    )
     if count == 0:
         raise ValueError(f"{header} no image to evaluate")
+    if non_finite:
+        raise NonFiniteOutputError(
+            f"{header} " + non_finite_message(int(non_finite), int(count), "logits", non_finite_names)
+        )
     metrics = {
         "acc1": 100.0 * correct1 / count,
         "acc5": 100.0 * correct5 / count,

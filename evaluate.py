@@ -17,7 +17,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.utils.data
-import torchvision
 from torchvision.transforms.functional import InterpolationMode
 
 import engine
@@ -26,7 +25,8 @@ import presets
 import utils
 from multigrain import distributed, retrieval_datasets
 from multigrain.checkpoint import architecture_name, check_num_classes, load_checkpoint, model_from_checkpoint
-from multigrain.extraction import collate_image_list, extract_descriptors
+from multigrain.datasets import ImageFolder
+from multigrain.extraction import check_finite, collate_image_list, extract_descriptors
 from multigrain.image_io import load_rgb
 from multigrain.model import l2n
 from multigrain.nn_search import knn, ranking_positions
@@ -35,6 +35,7 @@ from multigrain.retrieval_metrics import KnownPositions
 RETRIEVAL_DATASETS = ("holidays", "ukbench", "copydays", *retrieval_datasets.REVISITOP_BENCHMARKS)
 DATASETS = ("imagenet-val", *RETRIEVAL_DATASETS)
 MULTISCALE_FACTORS = (1.0, 1 / math.sqrt(2), 0.5)
+DEFAULT_NUM_DISTRACTORS = 10000  # CD10k
 
 
 def dataset_path_flag(name):
@@ -72,6 +73,12 @@ def check_args(args):
         raise ValueError("--distractors-list needs --distractors-path (the folder its names are relative to)")
     if args.distractors_list and not os.path.isfile(args.distractors_list):
         raise ValueError(f"--distractors-list {args.distractors_list} is not a file")
+    if args.num_distractors is not None and not args.distractors_path:
+        raise ValueError(f"--num-distractors {args.num_distractors} needs --distractors-path (the distractor images)")
+    if args.output_dir:
+        utils.check_writable_folder(args.output_dir, "--output-dir")
+    if args.save_features:
+        utils.check_writable_folder(args.save_features, "--save-features")
     if args.load_features:
         return None
     checkpoint = load_checkpoint(args.resume)
@@ -89,7 +96,10 @@ def read_benchmark(name, args):
         return retrieval_datasets.read_ukbench(args.ukbench_path)
     if name == "copydays":
         return retrieval_datasets.read_copydays(
-            args.copydays_path, args.distractors_path, args.distractors_list, args.num_distractors
+            args.copydays_path,
+            args.distractors_path,
+            args.distractors_list,
+            DEFAULT_NUM_DISTRACTORS if args.num_distractors is None else args.num_distractors,
         )
     return retrieval_datasets.read_revisitop(getattr(args, f"{name}_path"), name)
 
@@ -117,12 +127,14 @@ def extract_sharded(model, images, device, args):
         print_freq=progress_freq(args),
     ).numpy()
     if world_size == 1:
-        return local
-    shards = [None] * world_size
-    dist.all_gather_object(shards, local)
-    descriptors = np.empty((len(images), local.shape[1]), dtype=np.float32)
-    for shard_rank, shard_descriptors in enumerate(shards):
-        descriptors[shard_rank::world_size] = shard_descriptors
+        descriptors = local
+    else:
+        shards = [None] * world_size
+        dist.all_gather_object(shards, local)
+        descriptors = np.empty((len(images), local.shape[1]), dtype=np.float32)
+        for shard_rank, shard_descriptors in enumerate(shards):
+            descriptors[shard_rank::world_size] = shard_descriptors
+    check_finite(descriptors, images.names, "descriptors", zero_too=True)
     return descriptors
 
 
@@ -169,6 +181,7 @@ def load_features(folder, stem, names):
     descriptors = np.load(array_path)
     if descriptors.ndim != 2 or len(descriptors) != len(names):
         raise ValueError(f"{array_path} holds an array of shape {descriptors.shape}, expected ({len(names)}, d)")
+    check_finite(descriptors, names, f"descriptors in {array_path}", zero_too=True)
     return descriptors.astype(np.float32, copy=False)
 
 
@@ -219,7 +232,7 @@ def evaluate_imagenet(model, device, args):
         transform = presets.ClassificationPresetEval(crop_size=args.input_size, interpolation=interpolation)
     else:
         transform = presets.RetrievalPresetEval(max_size=args.input_size, interpolation=interpolation)
-    dataset = torchvision.datasets.ImageFolder(os.path.join(args.imagenet_path, "val"), transform, loader=load_rgb)
+    dataset = ImageFolder(os.path.join(args.imagenet_path, "val"), transform, loader=load_rgb)
     shard = torch.utils.data.Subset(dataset, range(distributed.get_rank(), len(dataset), distributed.get_world_size()))
     loader = torch.utils.data.DataLoader(
         shard, batch_size=args.batch_size, num_workers=args.workers, collate_fn=collate_image_list
@@ -270,11 +283,16 @@ def main(args):
         return None
 
     print(f"\n{description}\n{format_table(results)}", flush=True)
+    non_finite = [
+        f"{name} {metric}" for name, metrics in results.items() for metric, v in metrics.items() if not math.isfinite(v)
+    ]
+    if non_finite:
+        raise FloatingPointError(f"non-finite results ({', '.join(non_finite)}): metrics.json is not written")
     if args.output_dir:
         os.makedirs(args.output_dir, exist_ok=True)
         record = {"description": description, "results": results, "args": vars(args)}
         with open(os.path.join(args.output_dir, "metrics.json"), "w") as f:
-            json.dump(record, f, indent=2)
+            json.dump(record, f, indent=2, allow_nan=False)
     return results
 
 
@@ -337,9 +355,9 @@ def get_args_parser(add_help=True):
     )
     parser.add_argument(
         "--num-distractors",
-        default=10000,
+        default=None,
         type=flags.int_in(0),
-        help="take the first N distractors (CD10k: 10000); fewer available is an error",
+        help=f"take the first N distractors (default: {DEFAULT_NUM_DISTRACTORS}, CD10k); fewer available is an error",
     )
     parser.add_argument("--roxford5k-path", default=None, help="ROxford5k folder with jpg/ and gnd_roxford5k.pkl")
     parser.add_argument("--rparis6k-path", default=None, help="RParis6k folder with jpg/ and gnd_rparis6k.pkl")

@@ -23,7 +23,6 @@ import time
 
 import torch
 import torch.utils.data
-import torchvision
 from torch.nn import functional as F
 from torchvision.transforms.functional import InterpolationMode
 
@@ -45,6 +44,7 @@ from multigrain.checkpoint import (
     save_checkpoint,
     source_of,
 )
+from multigrain.datasets import ImageFolder
 from multigrain.extraction import collate_image_list, forward_by_size
 from multigrain.image_io import load_rgb
 from multigrain.model import build_model, check_model_name
@@ -85,6 +85,7 @@ def check_args(args):
     if classes[0] != classes[1]:
         raise ValueError(f"train/ and val/ of --data-path {args.data_path} have different class folders")
     check_output_dir(args.output_dir, "finetune_p")
+    utils.check_writable_folder(args.output_dir, "--output-dir")
     if args.weights:
         return None
     checkpoint = load_checkpoint(args.resume)
@@ -122,8 +123,8 @@ def load_data(args):
     transform = presets.RetrievalPresetEval(
         max_size=args.input_size, interpolation=InterpolationMode(args.interpolation)
     )
-    train = torchvision.datasets.ImageFolder(os.path.join(args.data_path, "train"), transform, loader=load_rgb)
-    val = torchvision.datasets.ImageFolder(os.path.join(args.data_path, "val"), transform, loader=load_rgb)
+    train = ImageFolder(os.path.join(args.data_path, "train"), transform, loader=load_rgb)
+    val = ImageFolder(os.path.join(args.data_path, "val"), transform, loader=load_rgb)
     indices = first_images_per_class(train.targets, args.images_per_class)
     subset = torch.utils.data.Subset(train, indices)
     return subset, val

@@ -15,7 +15,6 @@ from collections import namedtuple
 import numpy as np
 import torch
 import torch.utils.data
-import torchvision
 from torch import nn
 from torchvision.transforms.functional import InterpolationMode
 
@@ -38,7 +37,14 @@ from multigrain.checkpoint import (
     model_state_dict,
     save_checkpoint,
 )
-from multigrain.datasets import RepeatedViews, SkipBadImages, WithIndex, collate_skipping_bad, collate_views
+from multigrain.datasets import (
+    ImageFolder,
+    RepeatedViews,
+    SkipBadImages,
+    WithIndex,
+    collate_skipping_bad,
+    collate_views,
+)
 from multigrain.distance_weighted_miner import NEGATIVE_SAMPLING_MODES, DistanceWeightedMiner
 from multigrain.image_io import load_rgb
 from multigrain.joint_loss import MultiGrainLoss
@@ -194,6 +200,7 @@ def check_args(args):
 
     if args.output_dir:
         check_output_dir(args.output_dir, "train")
+        utils.check_writable_folder(args.output_dir, "--output-dir")
     resume = checkpoint_to_resume(args)
     if resume:
         checkpoint = load_checkpoint(resume)
@@ -205,8 +212,8 @@ def check_args(args):
         architecture_name(checkpoint, resume, args.model)
         if args.start_epoch:
             raise ValueError(f"--start-epoch {args.start_epoch}: a resumed run continues after the checkpoint's epoch")
-        changes = check_recipe(checkpoint, resume, args)
         check_num_classes(checkpoint, resume, classes, f"--data-path {args.data_path}")
+        changes = check_recipe(checkpoint, resume, args)
         return StartingPoint(resume, checkpoint, resumed=True, recipe_changes=changes)
     if args.init_from:
         checkpoint = load_checkpoint(args.init_from)
@@ -225,7 +232,7 @@ def load_data(args):
     val_transform = presets.ClassificationPresetEval(
         crop_size=args.val_crop_size, resize_size=args.val_resize_size, interpolation=interpolation
     )
-    dataset_val = torchvision.datasets.ImageFolder(os.path.join(args.data_path, "val"), val_transform, loader=load_rgb)
+    dataset_val = ImageFolder(os.path.join(args.data_path, "val"), val_transform, loader=load_rgb)
     # Validation is sharded without padding, so every image is counted exactly once.
     shard = range(distributed.get_rank(), len(dataset_val), distributed.get_world_size())
     shard_val = skipping_bad_images(torch.utils.data.Subset(dataset_val, shard), args)
@@ -243,7 +250,7 @@ def load_data(args):
     )
     # Under --ra-decode-once the images are decoded without transform and RepeatedViews augments each copy.
     folder_transform = None if args.ra_decode_once else train_transform
-    dataset = torchvision.datasets.ImageFolder(os.path.join(args.data_path, "train"), folder_transform, loader=load_rgb)
+    dataset = ImageFolder(os.path.join(args.data_path, "train"), folder_transform, loader=load_rgb)
     reps = args.ra_reps if args.ra_sampler else 1
     train_sampler = RASampler(len(dataset), reps=reps, seed=args.seed, epoch_len_factor=args.epoch_len_factor)
     dataset = RepeatedViews(dataset, train_transform) if args.ra_decode_once else WithIndex(dataset)

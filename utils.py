@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 
 from multigrain import distributed
+from multigrain.checkpoint import CheckpointWriteError
 from multigrain.datasets import is_image_file
 from multigrain.image_io import BadImageError
 
@@ -114,9 +115,26 @@ def check_image_folder(folder, flag):
         raise ValueError(f"{flag}: {folder} has no class sub-folders")
     for name in classes:
         with os.scandir(os.path.join(folder, name)) as entries:
-            if not any(is_image_file(entry.name) for entry in entries):
+            if not any(entry.is_file() and is_image_file(entry.name) for entry in entries):
                 raise ValueError(f"{flag}: class folder {os.path.join(folder, name)} holds no image file")
     return classes
+
+
+def check_writable_folder(folder, flag):
+    """Refuses an output folder that cannot be created or written, before the work rather than after it: a file
+    is written and removed in the folder, or in the nearest existing folder above it when it does not exist yet
+    (nothing is left behind). Permission bits say nothing when running as root; the probe does not rely on them."""
+    existing = os.path.abspath(folder)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ValueError(f"{flag} {folder} is not a writable folder: {existing} is a file")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=existing)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise ValueError(f"{flag} {folder} is not a writable folder: {e}") from None
 
 
 def init_distributed_mode(args):
@@ -210,8 +228,9 @@ def usage_check(check):
     return checked
 
 
-# Failures that name their cause (a file, an iteration, a batch too large) well enough that a traceback adds nothing.
-REPORTED_FAILURES = (BadImageError, FloatingPointError, MemoryError)
+# Failures that name their cause (a file, an iteration, a batch too large, a full disk) well enough that a
+# traceback adds nothing.
+REPORTED_FAILURES = (BadImageError, CheckpointWriteError, FloatingPointError, MemoryError)
 
 
 def run_script(main, parser):

@@ -33,16 +33,15 @@ from multigrain.checkpoint import (
     source_of,
 )
 from multigrain.datasets import ImageList, list_image_files
-from multigrain.extraction import extract_descriptors
-from multigrain.whitening import fit_whitening, fold_whitening
+from multigrain.extraction import check_finite, extract_descriptors
+from multigrain.whitening import covariance_error_bound, fit_whitening, fold_whitening
 
 
 def whitening_image_names(root, list_file=None, limit=-1):
     """Relative paths of the whitening images: the lines of `list_file`, or every image file under
     `root` in sorted order; the first `limit` of them unless limit is -1."""
     if list_file:
-        with open(list_file) as f:
-            names = [line.strip() for line in f if line.strip()]
+        names = read_whiten_list(root, list_file)
     else:
         names = list_image_files(root, recursive=True)
     if limit != -1:
@@ -53,8 +52,30 @@ def whitening_image_names(root, list_file=None, limit=-1):
     missing = [name for name in names if not os.path.isfile(os.path.join(root, name))]
     if missing:
         raise FileNotFoundError(
-            f"{len(missing)} images of --whiten-list {list_file} are not under --whiten-path {root}, e.g. {missing[0]}"
+            f"{len(missing)} images of --whiten-list {list_file} are not regular files under --whiten-path {root}, "
+            f"e.g. {missing[0]}"
         )
+    return names
+
+
+def read_whiten_list(root, list_file):
+    """The lines of --whiten-list: paths relative to --whiten-path that stay inside it, each image once."""
+    names, first_line = [], {}
+    with open(list_file) as f:
+        for line_number, line in enumerate(f, start=1):
+            name = line.strip()
+            if not name:
+                continue
+            where = f"--whiten-list {list_file} line {line_number}: {name}"
+            if os.path.isabs(name):
+                raise ValueError(f"{where} is an absolute path; give paths relative to --whiten-path {root}")
+            if os.path.normpath(name).split(os.sep)[0] == os.pardir:
+                raise ValueError(f"{where} leaves --whiten-path {root}")
+            real = os.path.realpath(os.path.join(root, name))
+            if real in first_line:
+                raise ValueError(f"{where} is the image of line {first_line[real]} again")
+            first_line[real] = line_number
+            names.append(name)
     return names
 
 
@@ -68,6 +89,7 @@ def check_args(args):
     if args.whiten_list and not os.path.isfile(args.whiten_list):
         raise ValueError(f"--whiten-list {args.whiten_list} is not a file")
     check_output_dir(args.output_dir, "whiten")
+    utils.check_writable_folder(args.output_dir, "--output-dir")
     checkpoint = load_checkpoint(args.resume)
     architecture_name(checkpoint, args.resume, args.model)
     return checkpoint
@@ -129,6 +151,7 @@ def main(args):
     )
     print(f"Extraction took {time.time() - start:.1f} s; fitting the whitening in float64")
 
+    check_finite(pooled, names, "pooled vectors")
     mean, projection = fit_whitening(pooled, shrinkage=args.shrinkage)
     classifier_before = model.classifier
     fold_whitening(model, mean, projection)
@@ -139,6 +162,14 @@ def main(args):
         f"same top-5 classes: {100 * checks['top5_agreement']:.2f}%; logits vs old logits / ||[g; 1]||: max relative "
         f"deviation {checks['logit_factor_error']:.2e}"
     )
+    bound = covariance_error_bound(args.shrinkage)
+    if not checks["covariance_error"] <= bound:
+        raise FloatingPointError(
+            f"the whitening failed its check: the whitened covariance of the {len(pooled)} images deviates from the "
+            f"identity by {checks['covariance_error']:.2e}, more than the {bound:.2g} that --shrinkage "
+            f"{args.shrinkage} allows (the images of --whiten-path {args.whiten_path} give nearly identical "
+            "descriptors): nothing was saved"
+        )
     record = {
         "input_size": args.input_size,
         "p": float(model.pool.p),

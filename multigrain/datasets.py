@@ -4,6 +4,7 @@ import copy
 import os
 
 import torch.utils.data
+import torchvision
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from .image_io import BadImageError, load_rgb
@@ -17,24 +18,47 @@ def is_image_file(name) -> bool:
 def list_image_files(root, recursive=False):
     """The paths relative to `root` of its image files (and, if `recursive`, of its sub-folders'), sorted.
 
-    Links are followed, but every real folder is listed once: a link to a folder already listed (such as
-    a link to a parent folder) adds nothing.
+    Only regular files are images (not a FIFO named x.jpg). Links are followed, but every real folder is
+    listed once: a link to a folder already listed, or to a folder holding `root` (a loop, such as a link
+    to a parent folder), adds nothing.
     """
     names = []
     listed = set()
+    top = os.path.realpath(root)
+
+    def holds_root(real):
+        return top == real or top.startswith(real.rstrip(os.sep) + os.sep)
 
     def add(folder, prefix):
         listed.add(os.path.realpath(folder))
         with os.scandir(folder) as entries:
             for entry in sorted(entries, key=lambda entry: entry.name):
                 if entry.is_dir():
-                    if recursive and os.path.realpath(entry.path) not in listed:
+                    real = os.path.realpath(entry.path)
+                    if recursive and real not in listed and not holds_root(real):
                         add(entry.path, prefix + entry.name + os.sep)
                 elif entry.is_file() and is_image_file(entry.name):
                     names.append(prefix + entry.name)
 
     add(os.fspath(root), "")
     return sorted(names)
+
+
+class ImageFolder(torchvision.datasets.ImageFolder):
+    """torchvision's ImageFolder (class sub-folders of images) with each class's files listed by
+    `list_image_files`: regular files only (a FIFO named x.jpg would block the loader), every real folder
+    once (a link loop adds nothing)."""
+
+    @staticmethod
+    def make_dataset(directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
+        samples = []
+        for class_name, label in sorted(class_to_idx.items(), key=lambda item: item[1]):
+            folder = os.path.join(directory, class_name)
+            names = list_image_files(folder, recursive=True)
+            if not names and not allow_empty:
+                raise FileNotFoundError(f"class folder {folder} holds no image file")
+            samples.extend((os.path.join(folder, name), label) for name in names)
+        return samples
 
 
 class ImageList(torch.utils.data.Dataset):

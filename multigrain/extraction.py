@@ -44,6 +44,46 @@ def reporting_out_of_memory(num_images, size, device, batch_size=None):
         ) from error
 
 
+class NonFiniteOutputError(FloatingPointError):
+    """A model gave NaN or infinite descriptors, pooled vectors or logits: no score is computed from them."""
+
+
+def image_name(dataset, index):
+    """The file of item `index` of `dataset`: an ImageList's name, an ImageFolder's path, through Subsets."""
+    while isinstance(dataset, torch.utils.data.Subset):
+        dataset, index = dataset.dataset, dataset.indices[index]
+    if hasattr(dataset, "names"):
+        return str(dataset.names[index])
+    if hasattr(dataset, "samples"):
+        return str(dataset.samples[index][0])
+    return f"item {index}"
+
+
+def non_finite_rows(values, zero_too=False):
+    """The indices of the rows of a 2-D tensor that hold a NaN or an infinity (or, if `zero_too`, only zeros)."""
+    bad = (~torch.isfinite(values)).any(dim=1)
+    if zero_too:
+        bad |= (values == 0).all(dim=1)
+    return bad.nonzero().flatten().tolist()
+
+
+def non_finite_message(count, total, what, names):
+    shown = ", ".join(names[:5]) + (", ..." if count > len(names[:5]) else "") if names else "on other processes"
+    return (
+        f"{count} of {total} images give NaN or infinite {what} ({shown}): the model's weights or its GeM "
+        "exponent (pool.p, --pooling-exponent) overflow; nothing was scored"
+    )
+
+
+def check_finite(values, names, what, zero_too=False):
+    """Raises a NonFiniteOutputError naming the images (`names`, one per row) whose row of `values` is not
+    finite (or, if `zero_too`, is all zeros: a descriptor whose pooling underflowed)."""
+    rows = non_finite_rows(torch.as_tensor(values), zero_too)
+    if rows:
+        what = f"{what} (or all-zero ones)" if zero_too else what
+        raise NonFiniteOutputError(non_finite_message(len(rows), len(values), what, [str(names[i]) for i in rows[:5]]))
+
+
 def collate_image_list(batch):
     """DataLoader collate_fn for (image, target) samples of different sizes: (list of images, targets)."""
     images = [sample[0] for sample in batch]

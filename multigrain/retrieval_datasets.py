@@ -6,19 +6,24 @@ each query needs, and the function scoring the rankings with the official protoc
 percentages, except the UKBench N-S score (0 to 4).
 """
 
+import hashlib
 import math
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from .datasets import ImageList, list_image_files
+from .image_io import BadImageError
 from .retrieval_metrics import copydays_map, holidays_ground_truth, holidays_map, revisitop_map, ukbench_score
 from .safe_pickle import load_pickle
 
 REVISITOP_BENCHMARKS = ("roxford5k", "rparis6k")
+UKBENCH_NAME = re.compile(r"^ukbench(\d{5})\.[^.]+$")
 
 
 def _benchmark_images(paths, names, rotations=None, boxes=None):
@@ -91,6 +96,9 @@ def read_holidays(root, rotations_file=None):
     ground_truth = holidays_ground_truth(files)
     if not ground_truth:
         raise ValueError(f"Holidays (--holidays-path): no query image (NNNN00.jpg) in {folder}")
+    alone = [files[query] for query, positives in ground_truth if len(positives) == 0]
+    if alone:
+        raise ValueError(f"Holidays (--holidays-path): the queries {alone[:5]} have no other image of their group")
     database = _benchmark_images(
         [folder / name for name in files], [f"jpg/{name}" for name in files], [rotations.get(name, 0) for name in files]
     )
@@ -103,16 +111,41 @@ def read_holidays(root, rotations_file=None):
     return RetrievalBenchmark("holidays", database, None, query_indices, None, items, score)
 
 
+def ukbench_files(folder):
+    """The image files of a UKBench folder in the order of their number NNNNN (ukbenchNNNNN.jpg), checked to
+    form complete groups: the object of image NNNNN is NNNNN // 4, and each object has its 4 images."""
+    files = list_image_files(folder)
+    if not files:
+        raise ValueError(f"UKBench (--ukbench-path): expected groups of 4 images in {folder}, found 0")
+    numbers = {}
+    for name in files:
+        match = UKBENCH_NAME.match(name)
+        if not match:
+            raise ValueError(f"UKBench (--ukbench-path): {folder / name} is not named ukbenchNNNNN.jpg")
+        number = int(match[1])
+        if number in numbers:
+            raise ValueError(f"UKBench (--ukbench-path): {numbers[number]} and {name} in {folder} have the same number")
+        numbers[number] = name
+    groups = {number // 4 for number in numbers}
+    incomplete = sorted(group for group in groups if any(4 * group + view not in numbers for view in range(4)))
+    if incomplete:
+        missing = [f"ukbench{4 * g + view:05d}" for g in incomplete for view in range(4) if 4 * g + view not in numbers]
+        raise ValueError(
+            f"UKBench (--ukbench-path): expected groups of 4 images in {folder} (the group of ukbenchNNNNN is "
+            f"NNNNN // 4); {len(incomplete)} groups are incomplete, missing {', '.join(missing[:8])}"
+        )
+    return [numbers[number] for number in sorted(numbers)]
+
+
 def read_ukbench(root):
-    """UKBench: root/full/ukbenchNNNNN.jpg (or the images directly in root), groups of 4 in name order.
+    """UKBench: root/full/ukbenchNNNNN.jpg (or the images directly in root), groups of 4 by number
+    (`ukbench_files`).
 
     Every image queries the whole set, itself included.
     """
     root = _require_folder(root, "UKBench (--ukbench-path)")
     folder = root / "full" if (root / "full").is_dir() else root
-    files = list_image_files(folder)
-    if not files or len(files) % 4 != 0:
-        raise ValueError(f"UKBench (--ukbench-path): expected groups of 4 images in {folder}, found {len(files)}")
+    files = ukbench_files(folder)
     prefix = "full/" if folder != root else ""
     database = _benchmark_images([folder / name for name in files], [prefix + name for name in files])
 
@@ -141,8 +174,34 @@ def read_distractors(root, list_file=None, num_distractors=None):
     paths = [root / name for name in names]
     for path in paths:
         if not path.is_file():
-            raise FileNotFoundError(f"distractor {path} (from {source}) does not exist")
+            raise FileNotFoundError(f"distractor {path} (from {source}) does not exist or is not a regular file")
     return paths, names
+
+
+def _file_digest(path):
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").digest()
+
+
+def benchmark_copies(paths, benchmark_paths):
+    """The files of `paths` that are one of `benchmark_paths` (the same file, through links too) or a
+    byte-identical copy of one. Only files of a size that a benchmark file has are read."""
+    identities = {(stat.st_dev, stat.st_ino) for stat in map(os.stat, benchmark_paths)}
+    by_size = {}
+    for path in benchmark_paths:
+        by_size.setdefault(os.path.getsize(path), []).append(path)
+    digests = {}
+    copies = []
+    for path in paths:
+        stat = os.stat(path)
+        if (stat.st_dev, stat.st_ino) in identities:
+            copies.append(path)
+        elif stat.st_size in by_size:
+            if stat.st_size not in digests:
+                digests[stat.st_size] = {_file_digest(other) for other in by_size[stat.st_size]}
+            if _file_digest(path) in digests[stat.st_size]:
+                copies.append(path)
+    return copies
 
 
 def read_copydays(root, distractors_root=None, distractors_list=None, num_distractors=None):
@@ -167,6 +226,14 @@ def read_copydays(root, distractors_root=None, distractors_list=None, num_distra
     names = [f"original/{name}" for name in originals]
     if distractors_root is not None:
         distractor_paths, distractor_names = read_distractors(distractors_root, distractors_list, num_distractors)
+        benchmark_paths = paths + [queries_folder / name for name in query_files]
+        copies = benchmark_copies(distractor_paths, benchmark_paths)
+        if copies:
+            raise ValueError(
+                f"{len(copies)} distractors (--distractors-path {distractors_root}) are Copydays images, e.g. "
+                f"{', '.join(map(str, copies[:3]))}: point --distractors-path at the distractor images only, "
+                "or name them with --distractors-list"
+            )
         paths += distractor_paths
         names += distractor_names
     elif distractors_list is not None:
@@ -184,21 +251,67 @@ def read_copydays(root, distractors_root=None, distractors_list=None, num_distra
     return RetrievalBenchmark("copydays", database, queries, None, None, items, score)
 
 
+def _indices(values, query, key):
+    """A gnd entry's database indices as integers; refuses values that are not whole numbers."""
+    values = np.asarray(values).reshape(-1)
+    if values.size == 0:
+        return values.astype(np.int64)
+    if values.dtype.kind not in "iuf" or (values.dtype.kind == "f" and not np.all(values == np.floor(values))):
+        raise ValueError(f"{query}: '{key}' holds values that are not whole database indices: {values[:5].tolist()}")
+    return values.astype(np.int64)
+
+
+def _box(values, query):
+    box = np.asarray(values, dtype=np.float64).reshape(-1)
+    if len(box) != 4 or not np.all(np.isfinite(box)):
+        raise ValueError(
+            f"{query}: 'bbx' is not a box (x1, y1, x2, y2) of finite numbers: {np.asarray(values).tolist()}"
+        )
+    x1, y1, x2, y2 = box
+    if not (x1 < x2 and y1 < y2):
+        raise ValueError(f"{query}: 'bbx' {box.tolist()} is inverted or has zero area (needs x1 < x2 and y1 < y2)")
+    return tuple(float(v) for v in box)
+
+
 def _check_revisitop_ground_truth(ground_truth, path):
+    """The ground truth's entries checked (keys, whole indices within the database, a proper box, easy or hard
+    positives for every query); returns the query boxes, each error naming the query."""
     if not isinstance(ground_truth, dict) or not {"imlist", "qimlist", "gnd"} <= set(ground_truth):
         raise ValueError(f"{path} is not a revisitop ground truth (needs the keys imlist, qimlist, gnd)")
     if len(ground_truth["gnd"]) != len(ground_truth["qimlist"]):
         raise ValueError(f"{path}: {len(ground_truth['gnd'])} gnd entries for {len(ground_truth['qimlist'])} queries")
     num_database = len(ground_truth["imlist"])
-    for query, entry in enumerate(ground_truth["gnd"]):
+    boxes = []
+    for index, (entry, name) in enumerate(zip(ground_truth["gnd"], ground_truth["qimlist"])):
+        query = f"{path}: query {index} ({name})"
         if not isinstance(entry, dict) or not {"bbx", "easy", "hard", "junk"} <= set(entry):
-            raise ValueError(f"{path}: gnd[{query}] needs the keys bbx, easy, hard, junk")
-        if len(np.asarray(entry["bbx"]).reshape(-1)) != 4:
-            raise ValueError(f"{path}: gnd[{query}]['bbx'] is not a box (x1, y1, x2, y2)")
-        for key in ("easy", "hard", "junk"):
-            indices = np.asarray(entry[key]).reshape(-1)
-            if indices.size and (indices.min() < 0 or indices.max() >= num_database):
-                raise ValueError(f"{path}: gnd[{query}]['{key}'] has indices outside the {num_database} images")
+            raise ValueError(f"{query}: gnd[{index}] needs the keys bbx, easy, hard, junk")
+        boxes.append(_box(entry["bbx"], query))
+        indices = {key: _indices(entry[key], query, key) for key in ("easy", "hard", "junk")}
+        for key, values in indices.items():
+            if values.size and (values.min() < 0 or values.max() >= num_database):
+                raise ValueError(f"{query}: '{key}' has indices outside the {num_database} database images")
+        if not (indices["easy"].size or indices["hard"].size):
+            raise ValueError(f"{query}: no easy or hard positive, so no mAP can be computed for it")
+    for key in ("easy", "hard"):
+        if not any(np.asarray(entry[key]).size for entry in ground_truth["gnd"]):
+            raise ValueError(f"{path}: no query has a '{key}' positive: the {key.capitalize()} mAP would be undefined")
+    return boxes
+
+
+def _check_boxes_inside(paths, boxes, ground_truth_path):
+    """Refuses a query box that does not overlap its image (the crop would be black)."""
+    for index, (path, (x1, y1, x2, y2)) in enumerate(zip(paths, boxes)):
+        try:
+            with Image.open(path) as image:
+                width, height = image.size
+        except OSError as e:
+            raise BadImageError(f"cannot read image {path}: {e}") from e
+        if x2 <= 0 or y2 <= 0 or x1 >= width or y1 >= height:
+            raise ValueError(
+                f"{ground_truth_path}: query {index} ({os.path.basename(path)}): 'bbx' {[x1, y1, x2, y2]} lies "
+                f"outside its {width}×{height} image"
+            )
 
 
 def read_revisitop(root, name):
@@ -214,7 +327,7 @@ def read_revisitop(root, name):
     if not ground_truth_path.is_file():
         raise FileNotFoundError(f"{name} (--{name}-path): ground truth {ground_truth_path} does not exist")
     ground_truth = load_pickle(ground_truth_path)
-    _check_revisitop_ground_truth(ground_truth, ground_truth_path)
+    boxes = _check_revisitop_ground_truth(ground_truth, ground_truth_path)
 
     def images(image_names, boxes=None):
         names = [f"jpg/{image_name}.jpg" for image_name in image_names]
@@ -226,7 +339,8 @@ def read_revisitop(root, name):
 
     gnd = ground_truth["gnd"]
     database = images(ground_truth["imlist"])
-    queries = images(ground_truth["qimlist"], [tuple(float(v) for v in np.asarray(g["bbx"]).reshape(-1)) for g in gnd])
+    queries = images(ground_truth["qimlist"], boxes)
+    _check_boxes_inside(queries.paths, boxes, ground_truth_path)
 
     def score(rankings):
         results = {}

@@ -61,14 +61,19 @@ def positive_ranks(ranking, positives, junk=()):
 def holidays_ground_truth(image_names):
     """Queries and positives of INRIA Holidays from its image names (NNNNXX.jpg, any folder).
 
-    Returns a list of (query index, positive indices), queries in the order of `image_names`. A
-    query is an image whose int(stem) % 100 == 0; its positives are the other images whose stem
-    starts with the same 4 digits.
+    Returns a list of (query index, positive indices), queries in the order of `image_names`. Every
+    number NNNNXX names one image (100000.jpg and 100000.JPG are refused). A query is an image whose
+    int(stem) % 100 == 0; its positives are the other images whose stem starts with the same 4 digits.
     """
     stems = [Path(name).stem for name in image_names]
     for name, stem in zip(image_names, stems):
         if not stem.isdigit() or len(stem) != 6:
             raise ValueError(f"not a Holidays image name (expected NNNNXX.jpg): {name}")
+    first_of_stem = {}
+    for name, stem in zip(image_names, stems):
+        if stem in first_of_stem:
+            raise ValueError(f"two Holidays images have the number {stem}: {first_of_stem[stem]} and {name}")
+        first_of_stem[stem] = name
     groups = np.array([stem[:4] for stem in stems])
     ground_truth = []
     for index, stem in enumerate(stems):

@@ -90,6 +90,14 @@ def fit_whitening(pooled: torch.Tensor, shrinkage: float = 0.0):
     return mean, eigenvectors / eigenvalues.sqrt()
 
 
+def covariance_error_bound(shrinkage: float) -> float:
+    """The largest deviation from the identity (any entry) accepted for the whitened covariance of the fitting
+    vectors. With shrinkage α its eigenvalues λ / ((1 − α)·λ + α·t) lie in [0, 1 / (1 − α)], so no entry deviates
+    by more than max(1, α / (1 − α)); without shrinkage it is the identity up to rounding, which the same bound
+    leaves room for. More means the fit amplified noise (e.g. images with nearly identical descriptors)."""
+    return max(1.0, shrinkage / (1.0 - shrinkage)) + 0.01
+
+
 def _classifier_matrix(classifier: nn.Linear) -> torch.Tensor:
     """[W | b] in float64."""
     weight = classifier.weight.detach().double()
