@@ -197,6 +197,12 @@ def deduplicate(database, searcher, args):
         writer.writerow(["group", "size", "image"])
         for row in members:
             writer.writerow([numbers[labels[row]], sizes[labels[row]], database.names[row]])
+    shown = [number for number in range(1, len(numbers) + 1)][: args.print_groups]
+    for number in shown:
+        images = [database.names[row] for row in members if numbers[labels[row]] == number]
+        print(f"group {number} ({len(images)} images): {' '.join(images)}")
+    if len(numbers) > len(shown):
+        print(f"... {len(numbers) - len(shown)} more groups in {groups_path}")
     selection = f"score >= {threshold:.6f}" if threshold is not None else "no threshold"
     print(
         f"{len(firsts)} pairs among the {args.k} nearest of each of {len(database)} images ({selection}): "
@@ -246,6 +252,7 @@ def get_args_parser(add_help=True):
         help="--dedup: the lowest threshold whose pairs reach this precision on --known-duplicates",
     )
     parser.add_argument("--output-dir", required=True, help="where neighbours.csv or pairs.csv and groups.csv go")
+    parser.add_argument("--print-groups", default=10, type=flags.int_in(0), help="--dedup: groups printed")
     parser.add_argument(
         "--search",
         default="auto",
