@@ -162,7 +162,7 @@ def load_features(folder, stem, names):
     try:
         descriptors, saved_names = read_features(array_path)
     except FileNotFoundError as e:
-        raise FileNotFoundError(f"--load-features: {e} (written by --save-features)") from e
+        raise FileNotFoundError(f"--load-features: {e}") from e
     if saved_names != list(names):
         differences = [i for i, (saved, name) in enumerate(zip(saved_names, names)) if saved != name]
         mismatch = differences[0] if differences else min(len(saved_names), len(names))
