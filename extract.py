@@ -186,6 +186,9 @@ def main(args):
         if distributed.is_main_process():
             os.makedirs(args.output_dir, exist_ok=True)
             write_json(Path(args.output_dir) / MANIFEST, manifest)
+    elif distributed.is_main_process():
+        for unfinished in Path(args.output_dir).glob(".tmp-*"):  # a file a killed run was writing
+            unfinished.unlink()
     shards = manifest["shards"]
     todo = [shard for shard in shards if not shard["complete"]]
     remaining = sum(shard["images"] for shard in todo)
