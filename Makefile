@@ -2,6 +2,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 DEMO := data/demo
+DEMO_BENCHMARKS = --dataset holidays ukbench copydays roxford5k --holidays-path $(DEMO)/bench/holidays \
+	--holidays-rotations $(DEMO)/bench/holidays/rotations.txt --ukbench-path $(DEMO)/bench/ukbench \
+	--copydays-path $(DEMO)/bench/copydays --distractors-path $(DEMO)/bench/copydays \
+	--distractors-list $(DEMO)/bench/copydays/distractors.txt --num-distractors 40 \
+	--roxford5k-path $(DEMO)/bench/revisitop/roxford5k
 
 .PHONY: venv demo test lint gpu-check clean
 
@@ -30,11 +35,16 @@ demo: venv
 		--data-path $(DEMO)/imagenet --device cpu -j 1 --val-resize-size 73 --val-crop-size 64
 	$(BIN)/python tools/synthetic_data.py all --output $(DEMO)/bench
 	$(BIN)/python evaluate.py --resume $(DEMO)/train/checkpoint.pth --device cpu -j 1 --input-size 96 \
-		--dataset holidays ukbench copydays roxford5k --holidays-path $(DEMO)/bench/holidays \
-		--holidays-rotations $(DEMO)/bench/holidays/rotations.txt --ukbench-path $(DEMO)/bench/ukbench \
-		--copydays-path $(DEMO)/bench/copydays --distractors-path $(DEMO)/bench/copydays \
-		--distractors-list $(DEMO)/bench/copydays/distractors.txt --num-distractors 40 \
-		--roxford5k-path $(DEMO)/bench/revisitop/roxford5k --output-dir $(DEMO)/evaluate
+		$(DEMO_BENCHMARKS) --output-dir $(DEMO)/evaluate
+	$(BIN)/python evaluate.py --resume $(DEMO)/whiten/whitened.pth --device cpu -j 1 --input-size 96 \
+		$(DEMO_BENCHMARKS) --output-dir $(DEMO)/evaluate_final
+	$(BIN)/python tools/compare_metrics.py $(DEMO)/evaluate/metrics.json $(DEMO)/evaluate_final/metrics.json
+	$(BIN)/python tools/synthetic_data.py duplicates --output $(DEMO)/duplicates
+	$(BIN)/python extract.py --resume $(DEMO)/whiten/whitened.pth --images $(DEMO)/duplicates/images \
+		--output-dir $(DEMO)/duplicates/descriptors --device cpu -j 1 --input-size 96 --shard-size 50
+	$(BIN)/python search.py --dedup --database $(DEMO)/duplicates/descriptors -k 5 \
+		--known-duplicates $(DEMO)/duplicates/duplicates.csv --precision-target 0.9 \
+		--output-dir $(DEMO)/duplicates/search
 
 test: venv
 	$(BIN)/python -m pytest

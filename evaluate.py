@@ -11,7 +11,6 @@ import argparse
 import json
 import math
 import os
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,6 +25,7 @@ import utils
 from multigrain import distributed, retrieval_datasets
 from multigrain.checkpoint import architecture_name, check_num_classes, load_checkpoint, model_from_checkpoint
 from multigrain.datasets import ImageFolder
+from multigrain.descriptor_files import features_files, read_features, save_features
 from multigrain.extraction import check_finite, collate_image_list, extract_descriptors
 from multigrain.image_io import load_rgb
 from multigrain.model import l2n
@@ -113,10 +113,15 @@ def progress_freq(args):
     return args.print_freq * args.batch_size if distributed.is_main_process() else 0
 
 
-def extract_sharded(model, images, device, args):
-    """Every process extracts images rank, rank + world, ...; all processes get all descriptors in order."""
+def extract_sharded(model, images, device, args, skipped=None):
+    """Every process extracts images rank, rank + world, ...; all processes get all descriptors in order.
+
+    With a `skipped` list, the images yielded as None (SkipBadImages) get NaN rows and their indices are
+    appended to it, on every process.
+    """
     rank, world_size = distributed.get_rank(), distributed.get_world_size()
     shard = torch.utils.data.Subset(images, range(rank, len(images), world_size))
+    local_skipped = [] if skipped is not None else None
     local = extract_descriptors(
         model,
         shard,
@@ -125,64 +130,64 @@ def extract_sharded(model, images, device, args):
         num_workers=args.workers,
         amp_dtype=amp_dtype(args),
         print_freq=progress_freq(args),
+        skipped=local_skipped,
     ).numpy()
     if world_size == 1:
         descriptors = local
+        if skipped is not None:
+            skipped.extend(local_skipped)
     else:
         shards = [None] * world_size
-        dist.all_gather_object(shards, local)
+        dist.all_gather_object(shards, (local, local_skipped))
         descriptors = np.empty((len(images), local.shape[1]), dtype=np.float32)
-        for shard_rank, shard_descriptors in enumerate(shards):
+        for shard_rank, (shard_descriptors, shard_skipped) in enumerate(shards):
             descriptors[shard_rank::world_size] = shard_descriptors
-    check_finite(descriptors, images.names, "descriptors", zero_too=True)
+            if skipped is not None:
+                skipped.extend(shard_rank + world_size * index for index in shard_skipped)
+        if skipped is not None:
+            skipped.sort()
+    if skipped:
+        kept = np.setdiff1d(np.arange(len(images)), skipped)
+        check_finite(descriptors[kept], [images.names[i] for i in kept], "descriptors", zero_too=True)
+    else:
+        check_finite(descriptors, images.names, "descriptors", zero_too=True)
     return descriptors
 
 
-def retrieval_descriptors(model, images, device, args):
+def retrieval_descriptors(model, images, device, args, skipped=None):
     """Descriptors at largest side --input-size, no crop; with --multiscale, the normalised mean of
-    the descriptors at largest sides s, s/√2 and s/2."""
+    the descriptors at largest sides s, s/√2 and s/2. `skipped`: see extract_sharded."""
     interpolation = InterpolationMode(args.interpolation)
     factors = MULTISCALE_FACTORS if args.multiscale else (1.0,)
     total = None
     for factor in factors:
         transform = presets.RetrievalPresetEval(max_size=round(args.input_size * factor), interpolation=interpolation)
-        descriptors = extract_sharded(model, images.with_transform(transform), device, args)
+        scale_skipped = [] if skipped is not None else None
+        descriptors = extract_sharded(model, images.with_transform(transform), device, args, scale_skipped)
+        if skipped is not None and factor == factors[0]:
+            skipped.extend(scale_skipped)
         total = descriptors if total is None else total + descriptors
     if args.multiscale:
         total = l2n(torch.from_numpy(total)).numpy()
     return total
 
 
-def features_files(folder, stem):
-    return Path(folder) / f"{stem}.npy", Path(folder) / f"{stem}.txt"
-
-
-def save_features(folder, stem, descriptors, names):
-    os.makedirs(folder, exist_ok=True)
-    array_path, names_path = features_files(folder, stem)
-    np.save(array_path, descriptors.astype(np.float32))
-    names_path.write_text("".join(f"{name}\n" for name in names))
-
-
 def load_features(folder, stem, names):
     """Saved descriptors, checked to list the same images in the same order as the benchmark."""
-    array_path, names_path = features_files(folder, stem)
-    for path in (array_path, names_path):
-        if not path.is_file():
-            raise FileNotFoundError(f"--load-features: {path} does not exist (written by --save-features)")
-    saved_names = names_path.read_text().splitlines()
+    array_path, _ = features_files(folder, stem)
+    try:
+        descriptors, saved_names = read_features(array_path)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"--load-features: {e}") from e
     if saved_names != list(names):
         differences = [i for i, (saved, name) in enumerate(zip(saved_names, names)) if saved != name]
         mismatch = differences[0] if differences else min(len(saved_names), len(names))
         raise ValueError(
-            f"{names_path} does not list the benchmark's {len(names)} images in order "
+            f"{array_path.with_suffix('.txt')} does not list the benchmark's {len(names)} images in order "
             f"({len(saved_names)} names; first difference at line {mismatch + 1})"
         )
-    descriptors = np.load(array_path)
-    if descriptors.ndim != 2 or len(descriptors) != len(names):
-        raise ValueError(f"{array_path} holds an array of shape {descriptors.shape}, expected ({len(names)}, d)")
     check_finite(descriptors, names, f"descriptors in {array_path}", zero_too=True)
-    return descriptors.astype(np.float32, copy=False)
+    return descriptors
 
 
 def evaluate_retrieval(name, model, device, args):

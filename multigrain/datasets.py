@@ -143,6 +143,9 @@ class SkipBadImages(torch.utils.data.Dataset):
     def __init__(self, dataset):
         self.dataset = dataset
 
+    def with_transform(self, transform):
+        return SkipBadImages(self.dataset.with_transform(transform))
+
     def __len__(self):
         return len(self.dataset)
 

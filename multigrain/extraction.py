@@ -132,7 +132,16 @@ def _output_dim(model, output):
 
 @torch.no_grad()
 def extract_descriptors(
-    model, dataset, device, *, output="descriptor", batch_size=32, num_workers=0, amp_dtype=None, print_freq=0
+    model,
+    dataset,
+    device,
+    *,
+    output="descriptor",
+    batch_size=32,
+    num_workers=0,
+    amp_dtype=None,
+    print_freq=0,
+    skipped=None,
 ):
     """One float32 row per image of `dataset`, in dataset order, on the CPU.
 
@@ -140,7 +149,9 @@ def extract_descriptors(
     ignored). Images of identical size are batched together, up to `batch_size`; at most
     4 * batch_size images wait for a batch at any time. `amp_dtype` (e.g. torch.float16) runs the
     model under autocast; GeM and whitening stay in float32. `print_freq` > 0 prints progress every
-    that many images. The model is used as it is (call model.eval() first).
+    that many images. The model is used as it is (call model.eval() first). With a `skipped` list, a
+    sample that is None (an image that `SkipBadImages` could not read) is not run: its index is appended
+    to the list and its row is NaN.
     """
     if output not in EXTRACTION_OUTPUTS:
         raise ValueError(f"unknown output {output!r}; valid: {', '.join(EXTRACTION_OUTPUTS)}")
@@ -148,7 +159,7 @@ def extract_descriptors(
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     device = torch.device(device)
     fn = _output_fn(model, output)
-    result = torch.empty(len(dataset), _output_dim(model, output), dtype=torch.float32)
+    result = torch.full((len(dataset), _output_dim(model, output)), float("nan"), dtype=torch.float32)
     buckets = defaultdict(list)  # image size -> [(dataset index, image)]
     pending = 0
 
@@ -167,6 +178,9 @@ def extract_descriptors(
     )
     start = time.time()
     for index, sample in enumerate(loader):
+        if sample is None and skipped is not None:
+            skipped.append(index)
+            continue
         image = sample[0] if isinstance(sample, (tuple, list)) else sample
         size = tuple(image.shape)
         buckets[size].append((index, image))

@@ -1,7 +1,9 @@
 """Exact nearest-neighbour search by inner product, scanning queries and database in chunks.
 
-`knn` returns the top k of each query's ranking; `ranking_positions` says where given database rows
-come in each query's full ranking, which is what average precision needs, without building it.
+`knn` returns the top k of each query's ranking; `knn_parts` the same for a database read one part at a
+time; `ranking_positions` says where given database rows come in each query's full ranking, which is what
+average precision needs, without building it. `approximate_index` builds a faiss index from an
+index-factory string for collections beyond exact search.
 """
 
 import numpy as np
@@ -43,6 +45,52 @@ def knn(queries, database, k: int, chunk_size: int = 4096, use_faiss: bool | Non
     if as_numpy:
         return scores.cpu().numpy(), indices.cpu().numpy()
     return scores, indices
+
+
+def knn_parts(queries, database_parts, k: int, chunk_size: int = 4096, use_faiss: bool | None = None):
+    """`knn` of `queries` against the concatenation of the database parts, holding one part at a time.
+
+    database_parts: (offset of the part's first row, array) pairs in row order, such as
+    `DescriptorCollection.parts()` yields. Returns (scores, indices) tensors on the queries' device, the
+    same as `knn` on the concatenated database: a part's top k holds every row of the overall top k
+    that it contains, and merging the tie-free keys keeps the order.
+    """
+    queries = torch.as_tensor(queries, dtype=torch.float32)
+    best, num_rows = None, 0
+    for offset, part in database_parts:
+        part = torch.as_tensor(part, dtype=torch.float32)
+        scores, indices = knn(queries, part, min(k, len(part)), chunk_size, use_faiss)
+        keys = _encode(scores, indices + offset)
+        if best is not None:
+            keys = torch.cat([best, keys], dim=1)
+        best = keys.topk(min(k, keys.shape[1]), dim=1).values
+        num_rows += len(part)
+    if not 1 <= k <= num_rows:
+        raise ValueError(f"k must be between 1 and the database size {num_rows}, got {k}")
+    return _decode(best)
+
+
+def approximate_index(factory: str, training_rows, database_parts, nprobe: int | None = None):
+    """A faiss index by inner product from an index-factory string (e.g. "IVF1024,PQ32", "HNSW32"),
+    trained on `training_rows` (a float32 sample of the database) and filled part by part. Search it
+    with `index.search(queries, k)`; its scores and ranking are approximate. `nprobe` sets the number
+    of inverted lists an IVF index visits per query."""
+    faiss = _import_faiss(True, torch.device("cpu"))
+    training_rows = np.ascontiguousarray(training_rows, dtype=np.float32)
+    try:
+        index = faiss.index_factory(training_rows.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as e:
+        raise ValueError(f"faiss cannot build the index {factory!r}: {str(e).strip().splitlines()[-1]}") from None
+    if not index.is_trained:
+        index.train(training_rows)
+    for _, part in database_parts:
+        index.add(np.ascontiguousarray(part, dtype=np.float32))
+    if nprobe is not None:
+        try:
+            faiss.ParameterSpace().set_index_parameter(index, "nprobe", nprobe)
+        except RuntimeError:
+            raise ValueError(f"the index {factory!r} has no nprobe (it is not an IVF index)") from None
+    return index
 
 
 def _torch_search(queries, database, k, chunk_size):

@@ -396,6 +396,44 @@ def make_revisitop(root, name="roxford5k", num_queries=5, num_database=40, image
     return ground_truth_file
 
 
+def make_duplicates(root, num_originals=60, duplicated_fraction=0.5, image_size=(96, 72), num_classes=10, seed=0):
+    """A collection with planted near-duplicates: root/images/{a,b,c}/image_NNNNN.jpg in random order, and
+    root/duplicates.csv, every pair of copies of the same picture (columns image1,image2, names relative
+    to root/images).
+
+    A `duplicated_fraction` of the originals get 1 to 3 copies attacked like the strong Copydays ones at
+    half the strength (crop, rescale, rotation, colour, JPEG). Returns {"images": [names],
+    "groups": [[names of one picture and its copies]]}.
+    """
+    _check_range(num_originals, 1, 10**6, "--num-originals")
+    _check_range(num_classes, 1, MAX_CLASSES, "--num-classes")
+    if not 0 <= duplicated_fraction <= 1:
+        raise ValueError(f"--duplicated-fraction must be in [0, 1], got {duplicated_fraction}")
+    size = _as_size(image_size)
+    root = _prepare_output(root)
+    rng = _layout_rng(seed, "duplicates")
+    pictures = []
+    for _ in range(num_originals):
+        original = render_image(int(rng.integers(num_classes)), rng, _random_orientation(size, rng))
+        copies = int(rng.integers(1, 4)) if rng.random() < duplicated_fraction else 0
+        pictures.append([original] + [make_variant(original, rng, strength=0.5, rotate=True) for _ in range(copies)])
+    num_images = sum(len(group) for group in pictures)
+    numbers = iter(rng.permutation(num_images))
+    groups = []
+    for group in pictures:
+        names = []
+        for image in group:
+            number = int(next(numbers))
+            name = f"{'abc'[number % 3]}/image_{number:05d}.jpg"
+            _save_jpeg(image, root / "images" / name)
+            names.append(name)
+        groups.append(names)
+    pairs = [(a, b) for names in groups for i, a in enumerate(names) for b in names[i + 1 :]]
+    (root / "duplicates.csv").write_text("image1,image2\n" + "".join(f"{a},{b}\n" for a, b in pairs))
+    duplicated = [names for names in groups if len(names) > 1]
+    return {"images": sorted(name for names in groups for name in names), "groups": duplicated}
+
+
 def make_all(root, seed=0):
     """Every layout with its small defaults under root; returns {layout folder: what its writer returned}."""
     root = Path(root)
@@ -460,6 +498,16 @@ def get_args_parser(add_help=True):
     revisitop.add_argument("--num-database", default=40, type=int, help="database size (at least 5 per query)")
     revisitop.add_argument("--image-size", default="96x72", type=parse_size, help="side, or WIDTHxHEIGHT")
 
+    duplicates = add_layout(
+        "duplicates", "near-duplicates: OUTPUT/images/{a,b,c}/*.jpg and OUTPUT/duplicates.csv (the planted pairs)"
+    )
+    add_num_classes(duplicates)
+    duplicates.add_argument("--num-originals", default=60, type=int, help="number of distinct pictures")
+    duplicates.add_argument(
+        "--duplicated-fraction", default=0.5, type=float, help="fraction of the pictures with 1 to 3 near-duplicates"
+    )
+    duplicates.add_argument("--image-size", default="96x72", type=parse_size, help="side, or WIDTHxHEIGHT")
+
     add_layout("all", "every layout with small defaults: OUTPUT/{imagenet,holidays,ukbench,copydays,revisitop}")
     return parser
 
@@ -497,6 +545,13 @@ def main(args):
             args.output, args.name, args.num_queries, args.num_database, args.image_size, args.num_classes, args.seed
         )
         summary = f"{args.name}: {len(written['qimlist'])} queries, {len(written['imlist'])} database images"
+    elif args.layout == "duplicates":
+        written = make_duplicates(
+            args.output, args.num_originals, args.duplicated_fraction, args.image_size, args.num_classes, args.seed
+        )
+        copies = sum(len(group) - 1 for group in written["groups"])
+        groups = len(written["groups"])
+        summary = f"{len(written['images'])} images, {copies} of them near-duplicates in {groups} groups"
     else:
         written = make_all(args.output, args.seed)
         summary = "layouts " + ", ".join(written)

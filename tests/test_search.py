@@ -1,0 +1,161 @@
+import csv
+import os
+
+import numpy as np
+import pytest
+
+import extract
+import search
+from benchmarks import search as search_benchmark
+from multigrain.descriptor_files import MANIFEST, save_features, write_json
+from tools import synthetic_data
+from utils import UsageError
+
+
+def run_search(argv):
+    return search.main(search.get_args_parser().parse_args(argv))
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def write_shards(folder, descriptors, names, shard_size):
+    """A folder as extract.py writes it: shards and a manifest that marks them complete."""
+    shards = []
+    for index, first in enumerate(range(0, len(names), shard_size)):
+        stem = f"descriptors-{index:05d}"
+        save_features(folder, stem, descriptors[first : first + shard_size], names[first : first + shard_size])
+        shards.append({"stem": stem, "complete": True})
+    write_json(folder / MANIFEST, {"shards": shards})
+
+
+def brute_force(queries, database, k):
+    """Indices and float32 scores of the k best, by float64 inner product, ties to the lower index."""
+    scores = (queries.astype(np.float64) @ database.astype(np.float64).T).astype(np.float32)
+    order = np.lexsort((np.broadcast_to(np.arange(len(database)), scores.shape), -scores), axis=1)[:, :k]
+    return order, np.take_along_axis(scores, order, axis=1)
+
+
+@pytest.fixture
+def descriptors(tmp_path):
+    rng = np.random.default_rng(0)
+    database = rng.standard_normal((300, 16)).astype(np.float32)
+    database /= np.linalg.norm(database, axis=1, keepdims=True)
+    database[150] = database[7]  # an exact tie
+    queries = rng.standard_normal((40, 16)).astype(np.float32)
+    db_names = [f"db/{i:04d}.jpg" for i in range(300)]
+    query_names = [f"q/{i:03d}.jpg" for i in range(40)]
+    write_shards(tmp_path / "database", database, db_names, 70)
+    save_features(tmp_path / "queries", "queries", queries, query_names)
+    return tmp_path, queries, database, db_names, query_names
+
+
+@pytest.mark.parametrize(
+    "engine",
+    [
+        ["--search", "torch", "--chunk-size", "32"],
+        ["--search", "faiss"],
+        ["--faiss-index", "Flat"],
+        ["--faiss-index", "IVF8,Flat", "--nprobe", "8"],  # every list visited: exact
+    ],
+)
+def test_nearest_neighbours_equal_a_brute_force_search(descriptors, engine):
+    root, queries, database, db_names, query_names = descriptors
+    if engine[0] != "--search" or engine[1] == "faiss":
+        pytest.importorskip("faiss")
+    out = root / "out"
+    run_search(["--queries", str(root / "queries" / "queries.npy"), "--database", str(root / "database"), "-k", "5",
+                "--output-dir", str(out), *engine])  # fmt: skip
+    rows = read_csv(out / "neighbours.csv")
+    indices, scores = brute_force(queries, database, 5)
+    assert [row["query"] for row in rows] == [name for name in query_names for _ in range(5)]
+    assert [int(row["rank"]) for row in rows] == [1, 2, 3, 4, 5] * 40
+    found = np.array([float(row["score"]) for row in rows]).reshape(40, 5)
+    np.testing.assert_allclose(found, scores, atol=2e-6)
+    if engine[0] == "--search":  # exact: the same images, ties included
+        assert [row["match"] for row in rows] == [db_names[i] for i in indices.reshape(-1)]
+
+
+def test_threshold_for_precision_is_the_lowest_that_reaches_the_target():
+    scores = np.array([0.9, 0.8, 0.8, 0.7, 0.6, 0.5], dtype=np.float32)
+    is_known = np.array([True, True, False, True, True, False])
+    # Precision at 0.9: 1; at 0.8: 2/3 (both tied pairs); at 0.7: 3/4; at 0.6: 4/5; at 0.5: 4/6.
+    assert search.threshold_for_precision(scores, is_known, 0.75) == (np.float32(0.6), 1.0)
+    assert search.threshold_for_precision(scores, is_known, 0.79)[0] == np.float32(0.6)
+    assert search.threshold_for_precision(scores, is_known, 0.85)[0] == np.float32(0.9)
+    assert search.threshold_for_precision(scores[1:], is_known[1:], 0.9) == (None, 0.75)
+
+
+def test_dedup_recovers_the_planted_duplicate_groups(trained_checkpoint, tmp_path):
+    written = synthetic_data.make_duplicates(tmp_path / "collection", num_originals=30, image_size=(64, 48))
+    extract.main(
+        extract.get_args_parser().parse_args(
+            ["--resume", str(trained_checkpoint.path), "--images", str(tmp_path / "collection" / "images"),
+             "--output-dir", str(tmp_path / "descriptors"), "--device", "cpu", "-j", "0", "--input-size", "64",
+             "--shard-size", "25"]
+        )
+    )  # fmt: skip
+    known = str(tmp_path / "collection" / "duplicates.csv")
+    common = ["--dedup", "--database", str(tmp_path / "descriptors"), "-k", "4", "--known-duplicates", known]
+    result = run_search([*common, "--precision-target", "0.9", "--output-dir", str(tmp_path / "dedup")])
+    assert result["precision"] >= 0.9 and result["recall"] >= 0.6, result
+
+    groups, sizes = {}, {}
+    for row in read_csv(tmp_path / "dedup" / "groups.csv"):
+        groups.setdefault(row["group"], []).append(row["image"])
+        sizes[row["group"]] = int(row["size"])
+    assert sizes == {group: len(images) for group, images in groups.items()}
+    found = {frozenset(images) for images in groups.values()}
+    planted = {frozenset(names) for names in written["groups"]}
+    assert len(found & planted) >= 0.5 * len(planted), (found, planted)
+
+    # The same pairs from the threshold it chose, passed by hand; a lower one finds more pairs.
+    pairs = read_csv(tmp_path / "dedup" / "pairs.csv")
+    run_search([*common, "--threshold", str(result["threshold"]), "--output-dir", str(tmp_path / "by_hand")])
+    assert read_csv(tmp_path / "by_hand" / "pairs.csv") == pairs
+    lower = run_search([*common, "--threshold", "-1", "--output-dir", str(tmp_path / "all")])
+    assert lower["pairs"] > len(pairs) and lower["precision"] < 0.9
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--database", "{root}/missing"], "--database {root}/missing does not exist"),
+        (["--database", "{root}/empty"], "found none: pass the .npy file"),
+        (["--database", "{root}/wrong_dim.npy"], "--queries {root}/queries/queries.npy holds 16-d descriptors"),
+        (["--database", "{root}/short_names.npy"], "{root}/short_names.txt lists 2 names but"),
+        (["--database", "{root}/unfinished"], "the extraction is not finished (1 of 2 shards complete"),
+        (["-k", "301"], "-k 301 is more than the 300 images of --database"),
+        (["--dedup", "--known-duplicates", "{root}/pairs.csv"], "line 2: db/9999.jpg is not in --database"),
+        (["--dedup", "-k", "300"], "-k 300 + the image itself is more than the 300 images"),
+    ],
+)
+def test_bad_inputs_are_refused_by_name(descriptors, flags, message):
+    root, queries, database, db_names, _ = descriptors
+    os.makedirs(root / "empty")
+    save_features(root, "wrong_dim", database[:, :8], db_names)
+    np.save(root / "short_names.npy", database[:3])
+    (root / "short_names.txt").write_text("a\nb\n")
+    write_shards(root / "unfinished", database, db_names, 150)
+    shards = [{"stem": "descriptors-00000", "complete": True}, {"stem": "descriptors-00001", "complete": False}]
+    write_json(root / "unfinished" / MANIFEST, {"shards": shards})
+    (root / "pairs.csv").write_text("image1,image2\ndb/0001.jpg,db/9999.jpg\n")
+    argv = ["--database", str(root / "database"), "--output-dir", str(root / "out")]
+    if "--dedup" not in flags:
+        argv += ["--queries", str(root / "queries" / "queries.npy")]
+    argv += [flag.format(root=root) for flag in flags]
+    with pytest.raises(UsageError) as error:
+        run_search(argv)
+    assert message.format(root=root) in str(error.value)
+
+
+def test_search_benchmark_measures_exact_and_approximate_search(capsys):
+    pytest.importorskip("faiss")
+    argv = ["--num-database", "2000", "--num-queries", "50", "--dim", "32", "--num-clusters", "20", "--rounds", "1",
+            "--faiss-index", "IVF16,Flat", "--train-size", "2000", "--nprobe", "1", "16"]  # fmt: skip
+    result = search_benchmark.main(search_benchmark.get_args_parser().parse_args(argv))
+    assert set(result["exact"]["times"]) == {"faiss IndexFlatIP", "knn, torch", "knn, faiss + rescoring"}
+    assert result["approximate"][16]["recall"] == 1.0 and 0 < result["approximate"][1]["recall"] <= 1.0
+    assert "time / faiss flat (median)" in capsys.readouterr().out

@@ -1,0 +1,49 @@
+"""Print the results of several evaluate.py runs side by side, one column per metrics.json.
+
+python tools/compare_metrics.py runs/a/metrics.json runs/b/metrics.json
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def compare_metrics(paths):
+    """The table, as text: a row per (dataset, metric), a column per file, headed by its checkpoint."""
+    records = []
+    for path in paths:
+        try:
+            records.append(json.loads(Path(path).read_text()))
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{path} is not a metrics.json of evaluate.py: {e}") from e
+    rows = {}
+    for column, record in enumerate(records):
+        for dataset, metrics in record["results"].items():
+            for metric, value in metrics.items():
+                rows.setdefault((dataset, metric), [""] * len(records))[column] = f"{value:.2f}"
+    header = ["dataset", "metric", *(Path(record["args"]["resume"]).name for record in records)]
+    table = [header, *([dataset, metric, *values] for (dataset, metric), values in rows.items())]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    lines = [
+        "  ".join(
+            cell.rjust(width) if i >= 2 else cell.ljust(width) for i, (cell, width) in enumerate(zip(row, widths))
+        )
+        for row in table
+    ]
+    descriptions = [f"{Path(record['args']['resume']).name}: {record['description']}" for record in records]
+    return "\n".join([*descriptions, *lines])
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="evaluate.py results side by side")
+    parser.add_argument("metrics", nargs="+", help="metrics.json files written by evaluate.py --output-dir")
+    args = parser.parse_args(argv)
+    try:
+        print(compare_metrics(args.metrics))
+    except (ValueError, KeyError) as e:
+        parser.error(str(e))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
