@@ -10,6 +10,7 @@ every image of the folder is used, in name order. The ground truth is a CSV `que
 
 import csv
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,24 +55,32 @@ def read_id_list(path, kind):
     return ids
 
 
-def read_images(root, kind, list_file=None):
-    """The `kind` images of the layout under root, named by id: those of `list_file`, or all in name order."""
+def folder_ids(root, kind):
+    """The ids of the `kind` images in the layout under root (files <letter><digits>.jpg), in name order."""
     folder = Path(root) / kind
     if not folder.is_dir():
         raise FileNotFoundError(f"DISC21 (--disc21-path): folder {folder} does not exist")
+    pattern = _id_pattern(kind)
+    ids = sorted(
+        entry.name[:-4]
+        for entry in os.scandir(folder)
+        if entry.name.endswith(".jpg") and pattern.fullmatch(entry.name[:-4])
+    )
+    if not ids:
+        raise FileNotFoundError(f"DISC21 (--disc21-path): no {KINDS[kind]}NNN.jpg image in {folder}")
+    return ids
+
+
+def read_images(root, kind, known_ids, list_file=None):
+    """The `kind` images evaluated, named by id: those of `list_file`, or all of `known_ids` (the folder's)."""
+    ids = known_ids
     if list_file:
         ids = read_id_list(list_file, kind)
-        paths = [folder / f"{image_id}.jpg" for image_id in ids]
-        for image_id, path in zip(ids, paths):
-            if not path.is_file():
-                raise FileNotFoundError(f"{list_file}: image {image_id} has no file {path}")
-    else:
-        pattern = _id_pattern(kind)
-        paths = sorted(path for path in folder.iterdir() if path.suffix == ".jpg" and pattern.fullmatch(path.stem))
-        ids = [path.stem for path in paths]
-        if not ids:
-            raise FileNotFoundError(f"DISC21 (--disc21-path): no {KINDS[kind]}NNN.jpg image in {folder}")
-    return ImageList(paths, ids, exif_transpose=False)
+        known = set(known_ids)
+        for image_id in ids:
+            if image_id not in known:
+                raise FileNotFoundError(f"{list_file}: image {image_id} has no file in {Path(root) / kind}")
+    return ImageList([Path(root) / kind / f"{image_id}.jpg" for image_id in ids], ids, exif_transpose=False)
 
 
 def _csv_rows(path, header):
@@ -85,38 +94,47 @@ def _csv_rows(path, header):
             yield line_number, [field.strip() for field in fields]
 
 
-def read_ground_truth(path, query_ids, reference_ids):
-    """The (query id, reference id) pairs of a ground-truth CSV whose reference is not empty.
+def read_ground_truth(path, query_ids, reference_ids, known_query_ids, known_reference_ids):
+    """The (query id, reference id) pairs of a ground-truth CSV whose query is evaluated and whose reference is
+    not empty.
 
-    Every query must be one of `query_ids`, every reference one of `reference_ids` (the images evaluated),
-    each query listed once per reference.
+    Every image named must be in the layout (`known_*_ids`); rows of queries not evaluated (outside
+    `query_ids`, e.g. a ground truth of all queries against a subset list) are skipped, but the reference
+    of an evaluated query must be evaluated (`reference_ids`), or the pair could never be found.
     """
     queries, references = set(query_ids), set(reference_ids)
+    known_queries, known_references = set(known_query_ids), set(known_reference_ids)
     pairs, seen = [], {}
     for line_number, fields in _csv_rows(path, GROUND_TRUTH_HEADER):
         where = f"{path} line {line_number}"
         if len(fields) != 2:
             raise ValueError(f"{where}: expected 'query_id,reference_id', got {','.join(fields)!r}")
         query, reference = fields
-        if query not in queries:
-            raise ValueError(f"{where}: query {query!r} is not one of the {len(queries)} queries evaluated")
-        if reference and reference not in references:
-            raise ValueError(f"{where}: reference {reference!r} is not one of the {len(references)} references")
+        if query not in known_queries:
+            raise ValueError(f"{where}: query {query!r} is not an image of the layout's queries/")
+        if reference and reference not in known_references:
+            raise ValueError(f"{where}: reference {reference!r} is not an image of the layout's references/")
         if (query, reference) in seen:
             raise ValueError(f"{where}: the pair ({query}, {reference}) was already on line {seen[query, reference]}")
         seen[query, reference] = line_number
-        if reference:
-            pairs.append((query, reference))
+        if query not in queries or not reference:
+            continue
+        if reference not in references:
+            raise ValueError(f"{where}: reference {reference} of query {query} is not among the references evaluated")
+        pairs.append((query, reference))
     if not pairs:
-        raise ValueError(f"{path}: no query has a reference: the copy-detection metrics are undefined")
+        raise ValueError(f"{path}: no query evaluated has a reference: the copy-detection metrics are undefined")
     return pairs
 
 
 def read_layout(root, ground_truth, query_list=None, reference_list=None, training_list=None, with_training=False):
-    queries = read_images(root, "queries", query_list)
-    references = read_images(root, "references", reference_list)
-    training = read_images(root, "training", training_list) if with_training else None
-    return Disc21(queries, references, training, read_ground_truth(ground_truth, queries.names, references.names))
+    """The images evaluated and the ground truth of a DISC21 layout; the training images only `with_training`."""
+    known = {kind: folder_ids(root, kind) for kind in ("queries", "references")}
+    queries = read_images(root, "queries", known["queries"], query_list)
+    references = read_images(root, "references", known["references"], reference_list)
+    training = read_images(root, "training", folder_ids(root, "training"), training_list) if with_training else None
+    pairs = read_ground_truth(ground_truth, queries.names, references.names, known["queries"], known["references"])
+    return Disc21(queries, references, training, pairs)
 
 
 def write_predictions(path, queries, references, scores):
