@@ -1,6 +1,7 @@
 """evaluate.py --dataset disc21 through the real command line on the synthetic DISC21 layout."""
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -13,7 +14,6 @@ from multigrain.model import build_model, l2n
 from multigrain.whitening import fold_whitening
 from tools import synthetic_data
 
-MARGIN = 10.0
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -50,19 +50,21 @@ def untrained_checkpoint(tmp_path_factory):
 CPU_FLAGS = ["--device", "cpu", "-j", "0", "--print-freq", "10000"]
 
 
-def test_trained_model_beats_untrained(layout, trained_checkpoint, untrained_checkpoint, tmp_path):
-    """MEASURED_MARGINS"""
-    flags = ["--dataset", "disc21", "--input-size", "96", *CPU_FLAGS, "--disc21-path", str(layout)]
+def test_command_line_run_and_scoring_its_predictions_csv(layout, trained_checkpoint, tmp_path):
+    """The trained test model through the command line: its μAP is far above chance (30 true pairs among the
+    45 x 60 predictions: about 1.1 for random scores; 17 to 75 measured here, see README), and the
+    predictions CSV it writes, scored on its own, gives the same metrics."""
+    flags = ["--dataset", "disc21", "--input-size", "64", *CPU_FLAGS, "--disc21-path", str(layout)]
     run_evaluate(["--resume", str(trained_checkpoint.path), *flags, "--output-dir", str(tmp_path / "trained")])
-    trained = evaluate.json.loads((tmp_path / "trained" / "metrics.json").read_text())["results"]["disc21"]
-    untrained = metrics_of(["--resume", str(untrained_checkpoint), *flags, "--output-dir", str(tmp_path / "untrained")])
-    assert trained["muAP"] >= untrained["muAP"] + MARGIN, (trained, untrained)
+    trained = json.loads((tmp_path / "trained" / "metrics.json").read_text())["results"]["disc21"]
+    assert trained["muAP"] >= 10.0 and trained["recall@10"] >= 50.0, trained
 
-    # The predictions CSV scored on its own gives the same metrics.
     predictions = tmp_path / "trained" / "disc21_predictions.csv"
     with open(predictions) as f:
         rows = list(csv.reader(f))
     assert rows[0] == ["query_id", "reference_id", "score"] and len(rows) == 1 + 45 * 60
+    scores = [float(row[2]) for row in rows[1:]]
+    assert scores == sorted(scores, reverse=True) and -4.0 <= scores[-1] <= scores[0] <= 0.0
     rescored = metrics_of([*flags, "--disc21-predictions", str(predictions), "--output-dir", str(tmp_path / "csv")])
     assert rescored == pytest.approx(trained, abs=1e-9)
 

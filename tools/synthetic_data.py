@@ -419,11 +419,11 @@ def _draw_emoji(draw, box, rng):
 
 
 def make_copy_edit(image, overlay, rng, strength=1.0):
-    """A DISC21-style edited copy of `image`: the attacks of `make_variant` (crop, rotation, rescaling,
-    colour change, JPEG), then `overlay` (another picture) pasted over part of it, added text and
+    """A DISC21-style edited copy of `image`: the attacks of `make_variant` (a flip half of the time, crop,
+    rotation, rescaling, colour change, JPEG), then `overlay` (another picture) pasted over part of it, added text and
     emoji-like shapes, and a new size; `strength` in [0, 1] scales the overlay's size and the number of
     shapes."""
-    image = make_variant(image, rng, strength=strength, rotate=True, mirror=False)
+    image = make_variant(image, rng, strength=strength, rotate=True, mirror=rng.random() < 0.5)
     width, height = image.size
     if rng.random() < 0.5 + 0.5 * strength:
         side = 0.15 + 0.25 * strength * rng.random()
