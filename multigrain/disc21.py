@@ -138,12 +138,13 @@ def read_layout(root, ground_truth, query_list=None, reference_list=None, traini
 
 
 def write_predictions(path, queries, references, scores):
-    """The predictions CSV; scores with 9 significant digits, which float32 scores survive exactly."""
+    """The predictions CSV, scores written exactly (shortest repr of the float64), so that scoring the file
+    gives the metrics of the predictions in memory."""
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(PREDICTIONS_HEADER)
         for query, reference, score in zip(queries, references, scores):
-            writer.writerow([query, reference, f"{float(score):.9g}"])
+            writer.writerow([query, reference, repr(float(score))])
 
 
 def read_predictions(path, query_ids, reference_ids):

@@ -12,7 +12,6 @@ import torch
 import evaluate
 from multigrain.model import build_model, l2n
 from multigrain.whitening import fold_whitening
-from tools import synthetic_data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -33,9 +32,13 @@ def metrics_of(args):
 
 @pytest.fixture(scope="module")
 def layout(tmp_path_factory):
-    """60 references, 30 edited copies among 45 queries, 20 training images, at the generator's default size."""
+    """The README's `python tools/synthetic_data.py disc21 --output DIR`: 60 references, 40 queries of which 30
+    are edited copies, 40 training images."""
     root = tmp_path_factory.mktemp("disc21") / "disc21"
-    synthetic_data.make_disc21(root, num_references=60, num_matched=30, num_unrelated=15, num_training=20)
+    command = [sys.executable, "tools/synthetic_data.py", "disc21", "--output", str(root)]
+    run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "40 queries, 60 references, 40 training images" in run.stdout
     return root
 
 
@@ -52,17 +55,17 @@ CPU_FLAGS = ["--device", "cpu", "-j", "0", "--print-freq", "10000"]
 
 def test_command_line_run_and_scoring_its_predictions_csv(layout, trained_checkpoint, tmp_path):
     """The trained test model through the command line: its μAP is far above chance (30 true pairs among the
-    45 x 60 predictions: about 1.1 for random scores; 17 to 75 measured here, see README), and the
+    40 x 60 predictions: about 1.3 for random scores; 11 to 75 measured here, see README), and the
     predictions CSV it writes, scored on its own, gives the same metrics."""
     flags = ["--dataset", "disc21", "--input-size", "64", *CPU_FLAGS, "--disc21-path", str(layout)]
     run_evaluate(["--resume", str(trained_checkpoint.path), *flags, "--output-dir", str(tmp_path / "trained")])
     trained = json.loads((tmp_path / "trained" / "metrics.json").read_text())["results"]["disc21"]
-    assert trained["muAP"] >= 10.0 and trained["recall@10"] >= 50.0, trained
+    assert trained["muAP"] >= 5.0 and trained["recall@10"] >= 50.0, trained
 
     predictions = tmp_path / "trained" / "disc21_predictions.csv"
     with open(predictions) as f:
         rows = list(csv.reader(f))
-    assert rows[0] == ["query_id", "reference_id", "score"] and len(rows) == 1 + 45 * 60
+    assert rows[0] == ["query_id", "reference_id", "score"] and len(rows) == 1 + 40 * 60
     scores = [float(row[2]) for row in rows[1:]]
     assert scores == sorted(scores, reverse=True) and -4.0 <= scores[-1] <= scores[0] <= 0.0
     rescored = metrics_of([*flags, "--disc21-predictions", str(predictions), "--output-dir", str(tmp_path / "csv")])
