@@ -182,3 +182,12 @@ def test_list_file_with_bad_ids_is_refused(layout, tmp_path):
     path.write_text("Q00000\nQ77777\n")
     with pytest.raises(FileNotFoundError, match="image Q77777 has no file"):
         disc21.read_layout(root, root / "ground_truth.csv", query_list=path)
+
+
+def test_search_benchmark_runs(capsys):
+    from benchmarks import disc21_search
+
+    flags = ["--num-references", "300", "--num-queries", "20", "--max-results", "50", "--dim", "8", "--rounds", "1"]
+    results = disc21_search.main(disc21_search.get_args_parser().parse_args(flags))
+    assert results[300]["ratio"] > 0 and results[300]["cpu_ratio"] > 0
+    assert "top_pairs (faiss)" in capsys.readouterr().out
