@@ -36,6 +36,7 @@ from multigrain.retrieval_metrics import KnownPositions
 RETRIEVAL_DATASETS = ("holidays", "ukbench", "copydays", *retrieval_datasets.REVISITOP_BENCHMARKS)
 DATASETS = ("imagenet-val", *RETRIEVAL_DATASETS, "disc21")
 MULTISCALE_FACTORS = (1.0, 1 / math.sqrt(2), 0.5)
+DISC21_MAX_RESULTS = 500000
 
 
 def dataset_path_flag(name):
@@ -56,6 +57,8 @@ def check_args(args):
             raise ValueError(f"--{dataset_path_flag(name).replace('_', '-')} {path} is not a folder")
     if args.descriptor_dim is not None and args.load_features:
         raise ValueError("--descriptor-dim applies to the model: descriptors from --load-features are used as saved")
+    if args.disc21_knn and args.max_results:
+        raise ValueError("--disc21-knn keeps K references per query: drop --max-results (the global selection's)")
     if args.disc21_predictions:
         if args.dataset != ["disc21"]:
             raise ValueError("--disc21-predictions scores a predictions CSV on its own: pass --dataset disc21 only")
@@ -287,9 +290,8 @@ def search_disc21(features, args, device):
         query_indices = np.repeat(np.arange(len(queries)), args.disc21_knn)
         rows, scores = rows.cpu().numpy().reshape(-1), scores.reshape(-1)
     else:
-        query_indices, rows, scores = top_pairs(
-            queries, references, args.max_results, offsets, args.chunk_size, use_faiss
-        )
+        max_results = args.max_results or DISC21_MAX_RESULTS
+        query_indices, rows, scores = top_pairs(queries, references, max_results, offsets, args.chunk_size, use_faiss)
     return query_indices, rows, 2 * scores - 2
 
 
@@ -361,7 +363,9 @@ def main(args):
     distributed.print_main(args)
     device = torch.device(args.device)
 
-    model, description = None, f"descriptors from {args.load_features or args.disc21_predictions}"
+    model, description = None, f"descriptors from {args.load_features}"
+    if args.disc21_predictions:
+        description = f"predictions from {args.disc21_predictions}"
     if checkpoint is not None:
         model = model_from_checkpoint(checkpoint, args.resume, model_name=args.model, device=device)
         del checkpoint
@@ -486,9 +490,10 @@ def get_args_parser(add_help=True):
     parser.add_argument("--disc21-training-list", default=None, help="DISC21 training ids (default: all)")
     parser.add_argument(
         "--max-results",
-        default=500000,
+        default=None,
         type=flags.int_in(1),
-        help="DISC21: the predictions are the best pairs over all queries together, this many",
+        help=f"DISC21: the predictions are the best pairs over all queries together, this many "
+        f"(default: {DISC21_MAX_RESULTS}, the challenge's)",
     )
     parser.add_argument(
         "--disc21-knn",

@@ -127,3 +127,18 @@ def test_descriptor_dim_keeps_the_classifier():
     assert torch.equal(reduced_logits, logits)
     assert descriptor.shape == (3, dim) and reduced.shape == (3, 100)
     torch.testing.assert_close(reduced, l2n(embedding[:, :100]))
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--disc21-knn", "5", "--max-results", "100"], "--disc21-knn keeps K references per query"),
+        (["--descriptor-dim", "8", "--load-features", "{root}"], "--descriptor-dim applies to the model"),
+        (["--disc21-predictions", "{root}/ground_truth.csv", "--resume", "x.pth"], "needs no descriptors"),
+        (["--disc21-predictions", "{root}/missing.csv"], "is not a file"),
+    ],
+)
+def test_check_args_refuses_inconsistent_disc21_flags(layout, extra, message):
+    argv = ["--dataset", "disc21", "--disc21-path", str(layout), *(flag.format(root=layout) for flag in extra)]
+    with pytest.raises(evaluate.utils.UsageError, match=message):
+        evaluate.check_args(evaluate.get_args_parser().parse_args(argv))
