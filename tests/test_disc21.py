@@ -34,15 +34,16 @@ def assert_same_selection(selected, expected, max_results):
     assert set(zip(query_indices[scores == scores[-1]], rows[scores == scores[-1]])) <= at_cut
 
 
+@pytest.mark.parametrize("block_rows", [2**18, 30])
 @pytest.mark.parametrize("use_faiss", [False, True])
 @pytest.mark.parametrize("max_results", [1, 7, 60, 400])
-def test_global_selection_equals_sorting_all_pairs(use_faiss, max_results):
+def test_global_selection_equals_sorting_all_pairs(use_faiss, max_results, block_rows):
     rng = np.random.default_rng(max_results)
     database = rng.normal(size=(97, 16)).astype(np.float32)
     queries = rng.normal(size=(23, 16)).astype(np.float32)
     queries[0] = database[:40].mean(axis=0) * 6  # one query close to many rows: its k grows
     offsets = rng.normal(size=23)
-    selected = top_pairs(queries, database, max_results, offsets, chunk_size=8, use_faiss=use_faiss)
+    selected = top_pairs(queries, database, max_results, offsets, 8, use_faiss, block_rows)
     assert_same_selection(selected, all_pairs_sorted(queries, database, offsets), max_results)
 
 
@@ -53,7 +54,7 @@ def test_global_selection_with_exact_ties():
     queries = rng.integers(-2, 3, size=(30, 4)).astype(np.float32)
     offsets = np.zeros(30)
     for max_results in (5, 33, 1500):
-        selected = top_pairs(queries, database, max_results, offsets, chunk_size=7, use_faiss=False)
+        selected = top_pairs(queries, database, max_results, offsets, chunk_size=7, use_faiss=False, block_rows=16)
         assert len(selected[0]) == min(max_results, 1500)
         assert_same_selection(selected, all_pairs_sorted(queries, database, offsets), max_results)
 
