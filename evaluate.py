@@ -22,20 +22,22 @@ import engine
 import flags
 import presets
 import utils
-from multigrain import distributed, retrieval_datasets
+from multigrain import disc21, distributed, retrieval_datasets
 from multigrain.checkpoint import architecture_name, check_num_classes, load_checkpoint, model_from_checkpoint
+from multigrain.copy_detection_metrics import copy_detection_metrics
 from multigrain.datasets import ImageFolder
 from multigrain.descriptor_files import features_files, read_features, save_features
 from multigrain.extraction import check_finite, collate_image_list, extract_descriptors
 from multigrain.image_io import load_rgb
 from multigrain.model import l2n
-from multigrain.nn_search import knn, ranking_positions
+from multigrain.nn_search import knn, ranking_positions, top_pairs
 from multigrain.retrieval_metrics import KnownPositions
 
 RETRIEVAL_DATASETS = ("holidays", "ukbench", "copydays", *retrieval_datasets.REVISITOP_BENCHMARKS)
-DATASETS = ("imagenet-val", *RETRIEVAL_DATASETS)
+DATASETS = ("imagenet-val", *RETRIEVAL_DATASETS, "disc21")
 MULTISCALE_FACTORS = (1.0, 1 / math.sqrt(2), 0.5)
 DEFAULT_NUM_DISTRACTORS = 10000  # CD10k
+DISC21_MAX_RESULTS = 500000
 
 
 def dataset_path_flag(name):
@@ -54,6 +56,20 @@ def check_args(args):
             raise ValueError(f"--dataset {name} needs --{dataset_path_flag(name).replace('_', '-')}")
         if not os.path.isdir(path):
             raise ValueError(f"--{dataset_path_flag(name).replace('_', '-')} {path} is not a folder")
+    if args.descriptor_dim is not None and args.load_features:
+        raise ValueError("--descriptor-dim applies to the model: descriptors from --load-features are used as saved")
+    if args.disc21_knn and args.max_results:
+        raise ValueError("--disc21-knn keeps K references per query: drop --max-results (the global selection's)")
+    if args.disc21_predictions:
+        if args.dataset != ["disc21"]:
+            raise ValueError("--disc21-predictions scores a predictions CSV on its own: pass --dataset disc21 only")
+        if args.resume or args.load_features or args.save_features:
+            raise ValueError(
+                "--disc21-predictions needs no descriptors: drop --resume, --load-features, --save-features"
+            )
+        if not os.path.isfile(args.disc21_predictions):
+            raise ValueError(f"--disc21-predictions {args.disc21_predictions} is not a file")
+        return None
     if args.load_features:
         if not os.path.isdir(args.load_features):
             raise ValueError(f"--load-features {args.load_features} is not a folder")
@@ -190,12 +206,9 @@ def load_features(folder, stem, names):
     return descriptors
 
 
-def evaluate_retrieval(name, model, device, args):
-    """The benchmark's scores on the main process (None elsewhere)."""
-    benchmark = read_benchmark(name, args)
-    parts = {name: benchmark.database}
-    if benchmark.queries is not None:
-        parts[f"{name}_queries"] = benchmark.queries
+def benchmark_descriptors(parts, model, device, args):
+    """{stem: descriptors} of the image lists `parts` ({stem: ImageList}), extracted (and saved with
+    --save-features) or read from --load-features."""
     distributed.print_main(", ".join(f"{stem}: {len(images)} images" for stem, images in parts.items()))
     features = {}
     for stem, images in parts.items():
@@ -205,6 +218,16 @@ def evaluate_retrieval(name, model, device, args):
             features[stem] = retrieval_descriptors(model, images, device, args)
             if args.save_features and distributed.is_main_process():
                 save_features(args.save_features, stem, features[stem], images.names)
+    return features
+
+
+def evaluate_retrieval(name, model, device, args):
+    """The benchmark's scores on the main process (None elsewhere)."""
+    benchmark = read_benchmark(name, args)
+    parts = {name: benchmark.database}
+    if benchmark.queries is not None:
+        parts[f"{name}_queries"] = benchmark.queries
+    features = benchmark_descriptors(parts, model, device, args)
     if not distributed.is_main_process():
         return None
 
@@ -228,6 +251,104 @@ def evaluate_retrieval(name, model, device, args):
         use_faiss={"auto": None, "faiss": True, "torch": False}[args.search],
     )
     return benchmark.score(rankings.cpu().numpy())
+
+
+def read_disc21(args, with_training):
+    ground_truth = args.disc21_ground_truth or os.path.join(args.disc21_path, "ground_truth.csv")
+    try:
+        return disc21.read_layout(
+            args.disc21_path,
+            ground_truth,
+            args.disc21_query_list,
+            args.disc21_reference_list,
+            args.disc21_training_list,
+            with_training,
+        )
+    except (ValueError, OSError) as error:
+        raise utils.UsageError(str(error)) from error
+
+
+def check_unit_vectors(descriptors, stem):
+    norms = np.linalg.norm(descriptors, axis=1)
+    if len(norms) and np.abs(norms - 1).max() > 1e-3:
+        raise utils.UsageError(
+            f"the {stem} descriptors are not unit vectors (norms {norms.min():.4g} to {norms.max():.4g})"
+        )
+
+
+def search_disc21(features, args, device):
+    """The predictions (query indices, reference indices, scores) of the descriptor track.
+
+    For unit descriptors the challenge's score −‖q − r‖² is 2·q·r − 2; with score normalisation it is
+    2·(q·r − factor·q·t_n(q)) − 2, the same map of the normalised inner product, so the order of the pairs
+    and the meaning of a threshold are those of the challenge's baseline.
+    """
+    for stem, descriptors in features.items():
+        check_unit_vectors(descriptors, stem)
+    search_device = torch.device("cpu") if args.search == "faiss" else device
+    use_faiss = {"auto": None, "faiss": True, "torch": False}[args.search]
+    queries = torch.from_numpy(features["disc21_queries"]).to(search_device)
+    references = torch.from_numpy(features["disc21_references"])
+    offsets = np.zeros(len(queries))
+    if args.score_norm:
+        training = features["disc21_training"]
+        if args.score_norm_neighbors > len(training):
+            raise utils.UsageError(
+                f"--score-norm-neighbors {args.score_norm_neighbors} but there are {len(training)} training images"
+            )
+        similarities, _ = knn(
+            queries, torch.from_numpy(training), args.score_norm_neighbors, args.chunk_size, use_faiss
+        )
+        offsets = -args.score_norm_factor * similarities[:, -1].cpu().numpy().astype(np.float64)
+    if args.disc21_knn:
+        if args.disc21_knn > len(references):
+            raise utils.UsageError(f"--disc21-knn {args.disc21_knn} but there are {len(references)} references")
+        scores, rows = knn(queries, references, args.disc21_knn, args.chunk_size, use_faiss)
+        scores = scores.cpu().numpy().astype(np.float64) + offsets[:, None]
+        query_indices = np.repeat(np.arange(len(queries)), args.disc21_knn)
+        rows, scores = rows.cpu().numpy().reshape(-1), scores.reshape(-1)
+    else:
+        max_results = args.max_results or DISC21_MAX_RESULTS
+        query_indices, rows, scores = top_pairs(queries, references, max_results, offsets, args.chunk_size, use_faiss)
+    return query_indices, rows, 2 * scores - 2
+
+
+def disc21_metrics(queries, references, scores, ground_truth):
+    """μAP, recall@P90 and recall@1 / @10 in %, and the threshold of recall@P90 when precision 90% is reached."""
+    metrics = copy_detection_metrics(queries, references, scores, ground_truth)
+    threshold = metrics.pop("threshold@P90")
+    results = {name: 100.0 * value for name, value in metrics.items()}
+    if threshold is not None:
+        results["threshold@P90"] = threshold
+    return results
+
+
+def evaluate_disc21(model, device, args):
+    """The descriptor track's metrics on the main process (None elsewhere); the predictions are written to
+    --output-dir as disc21_predictions.csv. With --disc21-predictions, that CSV is scored instead."""
+    if args.disc21_predictions:
+        benchmark = read_disc21(args, with_training=False)
+        try:
+            predictions = disc21.read_predictions(
+                args.disc21_predictions, benchmark.queries.names, benchmark.references.names
+            )
+        except (ValueError, OSError) as error:
+            raise utils.UsageError(str(error)) from error
+        return disc21_metrics(*predictions, benchmark.ground_truth)
+    benchmark = read_disc21(args, with_training=args.score_norm)
+    parts = {"disc21_queries": benchmark.queries, "disc21_references": benchmark.references}
+    if args.score_norm:
+        parts["disc21_training"] = benchmark.training
+    features = benchmark_descriptors(parts, model, device, args)
+    if not distributed.is_main_process():
+        return None
+    query_indices, rows, scores = search_disc21(features, args, device)
+    queries = [benchmark.queries.names[i] for i in query_indices]
+    references = [benchmark.references.names[i] for i in rows]
+    if args.output_dir:
+        os.makedirs(args.output_dir, exist_ok=True)
+        disc21.write_predictions(os.path.join(args.output_dir, "disc21_predictions.csv"), queries, references, scores)
+    return disc21_metrics(queries, references, scores, benchmark.ground_truth)
 
 
 def evaluate_imagenet(model, device, args):
@@ -261,20 +382,29 @@ def main(args):
     device = torch.device(args.device)
 
     model, description = None, f"descriptors from {args.load_features}"
+    if args.disc21_predictions:
+        description = f"predictions from {args.disc21_predictions}"
     if checkpoint is not None:
         model = model_from_checkpoint(checkpoint, args.resume, model_name=args.model, device=device)
         del checkpoint
         if args.pooling_exponent is not None:
             model.pool.set_p(args.pooling_exponent)
+        if args.descriptor_dim is not None:
+            if args.descriptor_dim > model.embedding_dim:
+                raise utils.UsageError(
+                    f"--descriptor-dim {args.descriptor_dim} exceeds the model's {model.embedding_dim}-d embedding"
+                )
+            model.descriptor_dim = args.descriptor_dim
         if args.channels_last:
             model.to(memory_format=torch.channels_last)
         if args.compile:
             model.features.compile()  # in place, so every output the extraction asks for runs the compiled trunk
         whitened = getattr(model, "whitening", None) is not None
         scales = "multiscale" if args.multiscale else "single scale"
+        dims = f", descriptor: first {args.descriptor_dim} dimensions" if args.descriptor_dim else ""
         description = (
             f"{args.resume}: p={float(model.pool.p):.4g}, whitening {'yes' if whitened else 'no'}, "
-            f"input size {args.input_size}, {scales}"
+            f"input size {args.input_size}, {scales}{dims}"
         )
     distributed.print_main(description)
 
@@ -282,6 +412,8 @@ def main(args):
     for name in args.dataset:
         if name == "imagenet-val":
             results[name] = evaluate_imagenet(model, device, args)
+        elif name == "disc21":
+            results[name] = evaluate_disc21(model, device, args)
         else:
             results[name] = evaluate_retrieval(name, model, device, args)
     if not distributed.is_main_process():
@@ -366,6 +498,55 @@ def get_args_parser(add_help=True):
     )
     parser.add_argument("--roxford5k-path", default=None, help="ROxford5k folder with jpg/ and gnd_roxford5k.pkl")
     parser.add_argument("--rparis6k-path", default=None, help="RParis6k folder with jpg/ and gnd_rparis6k.pkl")
+    parser.add_argument(
+        "--disc21-path",
+        default=None,
+        help="DISC21 layout: image folders queries/ (Q00000.jpg...), references/ (R000000...), training/ (T000000...)",
+    )
+    parser.add_argument(
+        "--disc21-ground-truth",
+        default=None,
+        help="DISC21 ground-truth CSV query_id,reference_id (default: DISC21_PATH/ground_truth.csv)",
+    )
+    parser.add_argument("--disc21-query-list", default=None, help="DISC21 query ids, one a line (default: all)")
+    parser.add_argument("--disc21-reference-list", default=None, help="DISC21 reference ids (default: all)")
+    parser.add_argument("--disc21-training-list", default=None, help="DISC21 training ids (default: all)")
+    parser.add_argument(
+        "--max-results",
+        default=None,
+        type=flags.int_in(1),
+        help=f"DISC21: the predictions are the best pairs over all queries together, this many "
+        f"(default: {DISC21_MAX_RESULTS}, the challenge's)",
+    )
+    parser.add_argument(
+        "--disc21-knn",
+        default=None,
+        type=flags.int_in(1),
+        help="DISC21: predict each query's K nearest references instead of the global --max-results",
+    )
+    parser.add_argument(
+        "--score-norm",
+        action="store_true",
+        help="DISC21: subtract factor x the query's similarity to its n-th nearest training image from its scores",
+    )
+    parser.add_argument(
+        "--score-norm-factor", default=2.0, type=flags.float_in(0), help="DISC21 score normalisation: factor"
+    )
+    parser.add_argument(
+        "--score-norm-neighbors", default=10, type=flags.int_in(1), help="DISC21 score normalisation: n"
+    )
+    parser.add_argument(
+        "--disc21-predictions",
+        default=None,
+        help="score this predictions CSV (query_id,reference_id,score) instead of a model's descriptors",
+    )
+    parser.add_argument(
+        "--descriptor-dim",
+        default=None,
+        type=flags.int_in(1),
+        help="retrieval descriptor: l2n of the first D components of the (whitened) embedding; "
+        "the classifier still reads all of it",
+    )
     parser.add_argument(
         "--save-features",
         default=None,

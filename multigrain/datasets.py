@@ -143,6 +143,10 @@ class SkipBadImages(torch.utils.data.Dataset):
     def __init__(self, dataset):
         self.dataset = dataset
 
+    @property
+    def names(self):
+        return self.dataset.names
+
     def with_transform(self, transform):
         return SkipBadImages(self.dataset.with_transform(transform))
 

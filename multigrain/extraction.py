@@ -127,6 +127,8 @@ def _output_dim(model, output):
         return model.classifier.out_features
     if output == "pooled" and model.whitening is not None:
         return model.whitening.mean.shape[0] - 1
+    if output == "descriptor" and getattr(model, "descriptor_dim", None) is not None:
+        return model.descriptor_dim
     return model.classifier.in_features
 
 

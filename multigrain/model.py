@@ -33,6 +33,8 @@ class MultiGrainNet(nn.Module):
     reads. The state_dict keys `features.*`, `pool.p`, `classifier.*` are those of the published
     MultiGrain checkpoints; `whitening.mean` and `whitening.projection` are their
     `whitening.pca.pca_m` and `whitening.pca.pca_P` (renamed by multigrain.checkpoint).
+    Setting `descriptor_dim` to D makes the descriptor l2n(embedding[:D]), the first D whitened components
+    (largest variance first), while the classifier still reads the whole embedding.
     """
 
     def __init__(
@@ -44,6 +46,7 @@ class MultiGrainNet(nn.Module):
         self.whitening = whitening
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.classifier = classifier
+        self.descriptor_dim = None
 
     @property
     def embedding_dim(self) -> int:
@@ -59,7 +62,8 @@ class MultiGrainNet(nn.Module):
 
     def forward(self, x: torch.Tensor):
         e = self.embedding(x)
-        return self.classifier(self.dropout(e)), l2n(e)
+        descriptor = e if self.descriptor_dim is None else e[:, : self.descriptor_dim]
+        return self.classifier(self.dropout(e)), l2n(descriptor)
 
 
 def _split_trunk(trunk: nn.Module):

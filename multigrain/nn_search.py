@@ -248,3 +248,65 @@ def _decode(keys):
     ordered = (keys + indices) >> 32
     bits = torch.where(ordered < 0, ordered ^ 0x7FFFFFFF, ordered).int()
     return bits.view(torch.float32), indices
+
+
+def top_pairs(
+    queries, database, max_results: int, query_offsets=None, chunk_size: int = 4096, use_faiss=None, block_rows=2**18
+):
+    """The `max_results` (query, database row) pairs with the largest q·x + query_offsets[q], over all queries
+    together (not k per query), as `knn` scores them; pairs tied at the cut may go either way.
+
+    Returns numpy (query indices, row indices, scores), best first (equal scores by lower query, then row;
+    scores in float64: knn's float32 inner product plus the offset). Every query's top k comes from
+    `knn` (same devices, chunking and use_faiss), starting at k = ⌈2·max_results / nq⌉: a query whose
+    k-th score is below the max_results-th best score of all candidates has no other pair in the
+    result; the others are searched again with 4k until none is left. knn sees `block_rows` database rows
+    at a time (faiss copies what it searches), whose top k are merged. Memory: the candidates (nq·k plus
+    a few times max_results), one block and knn's chunks, never a query x database matrix.
+    """
+    if max_results < 1:
+        raise ValueError(f"max_results must be positive, got {max_results}")
+    queries = torch.as_tensor(queries, dtype=torch.float32).detach()
+    num_queries, num_rows = len(queries), len(database)
+    if not num_queries or not num_rows:
+        raise ValueError(f"need at least one query and one database row, got {num_queries} and {num_rows}")
+    offsets = np.zeros(num_queries) if query_offsets is None else np.asarray(query_offsets, dtype=np.float64)
+    if offsets.shape != (num_queries,):
+        raise ValueError(f"need one offset per query: got shape {offsets.shape} for {num_queries} queries")
+    scores_of, rows_of = [None] * num_queries, [None] * num_queries
+    pending, k = np.arange(num_queries), min(num_rows, -(-2 * max_results // max(num_queries, 1)))
+    while len(pending):
+        scores, rows = _knn_by_blocks(
+            queries[torch.from_numpy(pending)], database, k, chunk_size, use_faiss, block_rows
+        )
+        for position, query in enumerate(pending):
+            scores_of[query], rows_of[query] = scores[position] + offsets[query], rows[position]
+        if k == num_rows:
+            break
+        candidates = np.concatenate(scores_of)
+        if len(candidates) < max_results:
+            cut = -np.inf
+        else:
+            cut = np.partition(candidates, len(candidates) - max_results)[len(candidates) - max_results]
+        # Rows a query has not returned score at most its k-th: they can only matter above the cut.
+        pending = np.array([query for query in pending if scores_of[query][-1] > cut], dtype=np.int64)
+        k = min(num_rows, 4 * k)
+    scores = np.concatenate(scores_of)
+    rows = np.concatenate(rows_of)
+    query_indices = np.repeat(np.arange(num_queries), [len(query_scores) for query_scores in scores_of])
+    order = np.lexsort((rows, query_indices, -scores))[:max_results]
+    return query_indices[order], rows[order], scores[order]
+
+
+def _knn_by_blocks(queries, database, k, chunk_size, use_faiss, block_rows):
+    """knn's top k (numpy float64 scores, int64 rows; equal scores by lower row) over the database taken
+    `block_rows` rows at a time."""
+    scores, rows = [], []
+    for start in range(0, len(database), block_rows):
+        block = database[start : start + block_rows]
+        block_scores, block_rows_found = knn(queries, block, min(k, len(block)), chunk_size, use_faiss)
+        scores.append(block_scores.cpu().numpy().astype(np.float64))
+        rows.append(block_rows_found.cpu().numpy() + start)
+    scores, rows = np.concatenate(scores, axis=1), np.concatenate(rows, axis=1)
+    best = np.lexsort((rows, -scores), axis=1)[:, :k]
+    return np.take_along_axis(scores, best, axis=1), np.take_along_axis(rows, best, axis=1)

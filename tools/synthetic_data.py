@@ -22,7 +22,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageEnhance
+from PIL import Image, ImageDraw, ImageEnhance
 
 HUE_FAMILIES = 12
 TEXTURES = ("stripes", "stripes-90", "stripes-45", "checker", "checker-45", "dots")
@@ -434,6 +434,131 @@ def make_duplicates(root, num_originals=60, duplicated_fraction=0.5, image_size=
     return {"images": sorted(name for names in groups for name in names), "groups": duplicated}
 
 
+def _draw_emoji(draw, box, rng):
+    """An emoji-like face: a filled disc with two eyes and a mouth, in random colours."""
+    left, top, right, bottom = box
+    colour = tuple(int(c) for c in rng.integers(0, 256, size=3))
+    feature = tuple(int(c) for c in rng.integers(0, 256, size=3))
+    draw.ellipse(box, fill=colour)
+    width, height = right - left, bottom - top
+    for eye_x in (0.33, 0.67):
+        center = (left + eye_x * width, top + 0.38 * height)
+        draw.ellipse(
+            (center[0] - 0.07 * width, center[1] - 0.08 * height, center[0] + 0.07 * width, center[1] + 0.08 * height),
+            fill=feature,
+        )
+    draw.arc(
+        (left + 0.25 * width, top + 0.4 * height, right - 0.25 * width, bottom - 0.2 * height),
+        20,
+        160,
+        fill=feature,
+        width=max(1, round(0.06 * width)),
+    )
+
+
+def make_copy_edit(image, overlay, rng, strength=1.0):
+    """A DISC21-style edited copy of `image`: the attacks of `make_variant` (a flip half of the time, crop,
+    rotation, rescaling, colour change, JPEG), then `overlay` (another picture) pasted over part of it, added text and
+    emoji-like shapes, and a new size; `strength` in [0, 1] scales the overlay's size and the number of
+    shapes."""
+    image = make_variant(image, rng, strength=strength, rotate=True, mirror=rng.random() < 0.5)
+    width, height = image.size
+    if rng.random() < 0.5 + 0.5 * strength:
+        side = 0.15 + 0.25 * strength * rng.random()
+        overlay_size = (max(4, round(width * side)), max(4, round(height * side)))
+        position = (
+            int(rng.integers(0, width - overlay_size[0] + 1)),
+            int(rng.integers(0, height - overlay_size[1] + 1)),
+        )
+        image.paste(overlay.resize(overlay_size, Image.Resampling.BILINEAR), position)
+    draw = ImageDraw.Draw(image)
+    for _ in range(int(rng.integers(0, 1 + round(3 * strength)))):
+        side = max(4, round(min(width, height) * rng.uniform(0.12, 0.25)))
+        left, top = int(rng.integers(0, width - side + 1)), int(rng.integers(0, height - side + 1))
+        _draw_emoji(draw, (left, top, left + side, top + side), rng)
+    if rng.random() < 0.5 + 0.5 * strength:
+        text = "".join(
+            rng.choice(list("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 ")) for _ in range(int(rng.integers(4, 12)))
+        )
+        colour = tuple(int(c) for c in rng.integers(0, 256, size=3))
+        draw.text((int(rng.integers(0, width // 2)), int(rng.integers(0, height - 10))), text, fill=colour)
+    scale = np.exp(rng.uniform(-0.4, 0.3) * strength)
+    new_size = (max(16, round(width * scale)), max(16, round(height * scale)))
+    return image.resize(new_size, Image.Resampling.BICUBIC)
+
+
+def make_disc21(
+    root,
+    num_references=60,
+    num_matched=30,
+    num_unrelated=10,
+    num_training=40,
+    image_size=(96, 72),
+    strength=1.0,
+    num_classes=10,
+    seed=0,
+):
+    """DISC21 layout: root/{queries,references,training}/ with Q00000.jpg, R000000.jpg, T000000.jpg,
+    root/ground_truth.csv and list files.
+
+    `num_matched` queries are edited copies (`make_copy_edit`, the overlay taken from a training-like
+    picture) of distinct references, `num_unrelated` are edited new pictures with no reference; query ids
+    are shuffled. ground_truth.csv has a header and one line per query (an empty reference_id for the
+    unrelated ones). dev_queries.txt lists the first half of the query ids (as the dev 25k queries);
+    subset_1_queries.txt and subset_1_references.txt list the matched queries among the second half and
+    their references plus as many other references (as the challenge's subset 1).
+    Returns {"ground_truth": {query id: reference id or ""}, "references": [...], "training": [...]}.
+    """
+    _check_range(num_references, 1, 10**6, "--num-references")
+    _check_range(num_matched, 1, num_references, "--num-matched")
+    _check_range(num_unrelated, 0, 10**5, "--num-unrelated")
+    _check_range(num_training, 0, 10**6, "--num-training")
+    _check_range(num_classes, 1, MAX_CLASSES, "--num-classes")
+    if not 0 <= strength <= 1:
+        raise ValueError(f"--strength must be in [0, 1], got {strength}")
+    size = _as_size(image_size)
+    root = _prepare_output(root)
+    rng = _layout_rng(seed, "disc21")
+
+    def picture():
+        return render_image(int(rng.integers(num_classes)), rng, _random_orientation(size, rng))
+
+    references = []
+    for index in range(num_references):
+        reference = picture()
+        _save_jpeg(reference, root / "references" / f"R{index:06d}.jpg")
+        references.append(reference)
+    training = [f"T{index:06d}" for index in range(num_training)]
+    for name in training:
+        _save_jpeg(picture(), root / "training" / f"{name}.jpg")
+
+    matched = rng.choice(num_references, size=num_matched, replace=False)
+    sources = [(references[r], f"R{r:06d}") for r in matched] + [(picture(), "") for _ in range(num_unrelated)]
+    order = rng.permutation(len(sources))
+    ground_truth = {}
+    for query_index, source_index in enumerate(order):
+        image, reference_id = sources[source_index]
+        query_id = f"Q{query_index:05d}"
+        _save_jpeg(make_copy_edit(image, picture(), rng, strength), root / "queries" / f"{query_id}.jpg")
+        ground_truth[query_id] = reference_id
+    lines = ["query_id,reference_id\n"] + [f"{query},{reference}\n" for query, reference in ground_truth.items()]
+    (root / "ground_truth.csv").write_text("".join(lines))
+
+    query_ids = list(ground_truth)
+    (root / "dev_queries.txt").write_text("".join(f"{query}\n" for query in query_ids[: len(query_ids) // 2]))
+    subset_queries = [query for query in query_ids[len(query_ids) // 2 :] if ground_truth[query]]
+    subset_references = sorted({ground_truth[query] for query in subset_queries})
+    others = [f"R{r:06d}" for r in range(num_references) if f"R{r:06d}" not in subset_references]
+    subset_references = sorted(subset_references + others[: len(subset_references)])
+    (root / "subset_1_queries.txt").write_text("".join(f"{query}\n" for query in subset_queries))
+    (root / "subset_1_references.txt").write_text("".join(f"{reference}\n" for reference in subset_references))
+    return {
+        "ground_truth": ground_truth,
+        "references": [f"R{r:06d}" for r in range(num_references)],
+        "training": training,
+    }
+
+
 def make_all(root, seed=0):
     """Every layout with its small defaults under root; returns {layout folder: what its writer returned}."""
     root = Path(root)
@@ -508,6 +633,15 @@ def get_args_parser(add_help=True):
     )
     duplicates.add_argument("--image-size", default="96x72", type=parse_size, help="side, or WIDTHxHEIGHT")
 
+    disc21 = add_layout("disc21", "DISC21: OUTPUT/{queries,references,training}/*.jpg, ground_truth.csv, lists")
+    add_num_classes(disc21)
+    disc21.add_argument("--num-references", default=60, type=int, help="number of reference images")
+    disc21.add_argument("--num-matched", default=30, type=int, help="queries that are edited copies of references")
+    disc21.add_argument("--num-unrelated", default=10, type=int, help="queries with no reference")
+    disc21.add_argument("--num-training", default=40, type=int, help="number of training images")
+    disc21.add_argument("--strength", default=1.0, type=float, help="edit strength in [0, 1]")
+    disc21.add_argument("--image-size", default="96x72", type=parse_size, help="side, or WIDTHxHEIGHT")
+
     add_layout("all", "every layout with small defaults: OUTPUT/{imagenet,holidays,ukbench,copydays,revisitop}")
     return parser
 
@@ -552,6 +686,22 @@ def main(args):
         copies = sum(len(group) - 1 for group in written["groups"])
         groups = len(written["groups"])
         summary = f"{len(written['images'])} images, {copies} of them near-duplicates in {groups} groups"
+    elif args.layout == "disc21":
+        written = make_disc21(
+            args.output,
+            args.num_references,
+            args.num_matched,
+            args.num_unrelated,
+            args.num_training,
+            args.image_size,
+            args.strength,
+            args.num_classes,
+            args.seed,
+        )
+        summary = (
+            f"{len(written['ground_truth'])} queries, {len(written['references'])} references, "
+            f"{len(written['training'])} training images"
+        )
     else:
         written = make_all(args.output, args.seed)
         summary = "layouts " + ", ".join(written)
