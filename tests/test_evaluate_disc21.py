@@ -136,9 +136,22 @@ def test_descriptor_dim_keeps_the_classifier():
         (["--descriptor-dim", "8", "--load-features", "{root}"], "--descriptor-dim applies to the model"),
         (["--disc21-predictions", "{root}/ground_truth.csv", "--resume", "x.pth"], "needs no descriptors"),
         (["--disc21-predictions", "{root}/missing.csv"], "is not a file"),
+        (["--score-norm-factor", "1.5"], "--score-norm-factor 1.5 needs --score-norm"),
+        (["--score-norm-neighbors", "4"], "--score-norm-neighbors 4 needs --score-norm"),
+        (["--disc21-predictions", "{root}/ground_truth.csv", "--score-norm"], "scores the CSV as written"),
+        (["--disc21-predictions", "{root}/ground_truth.csv", "--max-results", "9"], "scores the CSV as written"),
+        (["--disc21-predictions", "{root}/ground_truth.csv", "--descriptor-dim", "8"], "scores the CSV as written"),
     ],
 )
 def test_check_args_refuses_inconsistent_disc21_flags(layout, extra, message):
     argv = ["--dataset", "disc21", "--disc21-path", str(layout), *(flag.format(root=layout) for flag in extra)]
     with pytest.raises(evaluate.utils.UsageError, match=message):
+        evaluate.check_args(evaluate.get_args_parser().parse_args(argv))
+
+
+@pytest.mark.parametrize("extra", [["--max-results", "9"], ["--disc21-knn", "3"], ["--score-norm"]])
+def test_disc21_search_flags_need_the_disc21_benchmark(layout, tmp_path, extra):
+    (tmp_path / "ukbench" / "full").mkdir(parents=True)
+    argv = ["--dataset", "ukbench", "--ukbench-path", str(tmp_path / "ukbench"), "--disc21-path", str(layout), *extra]
+    with pytest.raises(evaluate.utils.UsageError, match=f"{extra[0]} applies to the DISC21 search"):
         evaluate.check_args(evaluate.get_args_parser().parse_args(argv))
