@@ -309,9 +309,7 @@ def search_disc21(features, args, device):
         neighbors = SCORE_NORM_NEIGHBORS if args.score_norm_neighbors is None else args.score_norm_neighbors
         factor = SCORE_NORM_FACTOR if args.score_norm_factor is None else args.score_norm_factor
         if neighbors > len(training):
-            raise utils.UsageError(
-                f"--score-norm-neighbors {neighbors} but there are {len(training)} training images"
-            )
+            raise utils.UsageError(f"--score-norm-neighbors {neighbors} but there are {len(training)} training images")
         similarities, _ = knn(queries, torch.from_numpy(training), neighbors, args.chunk_size, use_faiss)
         offsets = -factor * similarities[:, -1].cpu().numpy().astype(np.float64)
     if args.disc21_knn:
