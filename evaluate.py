@@ -30,7 +30,7 @@ from multigrain.descriptor_files import features_files, read_features, save_feat
 from multigrain.extraction import check_finite, collate_image_list, extract_descriptors
 from multigrain.image_io import load_rgb
 from multigrain.model import l2n
-from multigrain.nn_search import knn, ranking_positions, top_pairs
+from multigrain.nn_search import knn, knn_blocks, ranking_positions, top_pairs
 from multigrain.retrieval_metrics import KnownPositions
 
 RETRIEVAL_DATASETS = ("holidays", "ukbench", "copydays", *retrieval_datasets.REVISITOP_BENCHMARKS)
@@ -315,7 +315,7 @@ def search_disc21(features, args, device):
     if args.disc21_knn:
         if args.disc21_knn > len(references):
             raise utils.UsageError(f"--disc21-knn {args.disc21_knn} but there are {len(references)} references")
-        scores, rows = knn(queries, references, args.disc21_knn, args.chunk_size, use_faiss)
+        scores, rows = knn_blocks(queries, references, args.disc21_knn, args.chunk_size, use_faiss)
         scores = scores.cpu().numpy().astype(np.float64) + offsets[:, None]
         query_indices = np.repeat(np.arange(len(queries)), args.disc21_knn)
         rows, scores = rows.cpu().numpy().reshape(-1), scores.reshape(-1)
