@@ -72,6 +72,33 @@ def test_command_line_run_and_scoring_its_predictions_csv(layout, trained_checkp
     assert rescored == pytest.approx(trained, abs=1e-9)
 
 
+def test_whitened_trained_model_beats_an_untrained_one(trained_checkpoint, untrained_checkpoint, tmp_path):
+    """The baseline's recipe through the command line: whiten.py fitted on the layout's 200 training images,
+    the first 256 whitened dimensions and score normalisation (factor 2, n = 10); the untrained network is
+    whitened the same way. Measured (README): the trained model's μAP exceeds the best of 3 untrained
+    networks by 24.5, 27.7 and 22.1 points on generator seeds 0 to 2."""
+    layout = tmp_path / "disc21"
+    command = [sys.executable, "tools/synthetic_data.py", "disc21", "--output", str(layout), "--num-training", "200"]
+    assert subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300).returncode == 0
+    muap = {}
+    for name, checkpoint in (("trained", trained_checkpoint.path), ("untrained", untrained_checkpoint)):
+        whiten = [
+            sys.executable, "whiten.py", "--resume", str(checkpoint), "--whiten-path", str(layout / "training"),
+            "--input-size", "64", "--shrinkage", "0.01", *CPU_FLAGS, "--output-dir", str(tmp_path / name),
+        ]  # fmt: skip
+        run = subprocess.run(whiten, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        run_evaluate(
+            [
+                "--resume", str(tmp_path / name / "whitened.pth"), "--input-size", "64", "--descriptor-dim", "256",
+                "--dataset", "disc21", "--disc21-path", str(layout), "--score-norm", *CPU_FLAGS,
+                "--output-dir", str(tmp_path / name / "disc21"),
+            ]
+        )  # fmt: skip
+        muap[name] = json.loads((tmp_path / name / "disc21" / "metrics.json").read_text())["results"]["disc21"]["muAP"]
+    assert muap["trained"] >= muap["untrained"] + 10.0, muap
+
+
 def test_readme_commands(layout, untrained_checkpoint, tmp_path):
     """The README's dev-queries and subset-1 commands with their flags, on the synthetic layout: a resnet18 at
     96 px instead of a ResNet-50 at 512, keeping 256 of its 512 dimensions instead of 1500 of 2048."""
