@@ -312,10 +312,12 @@ def _load_fitting(net, state, weights, name, network):
 
 
 def build_timm_trunk(name, weights=None, num_classes=1000):
-    """(features, classifier, dropout) of the timm model `name` (timm:NAME or an appendix-E name).
+    """(features, classifier, dropout) of the timm model `name` (timm:NAME or an appendix-E name;
+    nasnetamobile is pretrainedmodels').
 
-    `weights`: a local file (safetensors or torch state_dict of the timm model) or a pretrained tag of
-    timm's, read from its cache; the classifier then has the weights' number of classes.
+    `weights`: a local file (safetensors or torch state_dict of the timm model, or of pretrainedmodels'
+    for nasnetamobile) or a pretrained tag of timm's, read from its cache; the classifier then has the
+    weights' number of classes.
     """
     model_name = timm_name(name)
     if name == "nasnetamobile":
