@@ -165,6 +165,22 @@ def check_published_file(path, reference, name, sizes, p):
     return model
 
 
+def whole_network_file(path, name, sizes):
+    """The published file of pretrainedmodels' PNASNet or NASNet `name` (2 classes, random weights; the whole
+    network under features.0.base_net, p 1.7), checked at `sizes`, where its cells work:
+    (the pretrainedmodels network, the loaded model, the reference)."""
+    torch.manual_seed(0)
+    net = randomize_batchnorm(pretrainedmodels.__dict__[name](num_classes=2, pretrained=None))
+    published_file(path, net, "features.0.base_net.", ("",), 1.7)
+    reference = cadene_reference(net, 1.7, relu=True)
+    return net, check_published_file(path, reference, name, sizes, 1.7), reference
+
+
+def assert_cells_fail(net, x):
+    with torch.no_grad(), pytest.raises(RuntimeError, match="must match the size"):
+        net.features(x)
+
+
 def test_senet154_published_file_and_readme_commands(tmp_path):
     torch.manual_seed(0)
     net = randomize_batchnorm(pretrainedmodels.senet154(num_classes=1, pretrained=None))
@@ -187,18 +203,13 @@ def test_senet154_published_file_and_readme_commands(tmp_path):
 
 
 def test_pnasnet5large_published_file_at_any_size(tmp_path):
-    torch.manual_seed(0)
-    net = randomize_batchnorm(pretrainedmodels.pnasnet5large(num_classes=2, pretrained=None))
-    path = tmp_path / "pnasnet5large-finetune500.pth"
-    published_file(path, net, "features.0.base_net.", ("",), 1.7)
     # Sizes at which pretrainedmodels' PNASNet works (square 33 and 45 do).
-    reference = cadene_reference(net, 1.7, relu=True)
-    model = check_published_file(path, reference, "pnasnet5large", [(33, 45), (45, 33)], 1.7)
+    path = tmp_path / "pnasnet5large-finetune500.pth"
+    net, model, reference = whole_network_file(path, "pnasnet5large", [(33, 45), (45, 33)])
     # Elsewhere the branches of a cell differ in size: pretrainedmodels' cells fail; the published code's fix,
     # cropping them to their common size, is the cell_forward that this project gives timm's PNASNet.
     x = torch.rand(1, 3, 40, 57)
-    with torch.no_grad(), pytest.raises(RuntimeError, match="must match the size"):
-        net.features(x)
+    assert_cells_fail(net, x)
     for module in net.modules():
         if isinstance(module, pretrainedmodels.models.pnasnet.CellBase):
             module.cell_forward = types.MethodType(_cropping_cell_forward, module)
@@ -208,16 +219,11 @@ def test_pnasnet5large_published_file_at_any_size(tmp_path):
 
 
 def test_nasnetamobile_published_file_in_every_script(tmp_path):
-    torch.manual_seed(0)
-    net = randomize_batchnorm(pretrainedmodels.nasnetamobile(num_classes=2, pretrained=None))
-    path = tmp_path / "nasnetamobile-finetune350.pth"
-    published_file(path, net, "features.0.base_net.", ("",), 1.7)
     # Sizes at which pretrainedmodels' NASNet works (square 33 and 64 do); at others its cells fail, and ours crop.
-    reference = cadene_reference(net, 1.7, relu=True)
-    model = check_published_file(path, reference, "nasnetamobile", [(64, 64), (33, 64)], 1.7)
+    path = tmp_path / "nasnetamobile-finetune350.pth"
+    net, model, _ = whole_network_file(path, "nasnetamobile", [(64, 64), (33, 64)])
     x = torch.rand(1, 3, 40, 50)
-    with torch.no_grad(), pytest.raises(RuntimeError, match="must match the size"):
-        net.features(x)
+    assert_cells_fail(net, x)
     with torch.no_grad():
         logits, descriptor = model(x)
     assert logits.shape == (1, 2) and descriptor.shape == (1, 1056) and torch.isfinite(logits).all()
