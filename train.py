@@ -496,7 +496,7 @@ def get_args_parser(add_help=True):
         "--model",
         default="resnet50",
         help="torchvision model name (ResNet, ResNeXt, Wide-ResNet, RegNet, EfficientNet), timm:NAME for a timm CNN "
-        "with a global pooling + Linear head, or senet154 / pnasnet5large (appendix E)",
+        "with a global pooling + Linear head, or senet154 / pnasnet5large / nasnetamobile (appendix E)",
     )
     parser.add_argument(
         "--weights",

@@ -13,7 +13,8 @@ The published MultiGrain files (joint_1B_1.0.pth ..., ResNet-50) are recognised 
 dict whose `model_state` entry has the same `features.*`, `pool.p`, `classifier.*` keys, possibly
 behind a `module.` prefix, and for whitened models `whitening.pca.pca_m`, `whitening.pca.pca_P` with a
 classifier of width 2049 that reads the whitened vector; so are the published appendix-E files
-(senet154, pnasnet5large; nasnetamobile is refused), told by their keys (appendix_e_architecture).
+(senet154, pnasnet5large on timm; nasnetamobile on pretrainedmodels), told by their keys
+(appendix_e_architecture).
 """
 
 import contextlib
