@@ -157,7 +157,11 @@ def describe(checkpoint, path) -> str:
     """E.g. "runs/a/checkpoint.pth (a training state of train.py, after epoch 3)"."""
     kind = checkpoint_kind(checkpoint)
     text = KIND_DESCRIPTIONS.get(kind, "not a MultiGrain checkpoint")
-    if kind == "train" and "epoch" in checkpoint:
+    in_epoch = checkpoint.get("in_epoch") if kind == "train" else None
+    if in_epoch:
+        pending = ", validation pending" if "train_metrics" in in_epoch else ""
+        text += f", in epoch {in_epoch['epoch']} after iteration {in_epoch['step']} of {in_epoch['steps']}{pending}"
+    elif kind == "train" and "epoch" in checkpoint:
         text += f", after epoch {checkpoint['epoch']}"
     return f"{path} ({text})"
 
