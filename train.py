@@ -309,10 +309,11 @@ def build_lr_scheduler(args, optimizer):
     return torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, main], milestones=[args.lr_warmup_epochs])
 
 
-def main(args):
+def main(args, stop_signals=preemption.STOP_SIGNALS):
+    """Trains; on one of `stop_signals`, saves the state and raises preemption.TrainingStopped."""
     start = check_args(args)
-    with preemption.StopSignals() as stop_signals:
-        return train(args, start, stop_signals)
+    with preemption.StopSignals(stop_signals) as signals:
+        return train(args, start, signals)
 
 
 def train(args, start, stop_signals):
@@ -456,6 +457,8 @@ def train(args, start, stop_signals):
 
     def stopped(signum, where):
         """The exception that ends a run stopped by `signum` after its state was saved."""
+        if args.distributed:
+            torch.distributed.barrier()  # no process exits (which srun --kill-on-bad-exit answers) before the save
         saved = f"{checkpoint_path} holds the state" if checkpoint_path else "nothing was saved (no --output-dir)"
         message = f"stopped by {preemption.signal_name(signum)} {where}; {saved}."
         if args.requeue and signum == preemption.REQUEUE_SIGNAL:
@@ -532,7 +535,8 @@ def train(args, start, stop_signals):
                 for buffer in model_without_ddp.buffers():
                     torch.distributed.broadcast(buffer, src=0)
             # Saved before the validation, so that a failing validation does not lose the epoch's training.
-            save_state(epoch - 1, {"epoch": epoch, "step": steps, "steps": steps, "train_metrics": train_metrics})
+            progress = {"epoch": epoch, "step": steps, "steps": steps, "time_s": time.time() - epoch_start}
+            save_state(epoch - 1, {**progress, "train_metrics": train_metrics})
             signum, _ = preemption.agree(stop_signals.signum, False)
             if signum:
                 raise stopped(signum, f"after the training of epoch {epoch}, before its validation")

@@ -1,0 +1,235 @@
+"""Mid-epoch checkpoints, signals, requeue, multi-node and SLURM launches, submitit: a run stopped and resumed
+equals the uninterrupted run bit for bit."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import train
+from multigrain.checkpoint import describe, load_checkpoint
+from multigrain.image_io import BadImageError
+from multigrain.preemption import TrainingStopped
+from tests.test_fault_tolerance import children_of, read_log
+from tools.synthetic_data import make_imagefolder
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL = [
+    "--model", "resnet18", "--device", "cpu", "--print-freq", "1000", "--train-crop-size", "32",
+    "--val-resize-size", "36", "--val-crop-size", "32", "--lr", "0.02",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("preemption") / "data"
+    make_imagefolder(root, num_classes=3, train_per_class=8, val_per_class=3, image_size=32, seed=3)
+    return root
+
+
+def parse(args):
+    return train.get_args_parser().parse_args(args)
+
+
+def assert_same_run(a, b):
+    """Same weights, β, optimizer state and schedule, and the same logged losses."""
+    state_a, state_b = (load_checkpoint(os.path.join(folder, "checkpoint.pth")) for folder in (a, b))
+    for key in ("model", "criterion"):
+        for name, value in state_a[key].items():
+            assert torch.equal(value, state_b[key][name]), f"{key}.{name}"
+    for index, values in state_a["optimizer"]["state"].items():
+        assert torch.equal(values["momentum_buffer"], state_b["optimizer"]["state"][index]["momentum_buffer"])
+    assert state_a["lr_scheduler"] == state_b["lr_scheduler"]
+    assert state_a["in_epoch"] is None and state_b["in_epoch"] is None
+    log_a, log_b = read_log(a), read_log(b)
+    assert [r["epoch"] for r in log_a] == [r["epoch"] for r in log_b] == list(range(len(log_a)))
+    for record_a, record_b in zip(log_a, log_b):
+        for key in ("train_loss", "train_margin_loss", "train_acc1", "beta", "val_loss", "val_acc1"):
+            assert record_a[key] == record_b[key], (record_a["epoch"], key)
+
+
+def test_a_run_stopped_by_signals_and_a_failed_validation_resumes_bit_for_bit(data, tmp_path, monkeypatch):
+    # 24 images x 2 / batch 6: 8 iterations per epoch, a mid-epoch checkpoint every 3.
+    common = ["--data-path", str(data), *SMALL, "-b", "6", "--epochs", "2", "--checkpoint-every-iters", "3"]
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    train.main(parse([*common, "-j", "0", "--output-dir", str(straight)]))
+
+    # A validation image that cannot be read: the epoch's training is saved before the validation fails.
+    bad = data / "val" / "class_001" / "broken.jpg"
+    bad.write_bytes(b"not a picture")
+    try:
+        with pytest.raises(BadImageError, match="broken.jpg"):
+            train.main(parse([*common, "-j", "0", "--output-dir", str(stopped)]))
+    finally:
+        bad.unlink()
+    pending = load_checkpoint(stopped / "checkpoint.pth")
+    assert "in epoch 0 after iteration 8 of 8, validation pending" in describe(pending, "c")
+
+    # SIGTERM during iteration 2 of epoch 1, with a DataLoader worker: the step ends, then the state is saved.
+    original_forward = train.MultiGrainLoss.forward
+    calls = []
+
+    def signal_during_third_step(self, *args):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original_forward(self, *args)
+
+    monkeypatch.setattr(train.MultiGrainLoss, "forward", signal_during_third_step)
+    handler = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(TrainingStopped, match="stopped by SIGTERM in epoch 1 after iteration 3 of 8") as stop:
+        train.main(parse([*common, "-j", "1", "--output-dir", str(stopped)]))
+    assert stop.value.exit_code == 128 + signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is handler  # restored
+    assert len(calls) == 3  # validation of epoch 0 redone, no training step of epoch 0
+    assert [r["epoch"] for r in read_log(stopped)] == [0]
+    monkeypatch.undo()
+    assert "in epoch 1 after iteration 3 of 8" in describe(load_checkpoint(stopped / "checkpoint.pth"), "c")
+
+    train.main(parse([*common, "-j", "0", "--output-dir", str(stopped)]))  # resumed automatically
+    assert_same_run(straight, stopped)
+
+
+def torchrun(*flags, nproc, log, extra=()):
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    command = [
+        sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", *extra, "train.py", *flags,
+    ]  # fmt: skip
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def checkpoint_position(output_dir):
+    """(epoch, iteration) of the training state in output_dir; iteration None after a finished epoch."""
+    path = output_dir / "checkpoint.pth"
+    if not path.exists():
+        return None
+    checkpoint = load_checkpoint(path)
+    in_epoch = checkpoint["in_epoch"]
+    return (in_epoch["epoch"], in_epoch["step"]) if in_epoch else (checkpoint["epoch"], None)
+
+
+def wait_for(condition, process, what, timeout=240):
+    deadline = time.time() + timeout
+    while not condition():
+        assert process.poll() is None, f"{what}: the run ended first"
+        assert time.time() < deadline, f"{what}: timed out"
+        time.sleep(0.005)
+
+
+def finish(process, timeout=300):
+    try:
+        return process.wait(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def test_two_processes_killed_while_saving_then_stopped_by_sigterm_resume_bit_for_bit(data, tmp_path):
+    # 24 images x 6 / (2 processes x 3): 24 iterations per epoch, a mid-epoch checkpoint every 4.
+    common = ["--data-path", str(data), *SMALL, "-j", "0", "-b", "3", "--epochs", "2", "--epoch-len-factor", "6"]
+    common += ["--checkpoint-every-iters", "4"]
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    with open(tmp_path / "straight.txt", "w") as log:
+        assert finish(torchrun(*common, "--output-dir", str(straight), nproc=2, log=log, extra=["--standalone"])) == 0
+
+    with open(tmp_path / "stopped.txt", "w") as log:
+        run = torchrun(
+            *common, "--output-dir", str(stopped), nproc=2, log=log, extra=["--standalone", "--max-restarts=2"]
+        )
+        try:
+            # Both workers SIGKILLed while rank 0 writes the second mid-epoch checkpoint.
+            wait_for(lambda: checkpoint_position(stopped) == (0, 4), run, "first checkpoint")
+            writing = lambda: any(name.endswith(".pth") and name.startswith(".tmp-") for name in os.listdir(stopped))  # noqa: E731
+            wait_for(writing, run, "second checkpoint")
+            for worker in children_of(run.pid):
+                os.kill(worker, signal.SIGKILL)
+            # The restarted group resumes from the first checkpoint; SIGTERM reaches its workers in epoch 1.
+            wait_for(lambda: (checkpoint_position(stopped) or (0,))[0] == 1, run, "a checkpoint in epoch 1")
+            for worker in children_of(run.pid):
+                os.kill(worker, signal.SIGTERM)
+        finally:
+            assert finish(run) == 0  # the workers exited with 0: torchrun does not restart them
+    output = (tmp_path / "stopped.txt").read_text()
+    assert "Resuming from" in output and "in epoch 0 after iteration 4 of 24)" in output, output[-3000:]
+    assert output.count("Resuming from") == 1
+    assert "stopped by SIGTERM in epoch 1 after iteration" in output or "stopped by SIGTERM after" in output
+    assert "Traceback" not in output
+
+    with open(tmp_path / "resumed.txt", "w") as log:
+        assert finish(torchrun(*common, "--output-dir", str(stopped), nproc=2, log=log, extra=["--standalone"])) == 0
+    assert "Resuming from" in (tmp_path / "resumed.txt").read_text()
+    assert_same_run(straight, stopped)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+FAKE_SCONTROL = """#!/bin/sh
+echo "$@" >> "{record}"
+if [ "$1" = show ]; then echo 127.0.0.1; fi
+"""
+
+
+def test_slurm_launch_requeued_on_sigusr1_equals_two_torchrun_nodes(data, tmp_path):
+    # 4 processes x 3 images: 8 iterations per epoch (24 images x 4 / 12).
+    common = ["--data-path", str(data), *SMALL, "-j", "0", "-b", "3", "--epochs", "2", "--epoch-len-factor", "4"]
+    common += ["--checkpoint-every-iters", "2"]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(FAKE_SCONTROL.format(record=tmp_path / "scontrol.txt"))
+    (bin_dir / "scontrol").chmod(0o755)
+    slurm_run = tmp_path / "slurm"
+
+    def srun():
+        """What `srun --ntasks=4 python train.py` starts: one process per task with SLURM's variables."""
+        port = free_port()
+        processes = []
+        for task in range(4):
+            env = dict(
+                os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1", PATH=f"{bin_dir}:{os.environ['PATH']}",
+                SLURM_JOB_ID="4242", SLURM_PROCID=str(task), SLURM_NTASKS="4", SLURM_LOCALID=str(task),
+                SLURM_JOB_NODELIST="node[01-02]", MASTER_PORT=str(port),
+            )  # fmt: skip
+            log = open(tmp_path / f"slurm_{task}.txt", "a")
+            command = [sys.executable, "train.py", *common, "--output-dir", str(slurm_run), "--requeue"]
+            processes.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
+            log.close()
+        return processes
+
+    tasks = srun()
+    try:
+        wait_for(lambda: checkpoint_position(slurm_run) is not None, tasks[0], "a checkpoint")
+        for task in tasks:
+            task.send_signal(signal.SIGUSR1)
+        codes = [task.wait(timeout=300) for task in tasks]
+    finally:
+        for task in tasks:
+            if task.poll() is None:
+                task.kill()
+    assert codes == [128 + signal.SIGUSR1] * 4, (tmp_path / "slurm_0.txt").read_text()[-3000:]
+    first = (tmp_path / "slurm_0.txt").read_text()
+    assert "stopped by SIGUSR1" in first and "SLURM job 4242 requeued" in first and "Traceback" not in first
+    assert "requeue 4242" in (tmp_path / "scontrol.txt").read_text().splitlines()
+    assert "show hostnames node[01-02]" in (tmp_path / "scontrol.txt").read_text()
+
+    tasks = srun()  # the requeued job
+    assert [task.wait(timeout=300) for task in tasks] == [0] * 4, (tmp_path / "slurm_0.txt").read_text()[-3000:]
+    assert (tmp_path / "slurm_0.txt").read_text().count("Resuming from") == 1
+
+    # Two torchrun "nodes" of 2 processes each, rendezvous c10d on localhost.
+    endpoint = f"--rdzv-endpoint=127.0.0.1:{free_port()}"
+    nodes = []
+    for node in range(2):
+        with open(tmp_path / f"node_{node}.txt", "w") as log:
+            extra = ["--nnodes=2", "--rdzv-backend=c10d", endpoint, "--rdzv-id=multigrain"]
+            nodes.append(torchrun(*common, "--output-dir", str(tmp_path / "nodes"), nproc=2, log=log, extra=extra))
+    assert [finish(node) for node in nodes] == [0, 0], (tmp_path / "node_0.txt").read_text()[-3000:]
+    assert_same_run(slurm_run, tmp_path / "nodes")
