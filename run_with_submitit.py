@@ -1,6 +1,6 @@
 """Submits train.py to SLURM with submitit: a checkpoint and a requeue when the job is preempted or times out.
 
-    python run_with_submitit.py --nodes 2 --tasks-per-node 8 --partition learnfair --timeout 4320 \\
+    python run_with_submitit.py --nodes 2 --tasks-per-node 8 --partition gpu --timeout 4320 \\
         --data-path /datasets/imagenet --output-dir runs/mg_0.5_p3
 
 Every flag of train.py is accepted. submitit (an optional extra: pip install submitit) sends SIGUSR2

@@ -125,8 +125,14 @@ def finish(process, timeout=300):
     try:
         return process.wait(timeout=timeout)
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
+        kill_group(process)
+
+
+def kill_group(process):
+    """SIGKILLs a process started with start_new_session and its descendants, if still running."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def test_two_processes_killed_while_saving_then_stopped_by_sigterm_resume_bit_for_bit(data, tmp_path):
@@ -152,8 +158,9 @@ def test_two_processes_killed_while_saving_then_stopped_by_sigterm_resume_bit_fo
             wait_for(lambda: (checkpoint_position(stopped) or (0,))[0] == 1, run, "a checkpoint in epoch 1")
             for worker in children_of(run.pid):
                 os.kill(worker, signal.SIGTERM)
-        finally:
             assert finish(run) == 0  # the workers exited with 0: torchrun does not restart them
+        finally:
+            kill_group(run)
     output = (tmp_path / "stopped.txt").read_text()
     assert "Resuming from" in output and "in epoch 0 after iteration 4 of 24)" in output, output[-3000:]
     assert output.count("Resuming from") == 1
@@ -176,53 +183,61 @@ FAKE_SCONTROL = """#!/bin/sh
 echo "$@" >> "{record}"
 if [ "$1" = show ]; then echo 127.0.0.1; fi
 """
+# srun on one machine: one process per task with SLURM's variables, srun's own options dropped.
+FAKE_SRUN = """#!/bin/sh
+while [ "${1#--}" != "$1" ]; do shift; done
+pids=""
+task=0
+while [ $task -lt $SLURM_NTASKS ]; do
+    SLURM_PROCID=$task SLURM_LOCALID=$task "$@" > "{logs}/task_$task.txt" 2>&1 &
+    pids="$pids $!"
+    task=$((task + 1))
+done
+status=0
+for pid in $pids; do wait $pid || status=$?; done
+exit $status
+"""
 
 
-def test_slurm_launch_requeued_on_sigusr1_equals_two_torchrun_nodes(data, tmp_path):
+def test_slurm_script_requeued_on_sigusr1_equals_two_torchrun_nodes(data, tmp_path):
     # 4 processes x 3 images: 8 iterations per epoch (24 images x 4 / 12).
     common = ["--data-path", str(data), *SMALL, "-j", "0", "-b", "3", "--epochs", "2", "--epoch-len-factor", "4"]
     common += ["--checkpoint-every-iters", "2"]
-    bin_dir = tmp_path / "bin"
+    bin_dir, logs = tmp_path / "bin", tmp_path / "logs"
     bin_dir.mkdir()
+    logs.mkdir()
     (bin_dir / "scontrol").write_text(FAKE_SCONTROL.format(record=tmp_path / "scontrol.txt"))
-    (bin_dir / "scontrol").chmod(0o755)
+    (bin_dir / "srun").write_text(FAKE_SRUN.replace("{logs}", str(logs)))
+    for tool in ("scontrol", "srun"):
+        (bin_dir / tool).chmod(0o755)
+    (bin_dir / "python").symlink_to(sys.executable)
     slurm_run = tmp_path / "slurm"
 
-    def srun():
-        """What `srun --ntasks=4 python train.py` starts: one process per task with SLURM's variables."""
-        port = free_port()
-        processes = []
-        for task in range(4):
-            env = dict(
-                os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1", PATH=f"{bin_dir}:{os.environ['PATH']}",
-                SLURM_JOB_ID="4242", SLURM_PROCID=str(task), SLURM_NTASKS="4", SLURM_LOCALID=str(task),
-                SLURM_JOB_NODELIST="node[01-02]", MASTER_PORT=str(port),
-            )  # fmt: skip
-            log = open(tmp_path / f"slurm_{task}.txt", "a")
-            command = [sys.executable, "train.py", *common, "--output-dir", str(slurm_run), "--requeue"]
-            processes.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
-            log.close()
-        return processes
+    def sbatch():
+        env = dict(
+            os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1", PATH=f"{bin_dir}:{os.environ['PATH']}",
+            SLURM_JOB_ID="4242", SLURM_NTASKS="4", SLURM_JOB_NODELIST="node[01-02]", MASTER_PORT=str(free_port()),
+        )  # fmt: skip
+        command = ["bash", "slurm/train.sbatch", *common, "--output-dir", str(slurm_run)]
+        return subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True)
 
-    tasks = srun()
+    job = sbatch()
     try:
-        wait_for(lambda: checkpoint_position(slurm_run) is not None, tasks[0], "a checkpoint")
-        for task in tasks:
-            task.send_signal(signal.SIGUSR1)
-        codes = [task.wait(timeout=300) for task in tasks]
+        wait_for(lambda: checkpoint_position(slurm_run) is not None, job, "a checkpoint")
+        (srun,) = children_of(job.pid)
+        for task in children_of(srun):
+            os.kill(task, signal.SIGUSR1)  # what sbatch --signal=USR1@180 does
+        assert finish(job) == 128 + signal.SIGUSR1
     finally:
-        for task in tasks:
-            if task.poll() is None:
-                task.kill()
-    assert codes == [128 + signal.SIGUSR1] * 4, (tmp_path / "slurm_0.txt").read_text()[-3000:]
-    first = (tmp_path / "slurm_0.txt").read_text()
-    assert "stopped by SIGUSR1" in first and "SLURM job 4242 requeued" in first and "Traceback" not in first
-    assert "requeue 4242" in (tmp_path / "scontrol.txt").read_text().splitlines()
-    assert "show hostnames node[01-02]" in (tmp_path / "scontrol.txt").read_text()
+        kill_group(job)
+    first = (logs / "task_0.txt").read_text()
+    assert "stopped by SIGUSR1" in first and "SLURM job 4242 requeued" in first and "Traceback" not in first, first
+    calls = (tmp_path / "scontrol.txt").read_text().splitlines()
+    assert "requeue 4242" in calls and "show hostnames node[01-02]" in calls
 
-    tasks = srun()  # the requeued job
-    assert [task.wait(timeout=300) for task in tasks] == [0] * 4, (tmp_path / "slurm_0.txt").read_text()[-3000:]
-    assert (tmp_path / "slurm_0.txt").read_text().count("Resuming from") == 1
+    job = sbatch()  # the requeued job
+    assert finish(job) == 0, (logs / "task_0.txt").read_text()[-3000:]
+    assert "Resuming from" in (logs / "task_0.txt").read_text()
 
     # Two torchrun "nodes" of 2 processes each, rendezvous c10d on localhost.
     endpoint = f"--rdzv-endpoint=127.0.0.1:{free_port()}"
@@ -233,3 +248,32 @@ def test_slurm_launch_requeued_on_sigusr1_equals_two_torchrun_nodes(data, tmp_pa
             nodes.append(torchrun(*common, "--output-dir", str(tmp_path / "nodes"), nproc=2, log=log, extra=extra))
     assert [finish(node) for node in nodes] == [0, 0], (tmp_path / "node_0.txt").read_text()[-3000:]
     assert_same_run(slurm_run, tmp_path / "nodes")
+
+
+def test_submitit_local_job_preempted_once_requeues_and_finishes(data, tmp_path, monkeypatch):
+    import run_with_submitit
+
+    monkeypatch.setenv("PYTHONPATH", ROOT)  # the job's processes unpickle run_with_submitit.Trainer
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    out = tmp_path / "run"
+    args = run_with_submitit.get_args_parser().parse_args(
+        ["--data-path", str(data), *SMALL, "-j", "0", "-b", "6", "--epochs", "2", "--checkpoint-every-iters", "2"]
+        + ["--output-dir", str(out), "--cluster", "local", "--tasks-per-node", "1", "--timeout", "10"]
+    )
+    job = run_with_submitit.submit(args)
+    controller = int(job.job_id)  # a local job's id is its controller's pid
+    try:
+        deadline = time.time() + 240
+        while checkpoint_position(out) is None:
+            assert not job.done() and time.time() < deadline, "no checkpoint written"
+            time.sleep(0.005)
+        (task,) = children_of(controller)
+        os.kill(task, signal.SIGUSR2)  # what SLURM sends on preemption (submitit's --signal)
+        metrics = job.result()
+    finally:
+        job.cancel()
+    assert metrics["images"] == 9
+    output = job.stdout()
+    assert "stopped by SIGUSR2" in output and "Requeued job" in output + job.stderr(), output[-3000:]
+    assert output.count("Resuming from") == 1
+    assert [record["epoch"] for record in read_log(out)] == [0, 1]
