@@ -3,7 +3,9 @@
 A checkpoint of this project is a plain dict that says what it is:
 
 - `kind`: "train" (train.py's training state: `model`, `criterion`, `optimizer`, `lr_scheduler`,
-  `scaler`, `epoch`, `recipe`, `log`), "finetune_p" (finetune_p.py's model with its p*) or "whiten"
+  `scaler`, `epoch` (the last finished one), `in_epoch` (None, or the progress within the next epoch:
+  its iterations done and each process's random states and metric sums, or its `train_metrics` when
+  only its validation is pending), `recipe`, `log`), "finetune_p" (finetune_p.py's model with its p*) or "whiten"
   (whiten.py's whitened model);
 - `model`: the MultiGrainNet's state_dict; `args`: the arguments of the command that wrote it, with
   `args["model"]` naming the architecture; `code_version`: the git commit of the code (or "unknown");
