@@ -90,6 +90,13 @@ def test_a_run_stopped_by_signals_and_a_failed_validation_resumes_bit_for_bit(da
     assert [r["epoch"] for r in read_log(stopped)] == [0]
     monkeypatch.undo()
     assert "in epoch 1 after iteration 3 of 8" in describe(load_checkpoint(stopped / "checkpoint.pth"), "c")
+    with monkeypatch.context() as launch:
+        launch.setenv("RANK", "0")
+        launch.setenv("WORLD_SIZE", "2")
+        with pytest.raises(ValueError, match="only with the 1 processes it was started with; this launch has 2"):
+            train.check_args(parse([*common, "--output-dir", str(stopped)]))
+    with pytest.raises(ValueError, match="--requeue .* SLURM_JOB_ID is not set"):
+        train.check_args(parse([*common, "--output-dir", str(stopped), "--requeue"]))
 
     train.main(parse([*common, "-j", "0", "--output-dir", str(stopped)]))  # resumed automatically
     assert_same_run(straight, stopped)
