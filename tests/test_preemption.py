@@ -94,7 +94,7 @@ def test_a_run_stopped_by_signals_and_a_failed_validation_resumes_bit_for_bit(da
         launch.setenv("RANK", "0")
         launch.setenv("WORLD_SIZE", "2")
         with pytest.raises(ValueError, match="only with the 1 processes it was started with; this launch has 2"):
-            train.check_args(parse([*common, "--output-dir", str(stopped)]))
+            train.check_args(parse([*common, "-b", "3", "--output-dir", str(stopped)]))  # the same global batch
     with pytest.raises(ValueError, match="--requeue .* SLURM_JOB_ID is not set"):
         train.check_args(parse([*common, "--output-dir", str(stopped), "--requeue"]))
 
