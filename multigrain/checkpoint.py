@@ -3,7 +3,9 @@
 A checkpoint of this project is a plain dict that says what it is:
 
 - `kind`: "train" (train.py's training state: `model`, `criterion`, `optimizer`, `lr_scheduler`,
-  `scaler`, `epoch`, `recipe`, `log`), "finetune_p" (finetune_p.py's model with its p*) or "whiten"
+  `scaler`, `epoch` (the last finished one), `in_epoch` (None, or the progress within the next epoch:
+  its iterations done and each process's random states and metric sums, or its `train_metrics` when
+  only its validation is pending), `recipe`, `log`), "finetune_p" (finetune_p.py's model with its p*) or "whiten"
   (whiten.py's whitened model);
 - `model`: the MultiGrainNet's state_dict; `args`: the arguments of the command that wrote it, with
   `args["model"]` naming the architecture; `code_version`: the git commit of the code (or "unknown");
@@ -253,7 +255,11 @@ def describe(checkpoint, path) -> str:
     """E.g. "runs/a/checkpoint.pth (a training state of train.py, after epoch 3)"."""
     kind = checkpoint_kind(checkpoint)
     text = KIND_DESCRIPTIONS.get(kind, "not a MultiGrain checkpoint")
-    if kind == "train" and "epoch" in checkpoint:
+    in_epoch = checkpoint.get("in_epoch") if kind == "train" else None
+    if in_epoch:
+        pending = ", validation pending" if "train_metrics" in in_epoch else ""
+        text += f", in epoch {in_epoch['epoch']} after iteration {in_epoch['step']} of {in_epoch['steps']}{pending}"
+    elif kind == "train" and "epoch" in checkpoint:
         text += f", after epoch {checkpoint['epoch']}"
     return f"{path} ({text})"
 
