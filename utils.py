@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 
 from multigrain import distributed, preemption, seeding
-from multigrain.checkpoint import CheckpointWriteError
+from multigrain.atomic_write import WriteError, write_atomic
 from multigrain.datasets import is_image_file
 from multigrain.image_io import BadImageError
 
@@ -205,13 +205,7 @@ def seed_everything(*keys):
 
 def write_json_lines(path, records):
     """Replaces `path` atomically with one JSON line per record."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp_path = tempfile.mkstemp(prefix=".tmp-", suffix=".jsonl", dir=folder)
-    with os.fdopen(fd, "w") as f:
-        f.writelines(json.dumps(record) + "\n" for record in records)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp_path, path)
+    write_atomic(path, lambda f: f.write("".join(json.dumps(record) + "\n" for record in records).encode()), "log")
 
 
 def append_json_line(path, record):
@@ -243,7 +237,7 @@ def usage_check(check):
 
 # Failures that name their cause (a file, an iteration, a batch too large, a full disk) well enough that a
 # traceback adds nothing.
-REPORTED_FAILURES = (BadImageError, CheckpointWriteError, FloatingPointError, MemoryError)
+REPORTED_FAILURES = (BadImageError, WriteError, FloatingPointError, MemoryError)
 
 
 def run_script(main, parser):
