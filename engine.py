@@ -32,6 +32,9 @@ def train_one_epoch(
     amp_dtype=None,
     clip_grad_norm=None,
     print_freq=10,
+    first_step=0,
+    metric_logger=None,
+    after_step=None,
 ):
     """One pass over `data_loader`, whose batches are (images, targets, instance ids).
 
@@ -39,13 +42,18 @@ def train_one_epoch(
     stays identical on every rank. `amp_dtype` (e.g. torch.float16) turns autocast on; `scaler` is the
     gradient scaler of float16 training. Returns the epoch's averages over all processes, as
     train_<name>. Raises FloatingPointError, naming the epoch and iteration, on a non-finite loss.
+
+    An epoch resumed in its middle gives the number of its first step and the `metric_logger` holding
+    the steps before. `after_step(steps_done, metric_logger)` runs after every step; when it returns True
+    the epoch stops there and None is returned.
     """
     model.train()
-    metric_logger = utils.MetricLogger()
+    metric_logger = utils.MetricLogger() if metric_logger is None else metric_logger
     beta = criterion.margin_loss.beta
     world_size = distributed.get_world_size()
     header = f"Epoch: [{epoch}]"
-    for step, (images, targets, ids) in enumerate(metric_logger.log_every(data_loader, print_freq, header)):
+    batches = metric_logger.log_every(data_loader, print_freq, header, first=first_step)
+    for step, (images, targets, ids) in enumerate(batches, start=first_step):
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
         ids = ids.to(device, non_blocking=True)
@@ -80,6 +88,8 @@ def train_one_epoch(
         metric_logger.update(n=n, **{k: v.detach() for k, v in losses.items()})
         metric_logger.update(n=n, acc1=acc1.item() * 100.0 / n, acc5=acc5.item() * 100.0 / n)
         metric_logger.update(beta=beta.detach(), lr=optimizer.param_groups[0]["lr"])
+        if after_step is not None and after_step(step + 1, metric_logger):
+            return None
     metric_logger.synchronize_between_processes()
     return {f"train_{name}": meter.global_avg for name, meter in metric_logger.meters.items()}
 

@@ -12,11 +12,11 @@ aspect ratios (ONNX: when onnxruntime is installed).
 import argparse
 import importlib.util
 import os
-import tempfile
 
 import torch
 
 import utils
+from multigrain.atomic_write import atomic_path
 from multigrain.checkpoint import architecture_name, load_checkpoint, model_from_checkpoint
 
 FORMATS = {".pt2": "torch.export", ".onnx": "ONNX"}
@@ -94,11 +94,7 @@ def main(args):
     model = model_from_checkpoint(checkpoint, args.resume, model_name=name)
     del checkpoint
     extension = os.path.splitext(args.output)[1]
-    folder = os.path.dirname(os.path.abspath(args.output))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(prefix=".tmp-", suffix=extension, dir=folder)
-    os.close(fd)
-    try:
+    with atomic_path(args.output, "exported model") as tmp_path:
         if extension == ".pt2":
             program = export_program(model)
             check_same_outputs(model, program.module(), "torch.export program")
@@ -109,10 +105,6 @@ def main(args):
                 check_same_outputs(model, onnx_runner(tmp_path), "ONNX file (onnxruntime)")
             else:
                 print("onnxruntime is not installed: the ONNX file is not checked against the model")
-        os.replace(tmp_path, args.output)
-    finally:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
     print(f"{name} (p={float(model.pool.p):.4g}, whitened: {model.whitening is not None}) exported to {args.output}")
 
 

@@ -273,7 +273,8 @@ def get_args_parser(add_help=True):
         "--weights",
         default=None,
         help="start from a pretrained classifier instead of --resume: torchvision weights name, or for timm models "
-        "(timm:NAME, senet154, pnasnet5large) a weights file or timm pretrained tag",
+        "(timm:NAME, senet154, pnasnet5large) a weights file or timm pretrained tag, for nasnetamobile a "
+        "pretrainedmodels weights file",
     )
     parser.add_argument(
         "--pooling-exponent",

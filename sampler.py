@@ -19,6 +19,7 @@ import math
 import torch
 
 from multigrain import distributed
+from multigrain.seeding import derive_seed
 
 
 class RASampler(torch.utils.data.Sampler):
@@ -136,3 +137,26 @@ class DecodeOnceBatchSampler(torch.utils.data.Sampler):
             start = step * num_replicas * self.batch_size + self.sampler.rank * size
             indices, copies = torch.unique_consecutive(order[start : start + size], return_counts=True)
             yield list(zip(indices.tolist(), copies.tolist()))
+
+
+class SeededBatches(torch.utils.data.Sampler):
+    """The batches of `batch_sampler` from step `first_step` on, each item as (seed, item) for
+    `multigrain.datasets.SeededItems`: the seed of item i of step s is derived from (*key, s, i).
+
+    A resumed epoch skips its first steps here, from the indices alone, without loading their images.
+    """
+
+    def __init__(self, batch_sampler, key, first_step=0):
+        if not 0 <= first_step <= len(batch_sampler):
+            raise ValueError(f"first_step must be in [0, {len(batch_sampler)}], got {first_step}")
+        self.batch_sampler = batch_sampler
+        self.key = tuple(key)
+        self.first_step = first_step
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler) - self.first_step
+
+    def __iter__(self):
+        for step, batch in enumerate(self.batch_sampler):
+            if step >= self.first_step:
+                yield [(derive_seed(*self.key, step, i), item) for i, item in enumerate(batch)]

@@ -22,7 +22,7 @@ import engine
 import flags
 import presets
 import utils
-from multigrain import distributed
+from multigrain import distributed, preemption, seeding
 from multigrain.checkpoint import (
     FILE_NAMES,
     LOG_NAMES,
@@ -40,6 +40,7 @@ from multigrain.checkpoint import (
 from multigrain.datasets import (
     ImageFolder,
     RepeatedViews,
+    SeededItems,
     SkipBadImages,
     WithIndex,
     collate_skipping_bad,
@@ -50,7 +51,7 @@ from multigrain.image_io import load_rgb
 from multigrain.joint_loss import MultiGrainLoss
 from multigrain.margin_loss import MarginLoss
 from multigrain.model import build_model, check_model_name
-from sampler import DecodeOnceBatchSampler, RASampler
+from sampler import DecodeOnceBatchSampler, RASampler, SeededBatches
 
 # The flags that change what is trained. A run continues only under the values it was started with, plus
 # the global batch size (-b times the number of processes).
@@ -180,6 +181,8 @@ def check_args(args):
     if args.weights and args.init_from:
         raise ValueError("--weights and --init-from both give the initial weights: pass one of them")
     check_model_name(args.model)
+    if args.requeue and "SLURM_JOB_ID" not in os.environ:
+        raise ValueError("--requeue requeues the SLURM job on SIGUSR1, but SLURM_JOB_ID is not set: not a SLURM job")
     for flag in ("resume", "init_from"):
         path = getattr(args, flag)
         if path and not os.path.isfile(path):
@@ -214,6 +217,13 @@ def check_args(args):
             raise ValueError(f"--start-epoch {args.start_epoch}: a resumed run continues after the checkpoint's epoch")
         check_num_classes(checkpoint, resume, classes, f"--data-path {args.data_path}")
         changes = check_recipe(checkpoint, resume, args)
+        in_epoch = checkpoint.get("in_epoch") or {}
+        processes = len(in_epoch.get("ranks", ()))
+        if processes and processes != utils.launch_world_size():
+            raise ValueError(
+                f"{describe(checkpoint, resume)} stopped in the middle of an epoch, which continues only with the "
+                f"{processes} processes it was started with; this launch has {utils.launch_world_size()}"
+            )
         return StartingPoint(resume, checkpoint, resumed=True, recipe_changes=changes)
     if args.init_from:
         checkpoint = load_checkpoint(args.init_from)
@@ -254,7 +264,7 @@ def load_data(args):
     reps = args.ra_reps if args.ra_sampler else 1
     train_sampler = RASampler(len(dataset), reps=reps, seed=args.seed, epoch_len_factor=args.epoch_len_factor)
     dataset = RepeatedViews(dataset, train_transform) if args.ra_decode_once else WithIndex(dataset)
-    return skipping_bad_images(dataset, args), train_sampler, shard_val, dataset_val.classes
+    return skipping_bad_images(SeededItems(dataset), args), train_sampler, shard_val, dataset_val.classes
 
 
 def build_optimizer(model, criterion, *, opt, lr, momentum, weight_decay, norm_weight_decay=None, beta_lr=1.0):
@@ -301,8 +311,16 @@ def build_lr_scheduler(args, optimizer):
     return torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, main], milestones=[args.lr_warmup_epochs])
 
 
-def main(args):
+def main(args, stop_signals=preemption.STOP_SIGNALS):
+    """Trains; on one of `stop_signals`, saves the state and raises preemption.TrainingStopped."""
     start = check_args(args)
+    with preemption.StopSignals(stop_signals) as signals:
+        return train(args, start, signals)
+
+
+def train(args, start, stop_signals):
+    """The run of main(args) from its StartingPoint; stops with TrainingStopped after a signal that
+    stop_signals recorded."""
     utils.init_distributed_mode(args)
     distributed.print_main(args)
     if args.output_dir:
@@ -377,6 +395,7 @@ def main(args):
     scaler = torch.amp.GradScaler(device.type) if args.amp and args.amp_dtype == "float16" else None
 
     start_epoch = args.start_epoch
+    in_epoch = None  # the progress within start_epoch that a mid-epoch checkpoint holds
     history = []  # one record per finished epoch: the checkpoint carries it, the log mirrors it
     recipe_changes = []
     log_path = os.path.join(args.output_dir, LOG_NAMES["train"]) if args.output_dir else None
@@ -389,6 +408,7 @@ def main(args):
         if scaler is not None and checkpoint.get("scaler"):
             scaler.load_state_dict(checkpoint["scaler"])
         start_epoch = checkpoint["epoch"] + 1
+        in_epoch = checkpoint.get("in_epoch")
         history = checkpoint.get("log", [])
         recipe_changes = checkpoint.get("recipe_changes", [])
         for key, old, new in start.recipe_changes:
@@ -407,57 +427,19 @@ def main(args):
         f"({len(train_sampler) // args.batch_size if drop_last else 1} iterations of {args.batch_size} per process)"
     )
     distributed.print_main(criterion)
-    start_time = time.time()
-    val_metrics = {}
-    for epoch in range(start_epoch, args.epochs):
-        epoch_start = time.time()
-        # Seeding per (seed, epoch, rank) makes a resumed run repeat what the uninterrupted one did.
-        utils.seed_everything(args.seed, epoch, distributed.get_rank())
-        sampling_generator.manual_seed(int(np.random.SeedSequence([args.seed, epoch]).generate_state(1)[0]))
-        train_sampler.set_epoch(epoch)
-        if args.ra_decode_once:
-            batching = {
-                "batch_sampler": DecodeOnceBatchSampler(train_sampler, args.batch_size, drop_last),
-                "collate_fn": collate_views,
-            }
-        else:
-            batching = {
-                "batch_size": args.batch_size,
-                "sampler": train_sampler,
-                "drop_last": drop_last,
-                "collate_fn": collate_fn,
-            }
-        train_loader = torch.utils.data.DataLoader(
-            dataset, num_workers=args.workers, pin_memory=device.type == "cuda", **batching
-        )
-        try:
-            train_metrics = engine.train_one_epoch(
-                model,
-                criterion,
-                optimizer,
-                train_loader,
-                device,
-                epoch,
-                scaler=scaler,
-                amp_dtype=amp_dtype,
-                clip_grad_norm=args.clip_grad_norm,
-                print_freq=args.print_freq,
-            )
-        except FloatingPointError as e:
-            saved = os.path.join(args.output_dir, FILE_NAMES["train"]) if args.output_dir else None
-            kept = f"the last good checkpoint is {saved}" if saved and history else "no checkpoint was saved"
-            raise FloatingPointError(f"{e}; {kept}") from None
-        lr_scheduler.step()
-        if args.distributed:
-            # Each rank's last forward updated its own BatchNorm statistics: evaluate rank 0's (the saved) model.
-            for buffer in model_without_ddp.buffers():
-                torch.distributed.broadcast(buffer, src=0)
-        val_metrics = evaluate(model_without_ddp, val_loader)
-        record = {"epoch": epoch, **train_metrics, **{f"val_{k}": v for k, v in val_metrics.items()}}
-        record["beta"] = criterion.margin_loss.beta.item()
-        record["epoch_time_s"] = time.time() - epoch_start
-        history.append(record)
-        if args.output_dir and distributed.is_main_process():
+    rank, world_size = distributed.get_rank(), distributed.get_world_size()
+    if args.ra_decode_once:
+        batch_sampler, collate = DecodeOnceBatchSampler(train_sampler, args.batch_size, drop_last), collate_views
+    else:
+        batch_sampler = torch.utils.data.BatchSampler(train_sampler, args.batch_size, drop_last)
+        collate = collate_fn
+    steps = len(batch_sampler)
+    checkpoint_path = os.path.join(args.output_dir, FILE_NAMES["train"]) if args.output_dir else None
+    schedule = preemption.CheckpointSchedule(args.checkpoint_every_minutes, args.checkpoint_every_iters)
+
+    def save_state(epochs_done, progress=None):
+        """Rank 0 writes the training state after `epochs_done` + 1 epochs, with the progress within the next."""
+        if checkpoint_path and distributed.is_main_process():
             checkpoint = make_checkpoint(
                 "train",
                 model_without_ddp.state_dict(),
@@ -466,13 +448,111 @@ def main(args):
                 optimizer=optimizer.state_dict(),
                 lr_scheduler=lr_scheduler.state_dict(),
                 scaler=scaler.state_dict() if scaler is not None else None,
-                epoch=epoch,
-                recipe=recipe(args, distributed.get_world_size()),
+                epoch=epochs_done,
+                in_epoch=progress,
+                recipe=recipe(args, world_size),
                 recipe_changes=recipe_changes,
                 log=history,
             )
-            save_checkpoint(checkpoint, os.path.join(args.output_dir, FILE_NAMES["train"]))
+            save_checkpoint(checkpoint, checkpoint_path)
+        schedule.saved()
+
+    def stopped(signum, where):
+        """The exception that ends a run stopped by `signum` after its state was saved."""
+        if args.distributed:
+            torch.distributed.barrier()  # no process exits (which srun --kill-on-bad-exit answers) before the save
+        saved = f"{checkpoint_path} holds the state" if checkpoint_path else "nothing was saved (no --output-dir)"
+        message = f"stopped by {preemption.signal_name(signum)} {where}; {saved}."
+        if args.requeue and signum == preemption.REQUEUE_SIGNAL:
+            if distributed.is_main_process():
+                message += " " + preemption.requeue_slurm_job()
+        else:
+            message += " Run the same command again to continue."
+        return preemption.TrainingStopped(message, signum)
+
+    def after_step(steps_done, metric_logger):
+        """Saves mid-epoch when due or asked to by a signal (then stops): every process agrees on both."""
+        if steps_done == steps:
+            return False  # the end of the epoch has its own checkpoint
+        signum, save = preemption.agree(stop_signals.signum, schedule.due(steps_done))
+        if save or signum:
+            own = {"random": seeding.random_states(sampling_generator), "meters": metric_logger.state_dict()}
+            progress = {"epoch": epoch, "step": steps_done, "steps": steps, "time_s": time.time() - epoch_start}
+            save_state(epoch - 1, {**progress, "ranks": distributed.all_gather_object(own)})
+        if signum:
+            raise stopped(signum, f"in epoch {epoch} after iteration {steps_done} of {steps}")
+        return False
+
+    start_time = time.time()
+    val_metrics = {}
+    for epoch in range(start_epoch, args.epochs):
+        epoch_start = time.time()
+        # Seeding per (seed, epoch, rank) makes a resumed run repeat what the uninterrupted one did.
+        utils.seed_everything(args.seed, epoch, rank)
+        sampling_generator.manual_seed(int(np.random.SeedSequence([args.seed, epoch]).generate_state(1)[0]))
+        train_sampler.set_epoch(epoch)
+        resumed, in_epoch = in_epoch, None
+        if resumed:
+            epoch_start -= resumed["time_s"]
+        if resumed and "train_metrics" in resumed:
+            train_metrics = resumed["train_metrics"]  # trained, then stopped before its validation
+        else:
+            first_step = resumed["step"] if resumed else 0
+            metric_logger = utils.MetricLogger()
+            if resumed:
+                seeding.set_random_states(resumed["ranks"][rank]["random"], sampling_generator)
+                metric_logger.load_state_dict(resumed["ranks"][rank]["meters"])
+            train_loader = torch.utils.data.DataLoader(
+                dataset,
+                batch_sampler=SeededBatches(batch_sampler, (args.seed, epoch, rank), first_step),
+                collate_fn=collate,
+                num_workers=args.workers,
+                pin_memory=device.type == "cuda",
+                worker_init_fn=preemption.ignore_stop_signals,
+                generator=torch.Generator().manual_seed(args.seed),  # leaves the global stream alone
+            )
+            try:
+                train_metrics = engine.train_one_epoch(
+                    model,
+                    criterion,
+                    optimizer,
+                    train_loader,
+                    device,
+                    epoch,
+                    scaler=scaler,
+                    amp_dtype=amp_dtype,
+                    clip_grad_norm=args.clip_grad_norm,
+                    print_freq=args.print_freq,
+                    first_step=first_step,
+                    metric_logger=metric_logger,
+                    after_step=after_step,
+                )
+            except FloatingPointError as e:
+                saved = checkpoint_path and os.path.isfile(checkpoint_path)
+                kept = f"the last good checkpoint is {checkpoint_path}" if saved else "no checkpoint was saved"
+                raise FloatingPointError(f"{e}; {kept}") from None
+            lr_scheduler.step()
+            if args.distributed:
+                # Each rank's last forward updated its own BatchNorm statistics: evaluate rank 0's (the saved) model.
+                for buffer in model_without_ddp.buffers():
+                    torch.distributed.broadcast(buffer, src=0)
+            # Saved before the validation, so that a failing validation does not lose the epoch's training.
+            progress = {"epoch": epoch, "step": steps, "steps": steps, "time_s": time.time() - epoch_start}
+            save_state(epoch - 1, {**progress, "train_metrics": train_metrics})
+            signum, _ = preemption.agree(stop_signals.signum, False)
+            if signum:
+                raise stopped(signum, f"after the training of epoch {epoch}, before its validation")
+        val_metrics = evaluate(model_without_ddp, val_loader)
+        record = {"epoch": epoch, **train_metrics, **{f"val_{k}": v for k, v in val_metrics.items()}}
+        record["beta"] = criterion.margin_loss.beta.item()
+        record["epoch_time_s"] = time.time() - epoch_start
+        history.append(record)
+        save_state(epoch)
+        if log_path and distributed.is_main_process():
             utils.append_json_line(log_path, record)
+        signum, _ = preemption.agree(stop_signals.signum, False)
+        if signum and epoch + 1 < args.epochs:
+            raise stopped(signum, f"after epoch {epoch}")
     total_time = datetime.timedelta(seconds=int(time.time() - start_time))
     distributed.print_main(f"Training time {total_time}")
     if val_metrics:
@@ -496,7 +576,7 @@ def get_args_parser(add_help=True):
         "--model",
         default="resnet50",
         help="torchvision model name (ResNet, ResNeXt, Wide-ResNet, RegNet, EfficientNet), timm:NAME for a timm CNN "
-        "with a global pooling + Linear head, or senet154 / pnasnet5large (appendix E)",
+        "with a global pooling + Linear head, or senet154 / pnasnet5large / nasnetamobile (appendix E)",
     )
     parser.add_argument(
         "--weights",
@@ -588,6 +668,24 @@ def get_args_parser(add_help=True):
         action=argparse.BooleanOptionalAction,
         default=True,
         help="resume from <output-dir>/checkpoint.pth when it exists",
+    )
+    parser.add_argument(
+        "--checkpoint-every-minutes",
+        default=30.0,
+        type=flags.float_in(0, low_open=True),
+        help="also write checkpoint.pth within an epoch when this many minutes passed since the last one "
+        "(it is always written at the end of an epoch)",
+    )
+    parser.add_argument(
+        "--checkpoint-every-iters",
+        default=None,
+        type=flags.int_in(1),
+        help="also write checkpoint.pth within an epoch every this many iterations",
+    )
+    parser.add_argument(
+        "--requeue",
+        action="store_true",
+        help="under SLURM, requeue the job (scontrol requeue) after the checkpoint written on SIGUSR1",
     )
     parser.add_argument(
         "--skip-bad-images", action="store_true", help="log and skip images that cannot be decoded instead of stopping"

@@ -2,7 +2,6 @@ import datetime
 import functools
 import json
 import os
-import random
 import subprocess
 import sys
 import tempfile
@@ -13,8 +12,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from multigrain import distributed
-from multigrain.checkpoint import CheckpointWriteError
+from multigrain import distributed, preemption, seeding
+from multigrain.atomic_write import WriteError, write_atomic
 from multigrain.datasets import is_image_file
 from multigrain.image_io import BadImageError
 
@@ -67,6 +66,20 @@ class MetricLogger:
                 value = value.item()
             self.meters[name].update(value, n=n)
 
+    def state_dict(self):
+        """The meters' sums and windows: a mid-epoch checkpoint carries them, so that the epoch's averages count
+        the steps before the interruption."""
+        return {
+            name: {"count": meter.count, "total": meter.total, "window": list(meter.deque)}
+            for name, meter in self.meters.items()
+        }
+
+    def load_state_dict(self, state):
+        for name, values in state.items():
+            meter = self.meters[name]
+            meter.count, meter.total = values["count"], values["total"]
+            meter.deque.extend(values["window"])
+
     def count_images(self, n):
         """Adds n to the images of the current step (all processes together): progress lines show images/s."""
         self.step_images += n
@@ -74,15 +87,16 @@ class MetricLogger:
     def __str__(self):
         return self.delimiter.join(f"{name}: {meter}" for name, meter in self.meters.items())
 
-    def log_every(self, iterable, print_freq, header=""):
-        """Yields from `iterable`, printing every `print_freq` steps (and images/s, see count_images)."""
+    def log_every(self, iterable, print_freq, header="", first=0):
+        """Yields from `iterable`, printing every `print_freq` steps (and images/s, see count_images); `first` is
+        the number of the first step (after a resume)."""
         start = end = time.time()
         iter_time = SmoothedValue(fmt="{avg:.4f}")
         data_time = SmoothedValue(fmt="{avg:.4f}")
         step_images = SmoothedValue()
-        total = len(iterable)
+        total = first + len(iterable)
         width = len(str(total))
-        for i, obj in enumerate(iterable):
+        for i, obj in enumerate(iterable, start=first):
             data_time.update(time.time() - end)
             yield obj
             iter_time.update(time.time() - end)
@@ -97,7 +111,8 @@ class MetricLogger:
                 distributed.print_main(self.delimiter.join(parts))
             end = time.time()
         elapsed = datetime.timedelta(seconds=int(time.time() - start))
-        distributed.print_main(f"{header} total time: {elapsed} ({(time.time() - start) / max(total, 1):.4f} s / it)")
+        per_step = (time.time() - start) / max(total - first, 1)
+        distributed.print_main(f"{header} total time: {elapsed} ({per_step:.4f} s / it)")
 
     def synchronize_between_processes(self):
         """Makes every meter's global average the average over all ranks' samples."""
@@ -183,22 +198,14 @@ def _slurm_master_addr():
 
 def seed_everything(*keys):
     """Seeds torch, numpy and random from a tuple of integers (e.g. seed, epoch, rank)."""
-    seed = int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, dtype=np.uint64)[0] >> 1)
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
+    seed = seeding.derive_seed(*keys)
+    seeding.seed_all(seed)
     return seed
 
 
 def write_json_lines(path, records):
     """Replaces `path` atomically with one JSON line per record."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp_path = tempfile.mkstemp(prefix=".tmp-", suffix=".jsonl", dir=folder)
-    with os.fdopen(fd, "w") as f:
-        f.writelines(json.dumps(record) + "\n" for record in records)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp_path, path)
+    write_atomic(path, lambda f: f.write("".join(json.dumps(record) + "\n" for record in records).encode()), "log")
 
 
 def append_json_line(path, record):
@@ -230,7 +237,7 @@ def usage_check(check):
 
 # Failures that name their cause (a file, an iteration, a batch too large, a full disk) well enough that a
 # traceback adds nothing.
-REPORTED_FAILURES = (BadImageError, CheckpointWriteError, FloatingPointError, MemoryError)
+REPORTED_FAILURES = (BadImageError, WriteError, FloatingPointError, MemoryError)
 
 
 def run_script(main, parser):
@@ -244,6 +251,9 @@ def run_script(main, parser):
     except REPORTED_FAILURES as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr, flush=True)
         sys.exit(1)
+    except preemption.TrainingStopped as e:
+        distributed.print_main(f"{parser.prog}: {e}")
+        sys.exit(e.exit_code)
 
 
 def launch_world_size() -> int:

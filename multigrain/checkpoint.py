@@ -3,7 +3,9 @@
 A checkpoint of this project is a plain dict that says what it is:
 
 - `kind`: "train" (train.py's training state: `model`, `criterion`, `optimizer`, `lr_scheduler`,
-  `scaler`, `epoch`, `recipe`, `log`), "finetune_p" (finetune_p.py's model with its p*) or "whiten"
+  `scaler`, `epoch` (the last finished one), `in_epoch` (None, or the progress within the next epoch:
+  its iterations done and each process's random states and metric sums, or its `train_metrics` when
+  only its validation is pending), `recipe`, `log`), "finetune_p" (finetune_p.py's model with its p*) or "whiten"
   (whiten.py's whitened model);
 - `model`: the MultiGrainNet's state_dict; `args`: the arguments of the command that wrote it, with
   `args["model"]` naming the architecture; `code_version`: the git commit of the code (or "unknown");
@@ -13,24 +15,20 @@ The published MultiGrain files (joint_1B_1.0.pth ..., ResNet-50) are recognised 
 dict whose `model_state` entry has the same `features.*`, `pool.p`, `classifier.*` keys, possibly
 behind a `module.` prefix, and for whitened models `whitening.pca.pca_m`, `whitening.pca.pca_P` with a
 classifier of width 2049 that reads the whitened vector; so are the published appendix-E files
-(senet154, pnasnet5large; nasnetamobile is refused), told by their keys (appendix_e_architecture).
+(senet154, pnasnet5large on timm; nasnetamobile on pretrainedmodels), told by their keys
+(appendix_e_architecture).
 """
 
-import contextlib
-import errno
 import functools
 import math
 import os
-import re
-import secrets
-import socket
 import subprocess
-import time
 import urllib.parse
 
 import torch
 from torch import nn
 
+from .atomic_write import remove_stale_temporary_files, write_atomic
 from .model import build_model, check_model_name
 from .safe_pickle import not_loaded_objects, tensors_only_pickle
 from .whitening import Whitening, remove_whitening
@@ -84,109 +82,10 @@ def make_checkpoint(kind, model_state, args, **entries) -> dict:
     return {"kind": kind, "model": model_state, "args": dict(args), "code_version": code_version(), **entries}
 
 
-class CheckpointWriteError(OSError):
-    """A checkpoint could not be written; the message says why and that the previous file is intact."""
-
-
-# Temporary files of save_checkpoint: .tmp-<host>-<pid>-<random>.pth, in the checkpoint's folder.
-TEMPORARY_FILE = re.compile(r"^\.tmp-(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{16}\.pth$")
-# A temporary file of another machine (or of a live process id) this long untouched is left from a crash:
-# no single checkpoint write takes that long.
-STALE_AFTER_S = 6 * 3600
-
-
-def _process_is_running(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # alive, run by another user
-    return True
-
-
-def remove_stale_temporary_files(folder):
-    """Removes the temporary files that save_checkpoint calls left in `folder` when they were killed:
-    those of this machine whose writing process is gone, and any untouched for STALE_AFTER_S. Other files,
-    and the temporary files of saves in progress (another process, another machine), are left alone."""
-    if not os.path.isdir(folder):
-        return []
-    host, removed = socket.gethostname(), []
-    for name in sorted(os.listdir(folder)):
-        match = TEMPORARY_FILE.match(name)
-        if not match:
-            continue
-        path = os.path.join(folder, name)
-        with contextlib.suppress(FileNotFoundError):  # another process of the run removed it first
-            dead_writer = match["host"] == host and not _process_is_running(int(match["pid"]))
-            if dead_writer or time.time() - os.stat(path).st_mtime > STALE_AFTER_S:
-                os.remove(path)
-                removed.append(name)
-    if removed:
-        print(
-            f"removed {len(removed)} temporary files left by interrupted checkpoint writes in {folder}: "
-            f"{', '.join(removed)}",
-            flush=True,
-        )
-    return removed
-
-
-class _RecordingFile:
-    """A binary file whose first write error is kept: torch.save turns it into an uninformative
-    RuntimeError ("unexpected pos")."""
-
-    def __init__(self, file):
-        self.file = file
-        self.error = None
-
-    def write(self, data):
-        try:
-            return self.file.write(data)
-        except BaseException as e:
-            self.error = self.error or e
-            raise
-
-    def flush(self):
-        self.file.flush()
-
-
 def save_checkpoint(checkpoint, path):
-    """Writes `checkpoint` to `path` atomically: a temporary file in the same folder, fsync, rename.
-
-    A crash at any point leaves either the previous file or the new one, never a partial file; the
-    temporary file is removed on every error (and, left by a killed process, by the next save or
-    check_output_dir, see remove_stale_temporary_files). The file gets the mode a plain `open` gives
-    (0666 less the umask). A full disk or another write error raises a CheckpointWriteError saying so.
-    """
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    remove_stale_temporary_files(folder)
-    name = f".tmp-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(8)}.pth"
-    tmp_path = os.path.join(folder, name)
-    fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            recording = _RecordingFile(f)
-            try:
-                torch.save(checkpoint, recording)
-            except Exception as e:
-                raise recording.error or e from None
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-    except BaseException as e:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp_path)
-        if isinstance(e, OSError) and not isinstance(e, CheckpointWriteError):
-            previous = f"the previous {path} is intact" if os.path.exists(path) else f"no {path} was written"
-            cause = "the disk is full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "the write failed"
-            raise CheckpointWriteError(e.errno, f"cannot write checkpoint {path}: {cause} ({e}); {previous}") from e
-        raise
-    dir_fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    """Writes `checkpoint` to `path` atomically (multigrain.atomic_write): a crash leaves the previous file or
+    the new one; a full disk or another write error raises a WriteError saying so."""
+    write_atomic(path, lambda f: torch.save(checkpoint, f), "checkpoint")
 
 
 def _load_published_checkpoint(path):
@@ -252,14 +151,18 @@ def describe(checkpoint, path) -> str:
     """E.g. "runs/a/checkpoint.pth (a training state of train.py, after epoch 3)"."""
     kind = checkpoint_kind(checkpoint)
     text = KIND_DESCRIPTIONS.get(kind, "not a MultiGrain checkpoint")
-    if kind == "train" and "epoch" in checkpoint:
+    in_epoch = checkpoint.get("in_epoch") if kind == "train" else None
+    if in_epoch:
+        pending = ", validation pending" if "train_metrics" in in_epoch else ""
+        text += f", in epoch {in_epoch['epoch']} after iteration {in_epoch['step']} of {in_epoch['steps']}{pending}"
+    elif kind == "train" and "epoch" in checkpoint:
         text += f", after epoch {checkpoint['epoch']}"
     return f"{path} ({text})"
 
 
 def check_output_dir(folder, kind):
     """Refuses a --output-dir that holds the checkpoint file of another script; removes the temporary files
-    of interrupted checkpoint writes there (remove_stale_temporary_files)."""
+    of interrupted writes there (remove_stale_temporary_files)."""
     remove_stale_temporary_files(folder)
     for other_kind, name in FILE_NAMES.items():
         path = os.path.join(folder, name)

@@ -8,6 +8,7 @@ import torchvision
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from .image_io import BadImageError, load_rgb
+from .seeding import seed_all
 
 
 def is_image_file(name) -> bool:
@@ -135,6 +136,26 @@ class RepeatedViews(torch.utils.data.Dataset):
         index, copies = item
         image, label = self.dataset[index]
         return [(self.transform(image), label, index) for _ in range(copies)]
+
+
+class SeededItems(torch.utils.data.Dataset):
+    """Indexed by (seed, item): seeds torch, numpy and random with `seed`, then returns dataset[item].
+
+    Each sample's augmentation then depends on its own seed only (see `sampler.SeededBatches`), not on
+    the worker that loads it nor on the samples that worker loaded before: the same with any number of
+    DataLoader workers, and the same when an epoch resumes in its middle.
+    """
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, seeded_item):
+        seed, item = seeded_item
+        seed_all(seed, accelerators=False)  # the transforms draw on the CPU
+        return self.dataset[item]
 
 
 class SkipBadImages(torch.utils.data.Dataset):

@@ -9,10 +9,11 @@ whole files only.
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from .atomic_write import write_atomic
 
 MANIFEST = "manifest.json"
 
@@ -21,30 +22,14 @@ def features_files(folder, stem):
     return Path(folder) / f"{stem}.npy", Path(folder) / f"{stem}.txt"
 
 
-def write_atomic(path, write):
-    """Calls write(binary file) on a temporary file next to `path`, then renames it to `path`."""
-    path = Path(path)
-    fd, tmp_path = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
-
-
 def save_features(folder, stem, descriptors, names):
     """Writes STEM.npy (float32) and STEM.txt (the names, one a line) in `folder`."""
     if len(descriptors) != len(names):
         raise ValueError(f"{len(names)} names for {len(descriptors)} descriptors")
     os.makedirs(folder, exist_ok=True)
     array_path, names_path = features_files(folder, stem)
-    write_atomic(array_path, lambda f: np.save(f, np.asarray(descriptors, dtype=np.float32)))
-    write_atomic(names_path, lambda f: f.write("".join(f"{name}\n" for name in names).encode()))
+    write_atomic(array_path, lambda f: np.save(f, np.asarray(descriptors, dtype=np.float32)), "descriptors")
+    write_atomic(names_path, lambda f: f.write("".join(f"{name}\n" for name in names).encode()), "names")
 
 
 def write_json(path, record):

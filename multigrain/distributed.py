@@ -86,3 +86,12 @@ def gather(x: torch.Tensor) -> torch.Tensor:
     if get_world_size() == 1:
         return x
     return _all_gather(x)[0]
+
+
+def all_gather_object(obj) -> list:
+    """Every rank's `obj` (picklable), in rank order."""
+    if get_world_size() == 1:
+        return [obj]
+    objects = [None] * get_world_size()
+    dist.all_gather_object(objects, obj)
+    return objects

@@ -91,9 +91,10 @@ def check_model_name(name: str) -> None:
 
 
 def build_model(name: str, *, weights=None, num_classes: int = 1000, pooling_exponent: float = 3.0):
-    """A MultiGrainNet on a torchvision trunk `name`, or a timm trunk (timm:NAME, senet154, pnasnet5large:
-    multigrain.timm_backbones); `weights` is a torchvision weights name, or for timm a weights file or a
-    pretrained tag of timm's, whose classifier is replaced when num_classes (None: keep it) differs."""
+    """A MultiGrainNet on a torchvision trunk `name`, or a timm trunk (timm:NAME, senet154, pnasnet5large;
+    nasnetamobile is pretrainedmodels': multigrain.timm_backbones); `weights` is a torchvision weights name,
+    or for those a weights file or a pretrained tag of timm's, whose classifier is replaced when
+    num_classes (None: keep it) differs."""
     if is_timm_name(name):
         features, classifier, dropout = build_timm_trunk(name, weights, num_classes or 1000)
         if num_classes is not None and classifier.out_features != num_classes:

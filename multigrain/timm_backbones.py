@@ -1,4 +1,4 @@
-"""Trunks from timm (an optional extra, imported only when one is asked for).
+"""Trunks from timm and Cadene's pretrainedmodels (optional extras, imported only when one is asked for).
 
 `timm:NAME` is any timm CNN whose head is a global pooling followed by one Linear; GeM replaces the
 pooling as for the torchvision trunks. The state_dict of its MultiGrainNet reads `features.base_net.<timm
@@ -14,7 +14,10 @@ built on Cadene's pretrainedmodels; timm ports the same networks with the same m
   top-left size before each sum and the concatenation, as the published code patched it, so that any
   input size works. Keys `features.0.base_net.<module>` for the whole network, the unused
   `features.0.base_net.last_linear.*` included, next to `classifier.*`.
-- `nasnetamobile`: not available (timm has no NASNet-A-Mobile); refused with a message.
+- `nasnetamobile`: timm has no NASNet-A-Mobile, so this is Cadene's own pretrainedmodels NASNetAMobile (the
+  network the published file was built on), its cells' forward replaced by ours, which crops the branches
+  as above. Keys `features.0.base_net.<module>` (last_linear included), `classifier.*`; `features` is its
+  `features()`, then a ReLU, as in the published file.
 """
 
 import copy
@@ -27,16 +30,12 @@ from torch import nn
 from torch.nn import functional as F
 
 PREFIX = "timm:"
-APPENDIX_E = {"senet154": "legacy_senet154", "pnasnet5large": "pnasnet5large"}
-NASNET_MOBILE_MESSAGE = (
-    "nasnetamobile (NASNet-A-Mobile, nasnetamobile-finetune350.pth) is not available: timm has no port of it and "
-    "this project does not implement it (Cadene's pretrainedmodels.nasnetamobile with the published cell "
-    "cropping would be needed); senet154 and pnasnet5large are available"
-)
+# The timm name of each appendix-E architecture; None: not in timm, built on pretrainedmodels.
+APPENDIX_E = {"senet154": "legacy_senet154", "pnasnet5large": "pnasnet5large", "nasnetamobile": None}
 
 
 def is_timm_name(name) -> bool:
-    return isinstance(name, str) and (name.startswith(PREFIX) or name in APPENDIX_E or name == "nasnetamobile")
+    return isinstance(name, str) and (name.startswith(PREFIX) or name in APPENDIX_E)
 
 
 def _import_timm():
@@ -47,10 +46,23 @@ def _import_timm():
     return timm
 
 
+def _import_pretrainedmodels():
+    try:
+        import pretrainedmodels
+    except ImportError:
+        raise ValueError(
+            "--model nasnetamobile (NASNet-A-Mobile, which timm lacks) needs Cadene's pretrainedmodels, an optional "
+            "extra: pip install pretrainedmodels six"
+        ) from None
+    return pretrainedmodels
+
+
 def timm_name(name) -> str:
-    """The timm model name of `name` (timm:NAME or an appendix-E name), refused when timm lacks it."""
-    if name == "nasnetamobile":
-        raise ValueError(NASNET_MOBILE_MESSAGE)
+    """The timm model name of `name` (timm:NAME or an appendix-E name), refused when timm lacks it;
+    for nasnetamobile, "nasnetamobile" once pretrainedmodels imports."""
+    if APPENDIX_E.get(name, "") is None:
+        _import_pretrainedmodels()
+        return name
     timm = _import_timm()
     model_name = APPENDIX_E.get(name) or name[len(PREFIX) :]
     if model_name not in timm.list_models():
@@ -114,10 +126,18 @@ def _crop_to(tensor, height, width):
     return tensor if tensor.shape[-2:] == (height, width) else tensor[..., :height, :width]
 
 
-def _crop_sum(*tensors):
+def _common_crops(tensors):
     height = min(t.shape[-2] for t in tensors)
     width = min(t.shape[-1] for t in tensors)
-    return sum(_crop_to(t, height, width) for t in tensors)
+    return [_crop_to(t, height, width) for t in tensors]
+
+
+def _crop_sum(*tensors):
+    return sum(_common_crops(tensors))
+
+
+def _crop_cat(tensors):
+    return torch.cat(_common_crops(tensors), 1)
 
 
 def _cropping_cell_forward(cell, x_left, x_right):
@@ -129,10 +149,7 @@ def _cropping_cell_forward(cell, x_left, x_right):
     comb_3 = _crop_sum(cell.comb_iter_3_left(comb_2), cell.comb_iter_3_right(x_right))
     right_4 = x_right if cell.comb_iter_4_right is None else cell.comb_iter_4_right(x_right)
     comb_4 = _crop_sum(cell.comb_iter_4_left(x_left), right_4)
-    combs = [comb_0, comb_1, comb_2, comb_3, comb_4]
-    height = min(t.shape[-2] for t in combs)
-    width = min(t.shape[-1] for t in combs)
-    return torch.cat([_crop_to(t, height, width) for t in combs], 1)
+    return _crop_cat([comb_0, comb_1, comb_2, comb_3, comb_4])
 
 
 def _shifted(module, padding):
@@ -165,15 +182,86 @@ def _cadene_pnasnet(net):
     return net
 
 
-class ForwardFeatures(nn.Module):
-    """The feature map of a timm network (its forward_features); `base_net` is the whole network."""
+def _nasnet_factorized_reduction(cell, x):
+    """NASNet's halving of x in FirstCell and CellStem1: two strided paths one pixel apart, concatenated."""
+    x = cell.relu(x)
+    shifted = cell.path_2.pad(x)[:, :, 1:, 1:]
+    return cell.final_path_bn(_crop_cat([cell.path_1(x), cell.path_2.conv(cell.path_2.avgpool(shifted))]))
 
-    def __init__(self, net):
+
+def _nasnet_reduction_combs(cell, a, b):
+    """The combinations of NASNet's reduction cells (CellStem0, CellStem1, ReductionCell0 and 1) on their
+    inputs `a` (of comb_iter_0_left) and `b` (of comb_iter_0_right), cropped before each sum and the concatenation."""
+    comb_0 = _crop_sum(cell.comb_iter_0_left(a), cell.comb_iter_0_right(b))
+    comb_1 = _crop_sum(cell.comb_iter_1_left(a), cell.comb_iter_1_right(b))
+    comb_2 = _crop_sum(cell.comb_iter_2_left(a), cell.comb_iter_2_right(b))
+    comb_3 = _crop_sum(cell.comb_iter_3_right(comb_0), comb_1)
+    comb_4 = _crop_sum(cell.comb_iter_4_left(comb_0), cell.comb_iter_4_right(a))
+    return _crop_cat([comb_1, comb_2, comb_3, comb_4])
+
+
+def _nasnet_normal_combs(cell, left, right):
+    """The combinations of NASNet's normal cells (FirstCell, NormalCell), cropped likewise."""
+    comb_0 = _crop_sum(cell.comb_iter_0_left(right), cell.comb_iter_0_right(left))
+    comb_1 = _crop_sum(cell.comb_iter_1_left(left), cell.comb_iter_1_right(left))
+    comb_2 = _crop_sum(cell.comb_iter_2_left(right), left)
+    comb_3 = _crop_sum(cell.comb_iter_3_left(left), cell.comb_iter_3_right(left))
+    comb_4 = _crop_sum(cell.comb_iter_4_left(right), right)
+    return _crop_cat([left, comb_0, comb_1, comb_2, comb_3, comb_4])
+
+
+def _cell_stem_0_forward(cell, x):
+    return _nasnet_reduction_combs(cell, cell.conv_1x1(x), x)
+
+
+def _cell_stem_1_forward(cell, x_conv0, x_stem_0):
+    return _nasnet_reduction_combs(cell, cell.conv_1x1(x_stem_0), _nasnet_factorized_reduction(cell, x_conv0))
+
+
+def _reduction_cell_forward(cell, x, x_prev):
+    return _nasnet_reduction_combs(cell, cell.conv_1x1(x), cell.conv_prev_1x1(x_prev))
+
+
+def _first_cell_forward(cell, x, x_prev):
+    return _nasnet_normal_combs(cell, _nasnet_factorized_reduction(cell, x_prev), cell.conv_1x1(x))
+
+
+def _normal_cell_forward(cell, x, x_prev):
+    return _nasnet_normal_combs(cell, cell.conv_prev_1x1(x_prev), cell.conv_1x1(x))
+
+
+# pretrainedmodels' NASNet-A-Mobile cell classes and the cropping forward that replaces theirs.
+NASNET_CELL_FORWARDS = {
+    "CellStem0": _cell_stem_0_forward,
+    "CellStem1": _cell_stem_1_forward,
+    "ReductionCell0": _reduction_cell_forward,
+    "ReductionCell1": _reduction_cell_forward,
+    "FirstCell": _first_cell_forward,
+    "NormalCell": _normal_cell_forward,
+}
+
+
+def _cropping_nasnet_mobile(num_classes):
+    """pretrainedmodels' NASNetAMobile whose cells crop their branches, so that any input size works."""
+    net = _import_pretrainedmodels().models.nasnet_mobile.NASNetAMobile(num_classes=num_classes)
+    for module in net.modules():
+        forward = NASNET_CELL_FORWARDS.get(type(module).__name__)
+        if forward is not None:
+            module.forward = types.MethodType(forward, module)
+    return net
+
+
+class ForwardFeatures(nn.Module):
+    """The feature map of a network, its `method` (timm's forward_features, pretrainedmodels' features);
+    `base_net` is the whole network."""
+
+    def __init__(self, net, method="forward_features"):
         super().__init__()
         self.base_net = net
+        self.method = method
 
     def forward(self, x):
-        return self.base_net.forward_features(x)
+        return getattr(self.base_net, self.method)(x)
 
 
 def _check_head(net, name):
@@ -204,13 +292,18 @@ def _load_weights(net, weights, name, model_name):
     head = next(key for key, module in net.named_modules() if module is net.get_classifier())
     if f"{head}.weight" in state and state[f"{head}.weight"].shape[0] != net.get_classifier().out_features:
         net.reset_classifier(state[f"{head}.weight"].shape[0])
+    _load_fitting(net, state, weights, name, f"timm's {model_name}")
+
+
+def _load_fitting(net, state, weights, name, network):
+    """Loads the state_dict `state` of --weights into `net`, refused with the keys that do not fit."""
     expected = net.state_dict()
     missing = [key for key in expected if key not in state]
     unexpected = [key for key in state if key not in expected]
     misshapen = [key for key in expected if key in state and state[key].shape != expected[key].shape]
     if missing or unexpected or misshapen:
         raise ValueError(
-            f"--weights {weights} do not fit --model {name} (timm's {model_name}): "
+            f"--weights {weights} do not fit --model {name} ({network}): "
             f"missing {len(missing)} keys ({', '.join(missing[:5])}), "
             f"unexpected {len(unexpected)} keys ({', '.join(unexpected[:5])}), "
             f"{len(misshapen)} of another shape ({', '.join(misshapen[:5])})"
@@ -219,13 +312,17 @@ def _load_weights(net, weights, name, model_name):
 
 
 def build_timm_trunk(name, weights=None, num_classes=1000):
-    """(features, classifier, dropout) of the timm model `name` (timm:NAME or an appendix-E name).
+    """(features, classifier, dropout) of the timm model `name` (timm:NAME or an appendix-E name;
+    nasnetamobile is pretrainedmodels').
 
-    `weights`: a local file (safetensors or torch state_dict of the timm model) or a pretrained tag of
-    timm's, read from its cache; the classifier then has the weights' number of classes.
+    `weights`: a local file (safetensors or torch state_dict of the timm model, or of pretrainedmodels'
+    for nasnetamobile) or a pretrained tag of timm's, read from its cache; the classifier then has the
+    weights' number of classes.
     """
-    timm = _import_timm()
     model_name = timm_name(name)
+    if name == "nasnetamobile":
+        return _nasnet_mobile_trunk(weights, num_classes)
+    timm = _import_timm()
     if name == "pnasnet5large":
         net = timm.models.pnasnet.PNASNet5Large(num_classes=num_classes, pad_type="")  # symmetric, as Cadene's
     else:
@@ -244,3 +341,19 @@ def build_timm_trunk(name, weights=None, num_classes=1000):
         return nn.Sequential(ForwardFeatures(_cadene_pnasnet(net))), copy.deepcopy(classifier), dropout
     net.reset_classifier(0)
     return ForwardFeatures(net), classifier, dropout
+
+
+def _nasnet_mobile_trunk(weights, num_classes):
+    """build_timm_trunk for nasnetamobile; `weights`: a file of pretrainedmodels' NASNetAMobile state_dict."""
+    net = _cropping_nasnet_mobile(num_classes)
+    if weights:
+        if not os.path.isfile(weights):
+            raise ValueError(f"--weights {weights}: no such file (nasnetamobile takes a pretrainedmodels state_dict)")
+        state = read_weights(weights)
+        head = state.get("last_linear.weight")
+        if head is not None and head.shape[0] != net.last_linear.out_features:
+            net.last_linear = nn.Linear(net.last_linear.in_features, head.shape[0])
+        _load_fitting(net, state, weights, "nasnetamobile", "pretrainedmodels' nasnetamobile")
+    # As in the published file: the whole network, its own last_linear included, next to `classifier`.
+    features = nn.Sequential(ForwardFeatures(net, "features"), nn.ReLU())
+    return features, copy.deepcopy(net.last_linear), net.dropout.p

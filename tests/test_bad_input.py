@@ -18,8 +18,8 @@ import evaluate
 import train
 import whiten
 from multigrain import checkpoint as checkpoint_module
+from multigrain.atomic_write import WriteError
 from multigrain.checkpoint import (
-    CheckpointWriteError,
     check_output_dir,
     load_checkpoint,
     make_checkpoint,
@@ -155,7 +155,7 @@ def test_stale_temporary_files_are_removed_at_start_up_and_live_ones_kept(tmp_pa
         (tmp_path / name).write_bytes(b"partial")
     os.utime(tmp_path / names["old_other_host"], (0, 0))
     check_output_dir(tmp_path, "train")
-    assert f"removed 2 temporary files left by interrupted checkpoint writes in {tmp_path}" in capsys.readouterr().out
+    assert f"removed 2 temporary files left by interrupted writes in {tmp_path}" in capsys.readouterr().out
     assert sorted(os.listdir(tmp_path)) == sorted([names["alive"], names["other_host"], names["not_ours"]])
 
 
@@ -198,7 +198,7 @@ def test_a_full_disk_during_a_save_says_so_and_keeps_the_previous_checkpoint(tmp
     path = tmp_path / "checkpoint.pth"
     save_checkpoint({"version": 1}, path)
     failing_fdopen(monkeypatch, OSError(errno.ENOSPC, "No space left on device"))
-    with pytest.raises(CheckpointWriteError) as error:
+    with pytest.raises(WriteError) as error:
         save_checkpoint({"version": 2, "weights": torch.ones(100000)}, path)
     assert f"cannot write checkpoint {path}: the disk is full" in str(error.value)
     assert f"the previous {path} is intact" in str(error.value)

@@ -13,7 +13,15 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks import channels_last_compile, data_pipeline, gpu_check, retrieval, sampling_margin, step_overhead
+from benchmarks import (
+    channels_last_compile,
+    checkpoint_cost,
+    data_pipeline,
+    gpu_check,
+    retrieval,
+    sampling_margin,
+    step_overhead,
+)
 from benchmarks.timing import format_table, median_ratio, time_side_by_side
 from multigrain.margin_loss import MarginLoss
 
@@ -36,6 +44,17 @@ def test_step_overhead(capsys):
     result = step_overhead.main(args)
     assert result["ratio"] > 0 and result["target"] == 1.05
     assert "MultiGrain (λ=0.5, reps=3)" in capsys.readouterr().out
+
+
+def test_checkpoint_cost_writes_a_mid_epoch_state(tmp_path, capsys):
+    args = checkpoint_cost.get_args_parser().parse_args(
+        [*TINY_MODEL, "--save-after", "3", "--steps-after", "1", "--output-dir", str(tmp_path)]
+    )
+    result = checkpoint_cost.main(args)
+    assert result["write_s"] > 0 and result["median_step_s"] > 0
+    state = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
+    assert state["in_epoch"]["step"] == 3 and "generator" in state["in_epoch"]["ranks"][0]["random"]
+    assert "x the write" in capsys.readouterr().out
 
 
 def test_sampling_margin_baseline_gives_a_loss_and_gradients():

@@ -1,12 +1,17 @@
 """timm trunks (timm:NAME) through every script, and the published appendix-E files (senet154,
-pnasnet5large), checked against timm's own networks with the keys they would have in the published files."""
+pnasnet5large, nasnetamobile), checked against Cadene's pretrainedmodels networks they were built on, with
+those networks' own keys prefixed as the published wrapper did."""
 
 import contextlib
 import io
+import sys
+import types
 
+import pretrainedmodels  # requirements-dev.txt, like timm: these tests run wherever the suite runs
 import pytest
-import timm  # requirements-dev.txt: the timm tests run wherever the suite runs
+import timm
 import torch
+from PIL import Image
 from safetensors.torch import save_file
 
 import evaluate
@@ -14,10 +19,11 @@ import finetune_p
 import train
 import utils
 import whiten
+from multigrain import descriptors
 from multigrain.checkpoint import load_checkpoint, load_model
 from multigrain.gem import GeM
-from multigrain.model import build_model
-from multigrain.timm_backbones import _shifted
+from multigrain.model import build_model, l2n
+from multigrain.timm_backbones import _cropping_cell_forward, _shifted
 from tools.synthetic_data import make_imagefolder
 
 SMALL = ["--device", "cpu", "-j", "0", "--print-freq", "1000"]
@@ -124,8 +130,20 @@ def test_finetune_p_from_a_pretrained_classifier(tmp_path):
         run_script("finetune_p.py", "--data-path", data, "--output-dir", tmp_path / "y", *SMALL)
 
 
+def cadene_reference(net, p, relu):
+    """pretrainedmodels' network `net` with GeM(p) in place of its average pooling: (logits, descriptor).
+    PNASNet's and NASNet's logits() apply a ReLU to features() before pooling; SENet's does not."""
+
+    def forward(x):
+        feature_map = net.features(x)
+        pooled = GeM(p)(torch.relu(feature_map) if relu else feature_map)
+        return net.last_linear(pooled), l2n(pooled)
+
+    return forward
+
+
 def published_file(path, net, features_prefix, feature_keys, p):
-    """A file in the published appendix-E layout, written from timm's own keys (not by this project's code)."""
+    """A file in the published appendix-E layout, written from the network's own keys (not by this project's code)."""
     state = {f"module.{features_prefix}{k}": v for k, v in net.state_dict().items() if k.startswith(feature_keys)}
     state["module.classifier.weight"] = net.last_linear.weight.detach()
     state["module.classifier.bias"] = net.last_linear.bias.detach()
@@ -133,26 +151,45 @@ def published_file(path, net, features_prefix, feature_keys, p):
     torch.save({"model_state": state, "epoch": 30}, path)
 
 
-def check_published_file(path, net, name, sizes, p):
+def check_published_file(path, reference, name, sizes, p):
+    """The published file at `path` loads and gives the outputs of `reference` (cadene_reference) at `sizes`."""
     model = load_model(str(path))
     assert float(model.pool.p) == pytest.approx(p)
     with torch.no_grad():
         for size in sizes:
             x = torch.rand(1, 3, *size)
-            torch.testing.assert_close(model(x)[0], gem_reference(net, x, p), rtol=1e-4, atol=1e-5)
+            for output, expected in zip(model(x), reference(x)):
+                torch.testing.assert_close(output, expected, rtol=1e-4, atol=1e-6)
     with pytest.raises(ValueError, match=f"holds a {name} model, but --model is resnet50"):
         load_model(str(path), model_name="resnet50")
     return model
 
 
+def whole_network_file(path, name, sizes):
+    """The published file of pretrainedmodels' PNASNet or NASNet `name` (2 classes, random weights; the whole
+    network under features.0.base_net, p 1.7), checked at `sizes`, where its cells work:
+    (the pretrainedmodels network, the loaded model, the reference)."""
+    torch.manual_seed(0)
+    net = randomize_batchnorm(pretrainedmodels.__dict__[name](num_classes=2, pretrained=None))
+    published_file(path, net, "features.0.base_net.", ("",), 1.7)
+    reference = cadene_reference(net, 1.7, relu=True)
+    return net, check_published_file(path, reference, name, sizes, 1.7), reference
+
+
+def assert_cells_fail(net, x):
+    with torch.no_grad(), pytest.raises(RuntimeError, match="must match the size"):
+        net.features(x)
+
+
 def test_senet154_published_file_and_readme_commands(tmp_path):
     torch.manual_seed(0)
-    net = randomize_batchnorm(timm.create_model("legacy_senet154", num_classes=1))
+    net = randomize_batchnorm(pretrainedmodels.senet154(num_classes=1, pretrained=None))
     published_file(tmp_path / "senet154-finetune400.pth", net, "features.", ("layer",), 1.6)
-    check_published_file(tmp_path / "senet154-finetune400.pth", net, "senet154", [(40, 72), (64, 36)], 1.6)
+    reference = cadene_reference(net, 1.6, relu=False)
+    check_published_file(tmp_path / "senet154-finetune400.pth", reference, "senet154", [(40, 72), (64, 36)], 1.6)
     # The README's appendix-E commands, on 1 class x 1 image (a forward of SENet154 takes seconds on a CPU).
     weights = tmp_path / "legacy_senet154.pth"
-    torch.save(net.state_dict(), weights)  # the layout of timm's pretrained weights
+    torch.save(net.state_dict(), weights)  # timm's legacy_senet154 has pretrainedmodels' keys
     data = tmp_path / "imagenet"
     make_imagefolder(data, num_classes=1, train_per_class=1, val_per_class=1, image_size=(48, 36), seed=6)
     run_script("finetune_p.py", "--data-path", data, "--model", "senet154", "--weights", weights,
@@ -166,26 +203,78 @@ def test_senet154_published_file_and_readme_commands(tmp_path):
 
 
 def test_pnasnet5large_published_file_at_any_size(tmp_path):
-    torch.manual_seed(0)
-    net = randomize_batchnorm(timm.create_model("pnasnet5large", num_classes=2))
-    published_file(tmp_path / "pnasnet5large-finetune500.pth", net, "features.0.base_net.", ("",), 1.7)
-    # At sizes whose cell_4 input is even, Cadene's padding equals timm's TF "same" padding.
-    model = check_published_file(
-        tmp_path / "pnasnet5large-finetune500.pth", net, "pnasnet5large", [(12, 43), (43, 11)], 1.7
-    )
-    # Elsewhere the branches of a cell differ in size; the cells crop them to their common size.
+    # Sizes at which pretrainedmodels' PNASNet works (square 33 and 45 do).
+    path = tmp_path / "pnasnet5large-finetune500.pth"
+    net, model, reference = whole_network_file(path, "pnasnet5large", [(33, 45), (45, 33)])
+    # Elsewhere the branches of a cell differ in size: pretrainedmodels' cells fail; the published code's fix,
+    # cropping them to their common size, is the cell_forward that this project gives timm's PNASNet.
+    x = torch.rand(1, 3, 40, 57)
+    assert_cells_fail(net, x)
+    for module in net.modules():
+        if isinstance(module, pretrainedmodels.models.pnasnet.CellBase):
+            module.cell_forward = types.MethodType(_cropping_cell_forward, module)
     with torch.no_grad():
-        logits, descriptor = model(torch.rand(1, 3, 33, 50))
-    assert logits.shape == (1, 2) and descriptor.shape == (1, 4320) and torch.isfinite(logits).all()
+        for output, expected in zip(model(x), reference(x)):
+            torch.testing.assert_close(output, expected, rtol=1e-4, atol=1e-6)
 
 
-def test_nasnetamobile_file_is_refused(tmp_path):
+def test_nasnetamobile_published_file_in_every_script(tmp_path):
+    # Sizes at which pretrainedmodels' NASNet works (square 33 and 64 do); at others its cells fail, and ours crop.
+    path = tmp_path / "nasnetamobile-finetune350.pth"
+    net, model, _ = whole_network_file(path, "nasnetamobile", [(64, 64), (33, 64)])
+    x = torch.rand(1, 3, 40, 50)
+    assert_cells_fail(net, x)
+    with torch.no_grad():
+        logits, descriptor = model(x)
+    assert logits.shape == (1, 2) and descriptor.shape == (1, 1056) and torch.isfinite(logits).all()
+    images = [Image.new("RGB", (50, 40), "red"), Image.new("RGB", (36, 60), "blue")]
+    assert descriptors(model, images, input_size=64).shape == (2, 1056)
+
+    data, whitening_images = tmp_path / "data", tmp_path / "whiten_images"
+    make_imagefolder(data, num_classes=2, train_per_class=2, val_per_class=1, image_size=(50, 40), seed=7)
+    make_imagefolder(whitening_images, num_classes=3, train_per_class=1, val_per_class=1, image_size=40, seed=8)
+    out = run_script("evaluate.py", "--resume", path, "--dataset", "imagenet-val", "--imagenet-path", data,
+                     "--input-size", "44", "--output-dir", tmp_path / "e", *SMALL)  # fmt: skip
+    assert "Acc@1" in out
+    # train.py's --model is the recipe's (default resnet50): it names the architecture of the file.
+    crop = ["--train-crop-size", "40", "--val-resize-size", "44", "--val-crop-size", "40"]
+    out = run_script("train.py", "--data-path", data, "--model", "nasnetamobile", "--resume", path, "--test-only",
+                     *crop, *SMALL)  # fmt: skip
+    assert "Acc@1" in out
+    run_script("train.py", "--data-path", data, "--model", "nasnetamobile", "--init-from", path,
+               "--output-dir", tmp_path / "train", "--epochs", "1", "-b", "4", *crop, *SMALL)  # fmt: skip
+    assert load_checkpoint(tmp_path / "train" / "checkpoint.pth")["args"]["model"] == "nasnetamobile"
+    run_script("finetune_p.py", "--data-path", data, "--resume", path, "--output-dir", tmp_path / "p",
+               "--input-size", "44", "--p-grid", "2", "--no-validate-first", *SMALL)  # fmt: skip
+    run_script("whiten.py", "--resume", tmp_path / "p" / "finetune_p.pth", "--whiten-path", whitening_images,
+               "--output-dir", tmp_path / "w", "--input-size", "40", "--shrinkage", "0.1", *SMALL)  # fmt: skip
+    whitened = load_model(str(tmp_path / "w" / "whitened.pth"))
+    assert whitened.embedding_dim == 1057 and float(whitened.pool.p) == 2
+    # The README's NASNet-A-Mobile command: p* from pretrainedmodels' ImageNet weights (here random).
+    weights = tmp_path / "nasnetamobile-7e03cead.pth"
+    torch.save(net.state_dict(), weights)
+    run_script("finetune_p.py", "--data-path", data, "--model", "nasnetamobile", "--weights", weights,
+               "--input-size", "44", "--output-dir", tmp_path / "nasnetamobile_s350", "--p-grid", "1.7",
+               "--no-validate-first", *SMALL)  # fmt: skip
+    assert load_checkpoint(tmp_path / "nasnetamobile_s350" / "finetune_p.pth")["finetune_p"]["p"] == 1.7
+
+
+def test_nasnetamobile_refusals(tmp_path, monkeypatch):
+    wrong = tmp_path / "resnet.pth"
+    torch.save(timm.create_model("test_resnet", num_classes=2).state_dict(), wrong)
+    with pytest.raises(
+        ValueError, match=r"do not fit --model nasnetamobile \(pretrainedmodels' .*missing .*unexpected"
+    ):
+        build_model("nasnetamobile", weights=str(wrong))
     state = {"features.0.base_net.reduction_cell_0.conv_1x1.conv.weight": torch.zeros(1), "pool.p": torch.ones(1)}
     state["classifier.weight"] = torch.zeros(2, 1056)
     torch.save({"model_state": state}, tmp_path / "nasnetamobile-finetune350.pth")
-    with pytest.raises(ValueError, match="nasnetamobile .* is not available: timm has no port"):
-        load_model(str(tmp_path / "nasnetamobile-finetune350.pth"))
-    with pytest.raises(utils.UsageError, match="nasnetamobile .* is not available"):
+    monkeypatch.setitem(sys.modules, "pretrainedmodels", None)  # as if the extra were not installed
+    with pytest.raises(
+        ValueError, match="nasnetamobile .* needs Cadene's pretrainedmodels.*pip install pretrainedmodels"
+    ):
+        build_model("nasnetamobile")
+    with pytest.raises(utils.UsageError, match="needs Cadene's pretrainedmodels"):
         run_script("evaluate.py", "--resume", tmp_path / "nasnetamobile-finetune350.pth", "--dataset", "imagenet-val",
                    "--imagenet-path", tmp_path, *SMALL)  # fmt: skip
 
