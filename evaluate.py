@@ -30,7 +30,7 @@ from multigrain.descriptor_files import features_files, read_features, save_feat
 from multigrain.extraction import check_finite, collate_image_list, extract_descriptors
 from multigrain.image_io import load_rgb
 from multigrain.model import l2n
-from multigrain.nn_search import knn, ranking_positions, top_pairs
+from multigrain.nn_search import knn, knn_blocks, ranking_positions, top_pairs
 from multigrain.retrieval_metrics import KnownPositions
 
 RETRIEVAL_DATASETS = ("holidays", "ukbench", "copydays", *retrieval_datasets.REVISITOP_BENCHMARKS)
@@ -38,6 +38,8 @@ DATASETS = ("imagenet-val", *RETRIEVAL_DATASETS, "disc21")
 MULTISCALE_FACTORS = (1.0, 1 / math.sqrt(2), 0.5)
 DEFAULT_NUM_DISTRACTORS = 10000  # CD10k
 DISC21_MAX_RESULTS = 500000
+SCORE_NORM_FACTOR = 2.0
+SCORE_NORM_NEIGHBORS = 10
 
 
 def dataset_path_flag(name):
@@ -60,12 +62,24 @@ def check_args(args):
         raise ValueError("--descriptor-dim applies to the model: descriptors from --load-features are used as saved")
     if args.disc21_knn and args.max_results:
         raise ValueError("--disc21-knn keeps K references per query: drop --max-results (the global selection's)")
+    for flag in ("score_norm_factor", "score_norm_neighbors"):
+        if getattr(args, flag) is not None and not args.score_norm:
+            raise ValueError(f"--{flag.replace('_', '-')} {getattr(args, flag)} needs --score-norm (its normalisation)")
+    disc21_search_flags = [flag for flag in ("max_results", "disc21_knn", "score_norm") if getattr(args, flag)]
+    for flag in disc21_search_flags:
+        if "disc21" not in args.dataset:
+            raise ValueError(f"--{flag.replace('_', '-')} applies to the DISC21 search: it needs --dataset disc21")
     if args.disc21_predictions:
         if args.dataset != ["disc21"]:
             raise ValueError("--disc21-predictions scores a predictions CSV on its own: pass --dataset disc21 only")
         if args.resume or args.load_features or args.save_features:
             raise ValueError(
                 "--disc21-predictions needs no descriptors: drop --resume, --load-features, --save-features"
+            )
+        if disc21_search_flags or args.descriptor_dim is not None:
+            raise ValueError(
+                "--disc21-predictions scores the CSV as written: drop --max-results, --disc21-knn, --score-norm, "
+                "--descriptor-dim"
             )
         if not os.path.isfile(args.disc21_predictions):
             raise ValueError(f"--disc21-predictions {args.disc21_predictions} is not a file")
@@ -292,18 +306,16 @@ def search_disc21(features, args, device):
     offsets = np.zeros(len(queries))
     if args.score_norm:
         training = features["disc21_training"]
-        if args.score_norm_neighbors > len(training):
-            raise utils.UsageError(
-                f"--score-norm-neighbors {args.score_norm_neighbors} but there are {len(training)} training images"
-            )
-        similarities, _ = knn(
-            queries, torch.from_numpy(training), args.score_norm_neighbors, args.chunk_size, use_faiss
-        )
-        offsets = -args.score_norm_factor * similarities[:, -1].cpu().numpy().astype(np.float64)
+        neighbors = SCORE_NORM_NEIGHBORS if args.score_norm_neighbors is None else args.score_norm_neighbors
+        factor = SCORE_NORM_FACTOR if args.score_norm_factor is None else args.score_norm_factor
+        if neighbors > len(training):
+            raise utils.UsageError(f"--score-norm-neighbors {neighbors} but there are {len(training)} training images")
+        similarities, _ = knn(queries, torch.from_numpy(training), neighbors, args.chunk_size, use_faiss)
+        offsets = -factor * similarities[:, -1].cpu().numpy().astype(np.float64)
     if args.disc21_knn:
         if args.disc21_knn > len(references):
             raise utils.UsageError(f"--disc21-knn {args.disc21_knn} but there are {len(references)} references")
-        scores, rows = knn(queries, references, args.disc21_knn, args.chunk_size, use_faiss)
+        scores, rows = knn_blocks(queries, references, args.disc21_knn, args.chunk_size, use_faiss)
         scores = scores.cpu().numpy().astype(np.float64) + offsets[:, None]
         query_indices = np.repeat(np.arange(len(queries)), args.disc21_knn)
         rows, scores = rows.cpu().numpy().reshape(-1), scores.reshape(-1)
@@ -530,10 +542,16 @@ def get_args_parser(add_help=True):
         help="DISC21: subtract factor x the query's similarity to its n-th nearest training image from its scores",
     )
     parser.add_argument(
-        "--score-norm-factor", default=2.0, type=flags.float_in(0), help="DISC21 score normalisation: factor"
+        "--score-norm-factor",
+        default=None,
+        type=flags.float_in(0),
+        help=f"DISC21 score normalisation: factor (default: {SCORE_NORM_FACTOR}, the baseline's)",
     )
     parser.add_argument(
-        "--score-norm-neighbors", default=10, type=flags.int_in(1), help="DISC21 score normalisation: n"
+        "--score-norm-neighbors",
+        default=None,
+        type=flags.int_in(1),
+        help=f"DISC21 score normalisation: n (default: {SCORE_NORM_NEIGHBORS}, the baseline's)",
     )
     parser.add_argument(
         "--disc21-predictions",

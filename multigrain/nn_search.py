@@ -1,9 +1,9 @@
 """Exact nearest-neighbour search by inner product, scanning queries and database in chunks.
 
 `knn` returns the top k of each query's ranking; `knn_parts` the same for a database read one part at a
-time; `ranking_positions` says where given database rows come in each query's full ranking, which is what
-average precision needs, without building it. `approximate_index` builds a faiss index from an
-index-factory string for collections beyond exact search.
+time, `knn_blocks` for one searched in blocks of rows; `ranking_positions` says where given database rows
+come in each query's full ranking, which is what average precision needs, without building it.
+`approximate_index` builds a faiss index from an index-factory string for collections beyond exact search.
 """
 
 import numpy as np
@@ -68,6 +68,13 @@ def knn_parts(queries, database_parts, k: int, chunk_size: int = 4096, use_faiss
     if not 1 <= k <= num_rows:
         raise ValueError(f"k must be between 1 and the database size {num_rows}, got {k}")
     return _decode(best)
+
+
+def knn_blocks(queries, database, k: int, chunk_size: int = 4096, use_faiss: bool | None = None, block_rows=2**18):
+    """`knn` with the database taken `block_rows` rows at a time (faiss copies what it searches, so its
+    copy stays one block). Returns (scores, indices) tensors on the queries' device, as `knn_parts`."""
+    blocks = ((start, database[start : start + block_rows]) for start in range(0, len(database), block_rows))
+    return knn_parts(queries, blocks, k, chunk_size, use_faiss)
 
 
 def approximate_index(factory: str, training_rows, database_parts, nprobe: int | None = None):
@@ -260,9 +267,9 @@ def top_pairs(
     scores in float64: knn's float32 inner product plus the offset). Every query's top k comes from
     `knn` (same devices, chunking and use_faiss), starting at k = ⌈2·max_results / nq⌉: a query whose
     k-th score is below the max_results-th best score of all candidates has no other pair in the
-    result; the others are searched again with 4k until none is left. knn sees `block_rows` database rows
-    at a time (faiss copies what it searches), whose top k are merged. Memory: the candidates (nq·k plus
-    a few times max_results), one block and knn's chunks, never a query x database matrix.
+    result; the others are searched again with 4k until none is left. The database is searched
+    `block_rows` rows at a time (`knn_blocks`). Memory: the candidates (nq·k plus a few times
+    max_results), one block and knn's chunks, never a query x database matrix.
     """
     if max_results < 1:
         raise ValueError(f"max_results must be positive, got {max_results}")
@@ -276,9 +283,8 @@ def top_pairs(
     scores_of, rows_of = [None] * num_queries, [None] * num_queries
     pending, k = np.arange(num_queries), min(num_rows, -(-2 * max_results // max(num_queries, 1)))
     while len(pending):
-        scores, rows = _knn_by_blocks(
-            queries[torch.from_numpy(pending)], database, k, chunk_size, use_faiss, block_rows
-        )
+        scores, rows = knn_blocks(queries[torch.from_numpy(pending)], database, k, chunk_size, use_faiss, block_rows)
+        scores, rows = scores.cpu().numpy().astype(np.float64), rows.cpu().numpy()
         for position, query in enumerate(pending):
             scores_of[query], rows_of[query] = scores[position] + offsets[query], rows[position]
         if k == num_rows:
@@ -296,17 +302,3 @@ def top_pairs(
     query_indices = np.repeat(np.arange(num_queries), [len(query_scores) for query_scores in scores_of])
     order = np.lexsort((rows, query_indices, -scores))[:max_results]
     return query_indices[order], rows[order], scores[order]
-
-
-def _knn_by_blocks(queries, database, k, chunk_size, use_faiss, block_rows):
-    """knn's top k (numpy float64 scores, int64 rows; equal scores by lower row) over the database taken
-    `block_rows` rows at a time."""
-    scores, rows = [], []
-    for start in range(0, len(database), block_rows):
-        block = database[start : start + block_rows]
-        block_scores, block_rows_found = knn(queries, block, min(k, len(block)), chunk_size, use_faiss)
-        scores.append(block_scores.cpu().numpy().astype(np.float64))
-        rows.append(block_rows_found.cpu().numpy() + start)
-    scores, rows = np.concatenate(scores, axis=1), np.concatenate(rows, axis=1)
-    best = np.lexsort((rows, -scores), axis=1)[:, :k]
-    return np.take_along_axis(scores, best, axis=1), np.take_along_axis(rows, best, axis=1)

@@ -6,7 +6,7 @@ import torch
 
 import evaluate
 from multigrain import disc21
-from multigrain.nn_search import top_pairs
+from multigrain.nn_search import knn, knn_blocks, top_pairs
 from tools import synthetic_data
 
 
@@ -45,6 +45,19 @@ def test_global_selection_equals_sorting_all_pairs(use_faiss, max_results, block
     offsets = rng.normal(size=23)
     selected = top_pairs(queries, database, max_results, offsets, 8, use_faiss, block_rows)
     assert_same_selection(selected, all_pairs_sorted(queries, database, offsets), max_results)
+
+
+@pytest.mark.parametrize("use_faiss", [False, True])
+def test_knn_over_blocks_equals_knn(use_faiss):
+    """--disc21-knn's search: blocks of 16 rows (the last one shorter than k) give knn's result, ties included."""
+    rng = np.random.default_rng(0)
+    database = rng.integers(-2, 3, size=(50, 4)).astype(np.float32)
+    queries = rng.integers(-2, 3, size=(30, 4)).astype(np.float32)
+    for k in (1, 5, 50):
+        expected = knn(queries, database, k, 7, use_faiss)
+        scores, rows = knn_blocks(torch.from_numpy(queries), database, k, 7, use_faiss, block_rows=16)
+        np.testing.assert_array_equal(scores.numpy(), expected[0])
+        np.testing.assert_array_equal(rows.numpy(), expected[1])
 
 
 def test_global_selection_with_exact_ties():
