@@ -241,7 +241,7 @@ def test_nasnetamobile_published_file_in_every_script(tmp_path):
     out = run_script("train.py", "--data-path", data, "--model", "nasnetamobile", "--resume", path, "--test-only",
                      *crop, *SMALL)  # fmt: skip
     assert "Acc@1" in out
-    run_script("train.py", "--data-path", data, "--model", "nasnetamobile", "--init-from", path,
+    run_script("train.py", "--data-path", data, "--model", "nasnetamobile", "--init-from", path, "--lr", "1e-4",
                "--output-dir", tmp_path / "train", "--epochs", "1", "-b", "4", *crop, *SMALL)  # fmt: skip
     assert load_checkpoint(tmp_path / "train" / "checkpoint.pth")["args"]["model"] == "nasnetamobile"
     run_script("finetune_p.py", "--data-path", data, "--resume", path, "--output-dir", tmp_path / "p",
