@@ -60,8 +60,10 @@ class StopSignals:
 
 
 def ignore_stop_signals(worker_id=None):
-    """DataLoader worker_init_fn: a terminal's Ctrl-C reaches the workers too; their process stops them."""
-    for signum in STOP_SIGNALS:
+    """DataLoader worker_init_fn: a terminal's Ctrl-C and SLURM's SIGUSR1 reach the workers too; their process
+    stops them. SIGTERM keeps its default: it is how a process that exits stops workers it did not shut down
+    (ignoring it there makes that exit wait for them forever)."""
+    for signum in (signal.SIGINT, signal.SIGUSR1):
         signal.signal(signum, signal.SIG_IGN)
 
 
