@@ -7,8 +7,14 @@ import torch
 from torch import nn
 
 import utils
-from multigrain import distributed
-from multigrain.extraction import NonFiniteOutputError, forward_by_size, image_name, non_finite_message, non_finite_rows
+from multigrain.inference.extraction import (
+    NonFiniteOutputError,
+    forward_by_size,
+    image_name,
+    non_finite_message,
+    non_finite_rows,
+)
+from multigrain.training import distributed
 
 
 def accuracy_counts(logits, targets, topk=(1,)):
@@ -100,7 +106,7 @@ def evaluate(model, data_loader, device, *, amp_dtype=None, print_freq=10, heade
     summed over all processes.
 
     The batches are (images, targets): a batch tensor, or a list of images of different sizes (as
-    multigrain.extraction.collate_image_list makes), whose images of equal size run together.
+    multigrain.inference.extraction.collate_image_list makes), whose images of equal size run together.
     """
     model.eval()
     metric_logger = utils.MetricLogger()

@@ -23,15 +23,15 @@ import flags
 import presets
 import utils
 from multigrain import disc21, distributed, retrieval_datasets
-from multigrain.checkpoint import architecture_name, check_num_classes, load_checkpoint, model_from_checkpoint
-from multigrain.copy_detection_metrics import copy_detection_metrics
-from multigrain.datasets import ImageFolder
-from multigrain.descriptor_files import features_files, read_features, save_features
-from multigrain.extraction import check_finite, collate_image_list, extract_descriptors
-from multigrain.image_io import load_rgb
+from multigrain.evaluation.copy_detection_metrics import copy_detection_metrics
+from multigrain.evaluation.retrieval_metrics import KnownPositions
+from multigrain.images.datasets import ImageFolder
+from multigrain.images.image_io import load_rgb
+from multigrain.inference.extraction import check_finite, collate_image_list, extract_descriptors
 from multigrain.model import l2n
-from multigrain.nn_search import knn, knn_blocks, ranking_positions, top_pairs
-from multigrain.retrieval_metrics import KnownPositions
+from multigrain.search.descriptor_files import features_files, read_features, save_features
+from multigrain.search.nn_search import knn, knn_blocks, ranking_positions, top_pairs
+from multigrain.storage.checkpoint import architecture_name, check_num_classes, load_checkpoint, model_from_checkpoint
 
 RETRIEVAL_DATASETS = ("holidays", "ukbench", "copydays", *retrieval_datasets.REVISITOP_BENCHMARKS)
 DATASETS = ("imagenet-val", *RETRIEVAL_DATASETS, "disc21")

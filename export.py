@@ -16,8 +16,8 @@ import os
 import torch
 
 import utils
-from multigrain.atomic_write import atomic_path
-from multigrain.checkpoint import architecture_name, load_checkpoint, model_from_checkpoint
+from multigrain.storage.atomic_write import atomic_path
+from multigrain.storage.checkpoint import architecture_name, load_checkpoint, model_from_checkpoint
 
 FORMATS = {".pt2": "torch.export", ".onnx": "ONNX"}
 # The traced example and the two inputs the exported program is checked on: batch, height, width all differ.

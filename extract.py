@@ -25,10 +25,10 @@ import torch
 import evaluate
 import flags
 import utils
-from multigrain import distributed
-from multigrain.checkpoint import architecture_name, load_checkpoint, model_from_checkpoint
-from multigrain.datasets import ImageList, SkipBadImages, list_image_files
-from multigrain.descriptor_files import MANIFEST, save_features, write_json
+from multigrain.images.datasets import ImageList, SkipBadImages, list_image_files
+from multigrain.search.descriptor_files import MANIFEST, save_features, write_json
+from multigrain.storage.checkpoint import architecture_name, load_checkpoint, model_from_checkpoint
+from multigrain.training import distributed
 
 FORMAT = "multigrain extract.py descriptors, version 1"
 BAD_IMAGES = "bad_images.txt"

@@ -30,7 +30,11 @@ import engine
 import flags
 import presets
 import utils
-from multigrain.checkpoint import (
+from multigrain.images.datasets import ImageFolder
+from multigrain.images.image_io import load_rgb
+from multigrain.inference.extraction import collate_image_list, forward_by_size
+from multigrain.model import build_model, check_model_name
+from multigrain.storage.checkpoint import (
     FILE_NAMES,
     LOG_NAMES,
     architecture_name,
@@ -44,10 +48,6 @@ from multigrain.checkpoint import (
     save_checkpoint,
     source_of,
 )
-from multigrain.datasets import ImageFolder
-from multigrain.extraction import collate_image_list, forward_by_size
-from multigrain.image_io import load_rgb
-from multigrain.model import build_model, check_model_name
 
 
 def parse_p_grid(text):

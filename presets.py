@@ -1,8 +1,10 @@
 from torchvision import transforms
 from torchvision.transforms.functional import InterpolationMode
 
-from multigrain.transforms import IMAGENET_MEAN, IMAGENET_STD, ClampToUnitRange, Lighting, to_float_tensor
-from multigrain.transforms import RetrievalPresetEval as RetrievalPresetEval  # the retrieval input, used by the scripts
+from multigrain.images.transforms import IMAGENET_MEAN, IMAGENET_STD, ClampToUnitRange, Lighting, to_float_tensor
+from multigrain.images.transforms import (
+    RetrievalPresetEval as RetrievalPresetEval,  # the retrieval input, used by the scripts
+)
 
 AUTO_AUGMENT_POLICIES = ("autoaugment", "ra", "ta_wide", "augmix")
 

@@ -15,8 +15,8 @@ import signal
 import flags
 import train
 import utils
-from multigrain import preemption
-from multigrain.checkpoint import FILE_NAMES
+from multigrain.storage.checkpoint import FILE_NAMES
+from multigrain.training import preemption
 
 
 class Trainer:

@@ -2,7 +2,7 @@
 
 `RASampler` yields dataset indices, one per copy: every copy is a separate sample, whose file is read
 and decoded on its own. `DecodeOnceBatchSampler` yields the same samples as (index, copies) pairs, so
-that `multigrain.datasets.RepeatedViews` decodes each image once and draws the transform `copies`
+that `multigrain.images.datasets.RepeatedViews` decodes each image once and draws the transform `copies`
 times on it (train.py --ra-decode-once):
 
     sampler = RASampler(len(dataset), reps=3, epoch_len_factor=2.0)
@@ -18,8 +18,8 @@ import math
 
 import torch
 
-from multigrain import distributed
-from multigrain.seeding import derive_seed
+from multigrain.training import distributed
+from multigrain.training.seeding import derive_seed
 
 
 class RASampler(torch.utils.data.Sampler):
@@ -141,7 +141,7 @@ class DecodeOnceBatchSampler(torch.utils.data.Sampler):
 
 class SeededBatches(torch.utils.data.Sampler):
     """The batches of `batch_sampler` from step `first_step` on, each item as (seed, item) for
-    `multigrain.datasets.SeededItems`: the seed of item i of step s is derived from (*key, s, i).
+    `multigrain.images.datasets.SeededItems`: the seed of item i of step s is derived from (*key, s, i).
 
     A resumed epoch skips its first steps here, from the indices alone, without loading their images.
     """

@@ -26,8 +26,8 @@ import torch
 
 import flags
 import utils
-from multigrain.descriptor_files import DescriptorCollection
-from multigrain.nn_search import approximate_index, knn_parts
+from multigrain.search.descriptor_files import DescriptorCollection
+from multigrain.search.nn_search import approximate_index, knn_parts
 
 
 @utils.usage_check

@@ -22,8 +22,21 @@ import engine
 import flags
 import presets
 import utils
-from multigrain import distributed, preemption, seeding
-from multigrain.checkpoint import (
+from multigrain.distance_weighted_miner import NEGATIVE_SAMPLING_MODES, DistanceWeightedMiner
+from multigrain.images.datasets import (
+    ImageFolder,
+    RepeatedViews,
+    SeededItems,
+    SkipBadImages,
+    WithIndex,
+    collate_skipping_bad,
+    collate_views,
+)
+from multigrain.images.image_io import load_rgb
+from multigrain.joint_loss import MultiGrainLoss
+from multigrain.margin_loss import MarginLoss
+from multigrain.model import build_model, check_model_name
+from multigrain.storage.checkpoint import (
     FILE_NAMES,
     LOG_NAMES,
     architecture_name,
@@ -37,20 +50,7 @@ from multigrain.checkpoint import (
     model_state_dict,
     save_checkpoint,
 )
-from multigrain.datasets import (
-    ImageFolder,
-    RepeatedViews,
-    SeededItems,
-    SkipBadImages,
-    WithIndex,
-    collate_skipping_bad,
-    collate_views,
-)
-from multigrain.distance_weighted_miner import NEGATIVE_SAMPLING_MODES, DistanceWeightedMiner
-from multigrain.image_io import load_rgb
-from multigrain.joint_loss import MultiGrainLoss
-from multigrain.margin_loss import MarginLoss
-from multigrain.model import build_model, check_model_name
+from multigrain.training import distributed, preemption, seeding
 from sampler import DecodeOnceBatchSampler, RASampler, SeededBatches
 
 # The flags that change what is trained. A run continues only under the values it was started with, plus

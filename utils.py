@@ -12,10 +12,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from multigrain import distributed, preemption, seeding
-from multigrain.atomic_write import WriteError, write_atomic
-from multigrain.datasets import is_image_file
-from multigrain.image_io import BadImageError
+from multigrain.images.datasets import is_image_file
+from multigrain.images.image_io import BadImageError
+from multigrain.storage.atomic_write import WriteError, write_atomic
+from multigrain.training import distributed, preemption, seeding
 
 
 class SmoothedValue:

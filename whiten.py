@@ -19,7 +19,9 @@ from torchvision.transforms.functional import InterpolationMode
 import flags
 import presets
 import utils
-from multigrain.checkpoint import (
+from multigrain.images.datasets import ImageList, list_image_files
+from multigrain.inference.extraction import check_finite, extract_descriptors
+from multigrain.storage.checkpoint import (
     FILE_NAMES,
     LOG_NAMES,
     architecture_name,
@@ -32,8 +34,6 @@ from multigrain.checkpoint import (
     save_checkpoint,
     source_of,
 )
-from multigrain.datasets import ImageList, list_image_files
-from multigrain.extraction import check_finite, extract_descriptors
 from multigrain.whitening import covariance_error_bound, fit_whitening, fold_whitening
 
 

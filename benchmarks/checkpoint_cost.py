@@ -5,7 +5,7 @@
 
 The steps are `engine.train_one_epoch` on in-memory batches; after step --save-after, the `after_step`
 hook writes the training state as train.py does (model, β, optimizer, scheduler, random states,
-meters, through multigrain.checkpoint.save_checkpoint: temporary file, fsync, rename) into
+meters, through multigrain.storage.checkpoint.save_checkpoint: temporary file, fsync, rename) into
 --output-dir. The stall is the interval of the step that saved minus the median step; target: no
 more than the write itself (stall / write ≤ 1.1, the rest being timing noise).
 """
@@ -23,12 +23,12 @@ import engine
 import flags
 import train
 from benchmarks.timing import add_training_step_flags, apply_settings, benchmark_parser, describe_machine, verdict
-from multigrain import seeding
-from multigrain.checkpoint import make_checkpoint, save_checkpoint
 from multigrain.distance_weighted_miner import DistanceWeightedMiner
 from multigrain.joint_loss import MultiGrainLoss
 from multigrain.margin_loss import MarginLoss
 from multigrain.model import build_model
+from multigrain.storage.checkpoint import make_checkpoint, save_checkpoint
+from multigrain.training import seeding
 
 CPU_SETTINGS = {"model": "resnet50", "input_size": 112, "batch_size": 8, "amp": False}
 PAPER_SETTINGS = {"model": "resnet50", "input_size": 224, "batch_size": 64, "amp": True}

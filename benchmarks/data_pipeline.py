@@ -25,8 +25,8 @@ import torchvision
 import flags
 import presets
 from benchmarks.timing import format_table, median_ratio, time_side_by_side, verdict
-from multigrain.datasets import RepeatedViews, WithIndex, collate_views
-from multigrain.image_io import load_rgb
+from multigrain.images.datasets import RepeatedViews, WithIndex, collate_views
+from multigrain.images.image_io import load_rgb
 from sampler import DecodeOnceBatchSampler, RASampler
 from tools.synthetic_data import make_imagefolder, parse_size
 

@@ -3,7 +3,7 @@
     python -m benchmarks.disc21_search                                  # 10k and 100k references, d = 256
     python -m benchmarks.disc21_search --num-references 10000 100000 1000000
 
-On random unit descriptors, for each reference count: `multigrain.nn_search.top_pairs` (exact, with faiss
+On random unit descriptors, for each reference count: `multigrain.search.nn_search.top_pairs` (exact, with faiss
 when installed, or torch) next to a plain faiss flat search (IndexFlatL2, a fixed k = ⌈max_results / nq⌉
 per query, then the best max_results of those pairs, which can miss pairs of queries with many close
 references). Time (interleaved rounds, median ratio to faiss flat) and peak memory above the level at
@@ -27,7 +27,7 @@ from benchmarks.timing import (
     time_side_by_side,
     verdict,
 )
-from multigrain.nn_search import top_pairs
+from multigrain.search.nn_search import top_pairs
 
 
 def unit_descriptors(rng, num, dim):

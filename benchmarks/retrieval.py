@@ -3,13 +3,13 @@
     python -m benchmarks.retrieval                          # CPU: ResNet-18 at s=224, search with d=256
     python -m benchmarks.retrieval --paper --device cuda    # ResNet-50 at s=500, search with d=2048
 
-Extraction: UKBench-like images (all 640x480) through `multigrain.extraction.extract_descriptors`,
+Extraction: UKBench-like images (all 640x480) through `multigrain.inference.extraction.extract_descriptors`,
 images of identical size batched by `-b` against one image at a time (`-b 1`); target ≥ 2× images/s,
-with the same descriptors (the largest difference is printed). Search: `multigrain.nn_search.knn`,
+with the same descriptors (the largest difference is printed). Search: `multigrain.search.nn_search.knn`,
 chunked exact search of 10k queries against a 100k database, its time and its peak memory next to
 the size of the full score matrix that an unchunked search would hold. Positions: what average
 precision needs, the positions of each query's positives in its full ranking, from
-`multigrain.nn_search.ranking_positions` against a full ranking by `knn` (k = database size), for
+`multigrain.search.nn_search.ranking_positions` against a full ranking by `knn` (k = database size), for
 229 queries (as Copydays) with one positive each: time, peak memory and equality of the positions.
 """
 
@@ -32,10 +32,10 @@ from benchmarks.timing import (
     time_side_by_side,
     verdict,
 )
-from multigrain.extraction import extract_descriptors
+from multigrain.evaluation.retrieval_datasets import read_ukbench
+from multigrain.inference.extraction import extract_descriptors
 from multigrain.model import build_model
-from multigrain.nn_search import knn, ranking_positions
-from multigrain.retrieval_datasets import read_ukbench
+from multigrain.search.nn_search import knn, ranking_positions
 from tools.synthetic_data import make_ukbench
 
 CPU_SETTINGS = {"model": "resnet18", "input_size": 224, "dim": 256}

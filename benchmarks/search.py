@@ -3,7 +3,7 @@
     python -m benchmarks.search                                   # 100k x 256, 1000 queries
     python -m benchmarks.search --num-database 20000 --dim 2048 --faiss-index IVF256,PQ64
 
-Exact: `multigrain.nn_search.knn` (torch, chunked; and with faiss choosing the candidates, as search.py's
+Exact: `multigrain.search.nn_search.knn` (torch, chunked; and with faiss choosing the candidates, as search.py's
 default) against a raw faiss IndexFlatIP on the same data, side by side in interleaved rounds: seconds and
 peak memory above the data. Approximate: an index from a faiss index-factory string (as `search.py
 --faiss-index`), trained on the database, at several nprobe: recall@k of its top k against the exact top
@@ -20,7 +20,7 @@ import torch
 import flags
 from benchmarks.retrieval import PeakMemory
 from benchmarks.timing import benchmark_parser, describe_machine, format_table, median_ratio, time_side_by_side
-from multigrain.nn_search import approximate_index, knn
+from multigrain.search.nn_search import approximate_index, knn
 
 
 def make_descriptors(num_database, num_queries, dim, num_clusters, seed=0):

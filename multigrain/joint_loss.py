@@ -1,7 +1,7 @@
 import torch
 from torch import nn
 
-from . import distributed
+from .training import distributed
 
 
 class MultiGrainLoss(nn.Module):

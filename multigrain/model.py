@@ -32,7 +32,7 @@ class MultiGrainNet(nn.Module):
     `whitening` (multigrain.whitening.Whitening), the whitened vector e that the rewritten classifier
     reads. The state_dict keys `features.*`, `pool.p`, `classifier.*` are those of the published
     MultiGrain checkpoints; `whitening.mean` and `whitening.projection` are their
-    `whitening.pca.pca_m` and `whitening.pca.pca_P` (renamed by multigrain.checkpoint).
+    `whitening.pca.pca_m` and `whitening.pca.pca_P` (renamed by multigrain.storage.checkpoint).
     Setting `descriptor_dim` to D makes the descriptor l2n(embedding[:D]), the first D whitened components
     (largest variance first), while the classifier still reads the whole embedding.
     """

@@ -52,8 +52,8 @@ def trained_checkpoint(tmp_path_factory):
 def tiny_whitened_checkpoint(tmp_path_factory):
     """An untrained resnet18 (5 classes, p = 3) with a random whitening folded into its classifier, saved as
     whiten.py saves its models: the inference model (trunk, GeM, whitening, classifier) in seconds."""
-    from multigrain.checkpoint import make_checkpoint, save_checkpoint
     from multigrain.model import build_model
+    from multigrain.storage.checkpoint import make_checkpoint, save_checkpoint
     from multigrain.whitening import fold_whitening
 
     generator = torch.Generator().manual_seed(0)

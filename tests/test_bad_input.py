@@ -17,19 +17,19 @@ import engine
 import evaluate
 import train
 import whiten
-from multigrain import checkpoint as checkpoint_module
-from multigrain.atomic_write import WriteError
-from multigrain.checkpoint import (
+from multigrain.evaluation.retrieval_datasets import read_copydays, read_holidays, read_revisitop, read_ukbench
+from multigrain.images.datasets import ImageFolder, list_image_files
+from multigrain.images.image_io import load_rgb
+from multigrain.inference.extraction import NonFiniteOutputError, collate_image_list
+from multigrain.model import build_model
+from multigrain.storage import checkpoint as checkpoint_module
+from multigrain.storage.atomic_write import WriteError
+from multigrain.storage.checkpoint import (
     check_output_dir,
     load_checkpoint,
     make_checkpoint,
     save_checkpoint,
 )
-from multigrain.datasets import ImageFolder, list_image_files
-from multigrain.extraction import NonFiniteOutputError, collate_image_list
-from multigrain.image_io import load_rgb
-from multigrain.model import build_model
-from multigrain.retrieval_datasets import read_copydays, read_holidays, read_revisitop, read_ukbench
 from presets import RetrievalPresetEval
 from tools import synthetic_data
 from utils import UsageError

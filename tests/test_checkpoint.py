@@ -11,8 +11,8 @@ from torch.nn import functional as F
 import finetune_p
 import train
 import whiten
-from multigrain.checkpoint import load_checkpoint, load_model
 from multigrain.model import build_model
+from multigrain.storage.checkpoint import load_checkpoint, load_model
 from tools.synthetic_data import make_imagefolder
 
 

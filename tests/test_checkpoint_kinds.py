@@ -14,9 +14,9 @@ import finetune_p
 import train
 import utils
 import whiten
-from multigrain import checkpoint as checkpoint_module
-from multigrain.checkpoint import checkpoint_kind, load_checkpoint, load_model
 from multigrain.model import build_model
+from multigrain.storage import checkpoint as checkpoint_module
+from multigrain.storage.checkpoint import checkpoint_kind, load_checkpoint, load_model
 from tools.synthetic_data import make_imagefolder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

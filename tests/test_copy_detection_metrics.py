@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from multigrain.copy_detection_metrics import (
+from multigrain.evaluation.copy_detection_metrics import (
     copy_detection_metrics,
     micro_average_precision,
     precision_recall,

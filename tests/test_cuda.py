@@ -8,8 +8,8 @@ import torch
 from torch.nn import functional as F
 
 from multigrain.distance_weighted_miner import DistanceWeightedMiner
-from multigrain.extraction import extract_descriptors
 from multigrain.gem import GeM
+from multigrain.inference.extraction import extract_descriptors
 from multigrain.joint_loss import MultiGrainLoss
 from multigrain.margin_loss import MarginLoss
 from multigrain.model import build_model

@@ -8,8 +8,8 @@ import torchvision
 from PIL import Image
 
 import presets
-from multigrain.datasets import ImageList, RepeatedViews, collate_views, list_image_files
-from multigrain.image_io import BadImageError, load_rgb
+from multigrain.images.datasets import ImageList, RepeatedViews, collate_views, list_image_files
+from multigrain.images.image_io import BadImageError, load_rgb
 from sampler import DecodeOnceBatchSampler, RASampler
 from tools.synthetic_data import make_imagefolder
 

@@ -6,7 +6,7 @@ import torch
 
 import evaluate
 from multigrain import disc21
-from multigrain.nn_search import knn, knn_blocks, top_pairs
+from multigrain.search.nn_search import knn, knn_blocks, top_pairs
 from tools import synthetic_data
 
 

@@ -1,6 +1,6 @@
 import torch
 
-from multigrain import distributed
+from multigrain.training import distributed
 
 # Several processes: tests/test_ddp_equivalence.py gathers through MultiGrainLoss under torchrun.
 

@@ -10,10 +10,10 @@ from PIL import Image
 
 import evaluate
 import presets
-from multigrain.checkpoint import load_model
-from multigrain.datasets import ImageList
+from multigrain.evaluation.retrieval_metrics import copydays_map, holidays_map, revisitop_map, ukbench_score
+from multigrain.images.datasets import ImageList
 from multigrain.model import build_model, l2n
-from multigrain.retrieval_metrics import copydays_map, holidays_map, revisitop_map, ukbench_score
+from multigrain.storage.checkpoint import load_model
 from tools import synthetic_data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -11,9 +11,9 @@ import torch
 
 import evaluate
 import extract
-from multigrain.descriptor_files import DescriptorCollection, read_features
-from multigrain.image_io import BadImageError
+from multigrain.images.image_io import BadImageError
 from multigrain.model import build_model
+from multigrain.search.descriptor_files import DescriptorCollection, read_features
 from tools import synthetic_data
 from utils import UsageError
 

@@ -3,7 +3,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from multigrain.extraction import EXTRACTION_OUTPUTS, ExtractionOutOfMemoryError, extract_descriptors, forward_by_size
+from multigrain.inference.extraction import (
+    EXTRACTION_OUTPUTS,
+    ExtractionOutOfMemoryError,
+    extract_descriptors,
+    forward_by_size,
+)
 from multigrain.model import MultiGrainNet
 
 

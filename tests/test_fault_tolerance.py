@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import train
-from multigrain.checkpoint import save_checkpoint
+from multigrain.storage.checkpoint import save_checkpoint
 from tools.synthetic_data import make_imagefolder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -103,7 +103,7 @@ def test_auto_resume_continues_and_can_be_turned_off(data, tmp_path):
 
 SAVER = """
 import sys, torch
-from multigrain.checkpoint import save_checkpoint
+from multigrain.storage.checkpoint import save_checkpoint
 save_checkpoint({"version": 2, "weights": torch.ones(64, 1024, 1024)}, sys.argv[1])
 """
 

@@ -8,7 +8,7 @@ from test_extraction import ListDataset, mixed_size_images, tiny_model
 from torch.nn import functional as F
 
 import finetune_p
-from multigrain.extraction import forward_by_size
+from multigrain.inference.extraction import forward_by_size
 from multigrain.model import build_model
 
 

@@ -17,8 +17,8 @@ import train
 import utils
 import whiten
 from benchmarks import channels_last_compile, data_pipeline, retrieval, sampling_margin, step_overhead
-from multigrain.checkpoint import make_checkpoint
 from multigrain.model import build_model
+from multigrain.storage.checkpoint import make_checkpoint
 from tools.synthetic_data import make_imagefolder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from multigrain.image_io import BadImageError, load_rgb
+from multigrain.images.image_io import BadImageError, load_rgb
 
 
 @pytest.fixture

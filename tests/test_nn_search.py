@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from multigrain.nn_search import knn, ranking_positions
+from multigrain.search.nn_search import knn, ranking_positions
 
 
 def make_descriptors(num_queries=37, num_database=203, dim=16, seed=0):

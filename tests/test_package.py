@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 import multigrain
-from multigrain.image_io import BadImageError
+from multigrain.images.image_io import BadImageError
 from tools.synthetic_data import make_variant, render_image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,7 +63,7 @@ def test_pip_install_alone_and_the_readme_example_from_another_folder(tiny_white
     assert installed == {"multigrain", "multigrain-0.1.0.dist-info", "dependencies.pth"}
     record = (env_site / "multigrain-0.1.0.dist-info" / "RECORD").read_text().splitlines()
     assert {line.split("/")[0] for line in record} == {"multigrain", "multigrain-0.1.0.dist-info"}
-    assert {line.split(",")[0] for line in record} >= {"multigrain/__init__.py", "multigrain/inference.py"}
+    assert {line.split(",")[0] for line in record} >= {"multigrain/__init__.py", "multigrain/inference/api.py"}
 
     work = tmp_path / "elsewhere"
     images = write_readme_photos(work)

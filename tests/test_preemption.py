@@ -12,9 +12,9 @@ import pytest
 import torch
 
 import train
-from multigrain.checkpoint import describe, load_checkpoint
-from multigrain.image_io import BadImageError
-from multigrain.preemption import TrainingStopped
+from multigrain.images.image_io import BadImageError
+from multigrain.storage.checkpoint import describe, load_checkpoint
+from multigrain.training.preemption import TrainingStopped
 from tests.test_fault_tolerance import children_of, read_log
 from tools.synthetic_data import make_imagefolder
 

@@ -4,7 +4,7 @@ import pickle
 import numpy as np
 import pytest
 
-from multigrain.retrieval_datasets import (
+from multigrain.evaluation.retrieval_datasets import (
     read_copydays,
     read_distractors,
     read_holidays,

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from multigrain.retrieval_metrics import (
+from multigrain.evaluation.retrieval_metrics import (
     KnownPositions,
     average_precision,
     compute_map,

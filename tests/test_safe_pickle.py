@@ -6,7 +6,7 @@ import pickle
 import numpy as np
 import pytest
 
-from multigrain.safe_pickle import load_pickle
+from multigrain.storage.safe_pickle import load_pickle
 
 
 def revisitop_like_ground_truth():

@@ -8,9 +8,9 @@ import torch
 import extract
 import search
 from benchmarks import search as search_benchmark
-from multigrain.checkpoint import make_checkpoint, save_checkpoint
-from multigrain.descriptor_files import MANIFEST, save_features, write_json
 from multigrain.model import build_model
+from multigrain.search.descriptor_files import MANIFEST, save_features, write_json
+from multigrain.storage.checkpoint import make_checkpoint, save_checkpoint
 from tools import synthetic_data
 from utils import UsageError
 

@@ -20,9 +20,9 @@ import train
 import utils
 import whiten
 from multigrain import descriptors
-from multigrain.checkpoint import load_checkpoint, load_model
 from multigrain.gem import GeM
 from multigrain.model import build_model, l2n
+from multigrain.storage.checkpoint import load_checkpoint, load_model
 from multigrain.timm_backbones import _cropping_cell_forward, _shifted
 from tools.synthetic_data import make_imagefolder
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from multigrain.transforms import IMAGENET_EIGVAL, IMAGENET_EIGVEC, Lighting
+from multigrain.images.transforms import IMAGENET_EIGVAL, IMAGENET_EIGVEC, Lighting
 
 
 def test_lighting_with_zero_std_is_identity():

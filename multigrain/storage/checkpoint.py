@@ -28,10 +28,10 @@ import urllib.parse
 import torch
 from torch import nn
 
+from ..model import build_model, check_model_name
+from ..whitening import Whitening, remove_whitening
 from .atomic_write import remove_stale_temporary_files, write_atomic
-from .model import build_model, check_model_name
 from .safe_pickle import not_loaded_objects, tensors_only_pickle
-from .whitening import Whitening, remove_whitening
 
 # The file each script writes in its --output-dir.
 FILE_NAMES = {"train": "checkpoint.pth", "finetune_p": "finetune_p.pth", "whiten": "whitened.pth"}
@@ -83,7 +83,7 @@ def make_checkpoint(kind, model_state, args, **entries) -> dict:
 
 
 def save_checkpoint(checkpoint, path):
-    """Writes `checkpoint` to `path` atomically (multigrain.atomic_write): a crash leaves the previous file or
+    """Writes `checkpoint` to `path` atomically (multigrain.storage.atomic_write): a crash leaves the previous file or
     the new one; a full disk or another write error raises a WriteError saying so."""
     write_atomic(path, lambda f: torch.save(checkpoint, f), "checkpoint")
 

@@ -2,7 +2,7 @@
 
 A mid-epoch checkpoint stores each process's `random_states` so that the rest of the epoch draws what
 the uninterrupted run drew; the augmentation of each sample is seeded from its own key (see
-`multigrain.datasets.SeededItems`), so that it depends neither on the DataLoader workers nor on
+`multigrain.images.datasets.SeededItems`), so that it depends neither on the DataLoader workers nor on
 where the epoch was resumed.
 """
 

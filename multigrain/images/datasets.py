@@ -7,8 +7,8 @@ import torch.utils.data
 import torchvision
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from ..training.seeding import seed_all
 from .image_io import BadImageError, load_rgb
-from .seeding import seed_all
 
 
 def is_image_file(name) -> bool:

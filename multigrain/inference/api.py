@@ -1,7 +1,7 @@
 """A trained model on a list of images: descriptors, top-k classes, similarities (the API of multigrain/__init__).
 
 Images are PIL images or image file paths of any sizes; they are resized to largest side `input_size`
-without a crop (eval_transform), and images of identical size run as one batch (multigrain.extraction).
+without a crop (eval_transform), and images of identical size run as one batch (multigrain.inference.extraction).
 """
 
 import os
@@ -10,9 +10,9 @@ import torch
 import torch.utils.data
 from PIL import Image
 
+from ..images.image_io import load_rgb, to_rgb
+from ..images.transforms import RetrievalPresetEval
 from .extraction import extract_descriptors
-from .image_io import load_rgb, to_rgb
-from .transforms import RetrievalPresetEval
 
 
 def eval_transform(input_size: int):

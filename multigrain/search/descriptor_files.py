@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic_write import write_atomic
+from ..storage.atomic_write import write_atomic
 
 MANIFEST = "manifest.json"
 

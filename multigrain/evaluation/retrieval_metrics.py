@@ -1,11 +1,11 @@
 """Retrieval metrics of the official evaluation tools (INRIA Holidays, UKBench, Copydays, revisitop).
 
 A ranking is a 1-D array of database indices sorted best first (one row of the indices returned
-by `multigrain.nn_search.knn`, or of an argsort of distances). Rankings may be truncated: a
+by `multigrain.search.nn_search.knn`, or of an argsort of distances). Rankings may be truncated: a
 positive that is not ranked adds nothing to the AP. Functions taking several rankings accept a
 2-D array with one row per query or a sequence of 1-D arrays. Where a function only needs the
 positions of the positives and junk items, a ranking can also be given as `KnownPositions`, which
-holds just those (from `multigrain.nn_search.ranking_positions`), so that a million-image ranking
+holds just those (from `multigrain.search.nn_search.ranking_positions`), so that a million-image ranking
 is never built.
 """
 

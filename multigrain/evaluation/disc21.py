@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .datasets import ImageList
+from ..images.datasets import ImageList
 
 KINDS = {"queries": "Q", "references": "R", "training": "T"}
 GROUND_TRUTH_HEADER = ["query_id", "reference_id"]

@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .datasets import ImageList, list_image_files
-from .image_io import BadImageError
+from ..images.datasets import ImageList, list_image_files
+from ..images.image_io import BadImageError
+from ..storage.safe_pickle import load_pickle
 from .retrieval_metrics import copydays_map, holidays_ground_truth, holidays_map, revisitop_map, ukbench_score
-from .safe_pickle import load_pickle
 
 REVISITOP_BENCHMARKS = ("roxford5k", "rparis6k")
 UKBENCH_NAME = re.compile(r"^ukbench(\d{5})\.[^.]+$")

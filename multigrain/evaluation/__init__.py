@@ -1,0 +1,1 @@
+"""The evaluation benchmarks: retrieval datasets and metrics (Holidays, UKBench, Copydays, revisitop), DISC21."""

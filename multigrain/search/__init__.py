@@ -1,0 +1,1 @@
+"""Descriptors on disk and nearest-neighbour search over them."""

@@ -1,0 +1,1 @@
+"""The training run's infrastructure: processes, seeding, stopping on a signal."""
