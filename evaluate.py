@@ -22,7 +22,7 @@ import engine
 import flags
 import presets
 import utils
-from multigrain import disc21, distributed, retrieval_datasets
+from multigrain.evaluation import disc21, retrieval_datasets
 from multigrain.evaluation.copy_detection_metrics import copy_detection_metrics
 from multigrain.evaluation.retrieval_metrics import KnownPositions
 from multigrain.images.datasets import ImageFolder
@@ -32,6 +32,7 @@ from multigrain.model import l2n
 from multigrain.search.descriptor_files import features_files, read_features, save_features
 from multigrain.search.nn_search import knn, knn_blocks, ranking_positions, top_pairs
 from multigrain.storage.checkpoint import architecture_name, check_num_classes, load_checkpoint, model_from_checkpoint
+from multigrain.training import distributed
 
 RETRIEVAL_DATASETS = ("holidays", "ukbench", "copydays", *retrieval_datasets.REVISITOP_BENCHMARKS)
 DATASETS = ("imagenet-val", *RETRIEVAL_DATASETS, "disc21")

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import evaluate
-from multigrain import disc21
+from multigrain.evaluation import disc21
 from multigrain.search.nn_search import knn, knn_blocks, top_pairs
 from tools import synthetic_data
 
