@@ -50,8 +50,8 @@ def train_one_epoch(
     train_<name>. Raises FloatingPointError, naming the epoch and iteration, on a non-finite loss.
 
     An epoch resumed in its middle gives the number of its first step and the `metric_logger` holding
-    the steps before. `after_step(steps_done, metric_logger)` runs after every step; when it returns True
-    the epoch stops there and None is returned.
+    the steps before. `after_step(steps_done, metric_logger)` runs after every step (train.py's saves the
+    training state there, and raises to stop the run).
     """
     model.train()
     metric_logger = utils.MetricLogger() if metric_logger is None else metric_logger
@@ -94,8 +94,8 @@ def train_one_epoch(
         metric_logger.update(n=n, **{k: v.detach() for k, v in losses.items()})
         metric_logger.update(n=n, acc1=acc1.item() * 100.0 / n, acc5=acc5.item() * 100.0 / n)
         metric_logger.update(beta=beta.detach(), lr=optimizer.param_groups[0]["lr"])
-        if after_step is not None and after_step(step + 1, metric_logger):
-            return None
+        if after_step is not None:
+            after_step(step + 1, metric_logger)
     metric_logger.synchronize_between_processes()
     return {f"train_{name}": meter.global_avg for name, meter in metric_logger.meters.items()}
 

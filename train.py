@@ -2,7 +2,8 @@
 
     torchrun --nproc_per_node=8 train.py --data-path /datasets/imagenet --model resnet50
 
-The defaults are the paper's recipe for 8 processes (global batch 512); see README.md.
+The defaults are the paper's recipe for 8 processes (global batch 512); see README.md. `--help` lists the flags in
+groups, the recipe's first, in its order: a run continues only under the values of its recipe.
 """
 
 import argparse
@@ -12,7 +13,6 @@ import os
 import time
 from collections import namedtuple
 
-import numpy as np
 import torch
 import torch.utils.data
 from torch import nn
@@ -38,100 +38,39 @@ from multigrain.margin_loss import MarginLoss
 from multigrain.model import build_model, check_model_name
 from multigrain.storage.checkpoint import (
     FILE_NAMES,
-    LOG_NAMES,
     architecture_name,
     check_num_classes,
     check_output_dir,
-    checkpoint_kind,
     describe,
     load_checkpoint,
-    make_checkpoint,
     model_from_checkpoint,
-    model_state_dict,
-    save_checkpoint,
 )
 from multigrain.training import distributed, preemption, seeding
+from multigrain.training.recipe import Recipe
+from multigrain.training.training_state import TrainingState, check_resumable
 from sampler import DecodeOnceBatchSampler, RASampler, SeededBatches
-
-# The flags that change what is trained. A run continues only under the values it was started with, plus
-# the global batch size (-b times the number of processes).
-RECIPE_FLAGS = (
-    "model", "weights", "init_from", "pooling_exponent", "sync_bn",  # the network
-    "classif_weight", "margin", "beta_init", "beta_lr", "sampling_cutoff", "nonzero_loss_cutoff",  # the loss
-    "negative_sampling", "label_smoothing",
-    "ra_sampler", "ra_reps", "epoch_len_factor", "seed",  # the samples
-    "auto_augment", "ra_magnitude", "augmix_severity", "color_jitter", "lighting", "train_crop_size",  # augmentation
-    "interpolation",
-    "opt", "lr", "momentum", "weight_decay", "norm_weight_decay", "clip_grad_norm", "epochs",  # the optimisation
-    "lr_scheduler", "lr_steps", "lr_step_size", "lr_gamma", "lr_min", "lr_warmup_epochs", "lr_warmup_method",
-    "lr_warmup_decay",
-)  # fmt: skip
-GLOBAL_BATCH = "global_batch_size"
 
 # The checkpoint a run starts from: a training state to continue (resumed, with the recipe changes that
 # --allow-change allowed) or a model to take the weights of.
-StartingPoint = namedtuple("StartingPoint", ["path", "checkpoint", "resumed", "recipe_changes"], defaults=[()])
+StartingPoint = namedtuple("StartingPoint", ["path", "checkpoint", "resumed", "recipe_changes"])
 
 
-def recipe(args, world_size):
-    return {**{flag: getattr(args, flag) for flag in RECIPE_FLAGS}, GLOBAL_BATCH: args.batch_size * world_size}
-
-
-def stored_recipe(checkpoint):
-    """The recipe of a training state; rebuilt from its arguments for states written before `recipe` was."""
-    if "recipe" in checkpoint:
-        return checkpoint["recipe"]
-    stored = checkpoint.get("args") or {}
-    defaults = vars(get_args_parser().parse_args(["--data-path", "."]))
-    values = {flag: stored.get(flag, defaults[flag]) for flag in RECIPE_FLAGS}
-    return {**values, GLOBAL_BATCH: stored.get("batch_size", 0) * stored.get("world_size", 1)}
-
-
-def flag_names():
-    """Each recipe entry as the command line spells it: dest -> "--flag"."""
-    names = {GLOBAL_BATCH: "global batch size (-b × processes)"}
-    for action in get_args_parser()._actions:
-        long_options = [option for option in action.option_strings if option.startswith("--")]
-        if long_options and action.dest in RECIPE_FLAGS:
-            names[action.dest] = long_options[0]
-    return names
-
-
-def allowed_changes(args):
-    """The recipe entries named by --allow-change (flag names without their leading dashes)."""
-    by_name = {name.lstrip("-"): dest for dest, name in flag_names().items() if name.startswith("--")}
-    by_name["batch-size"] = GLOBAL_BATCH
-    unknown = [name for name in args.allow_change if name.lstrip("-") not in by_name]
-    if unknown:
-        raise ValueError(
-            f"--allow-change {' '.join(unknown)}: not a recipe flag; recipe flags: {', '.join(sorted(by_name))}"
-        )
-    return {by_name[name.lstrip("-")] for name in args.allow_change}
-
-
-def check_recipe(checkpoint, path, args):
-    """Refuses to continue a training state under another recipe than its own, except for the changes
-    that --allow-change names. Returns the allowed changes as (entry, stored, given) triples."""
-    stored, given = stored_recipe(checkpoint), recipe(args, utils.launch_world_size())
-    allowed = allowed_changes(args)
-    changes = [(key, stored.get(key), value) for key, value in given.items() if stored.get(key) != value]
-    refused = [change for change in changes if change[0] not in allowed]
-    if refused:
-        names = flag_names()
-        lines = "".join(f"\n  {names[key]}: {old!r} → {new!r}" for key, old, new in refused)
-        to_allow = " ".join(names[key].lstrip("-") if key != GLOBAL_BATCH else "batch-size" for key, _, _ in refused)
-        raise ValueError(
-            f"{describe(checkpoint, path)} was trained with another recipe than this command line's:{lines}\n"
-            f"To continue it, run its own recipe again. To start a new run, give it a new --output-dir (or pass "
-            f"--no-auto-resume to start over in {os.path.dirname(path) or '.'}, replacing its checkpoint). To "
-            f"change the recipe of this run deliberately, pass --allow-change {to_allow}"
-        )
-    return changes
+def recipe():
+    """The flags of the recipe groups of get_args_parser, in their order; -b enters the recipe as the global batch."""
+    parser = get_args_parser()
+    entries = {
+        action.dest: next(option for option in action.option_strings if option.startswith("--"))
+        for group in parser.flag_groups
+        if group.recipe
+        for action in group.actions
+        if action.dest != "batch_size"
+    }
+    return Recipe(entries, vars(parser.parse_args([])))
 
 
 def checkpoint_to_resume(args):
     """--resume, else the checkpoint of --output-dir when there is one (unless --no-auto-resume)."""
-    if args.resume or args.test_only:
+    if args.resume:
         return args.resume
     path = os.path.join(args.output_dir, FILE_NAMES["train"]) if args.output_dir else ""
     return path if args.auto_resume and os.path.isfile(path) else ""
@@ -194,43 +133,24 @@ def check_args(args):
     if not args.test_only and train_classes != classes:
         raise ValueError(f"train/ and val/ of --data-path {args.data_path} have different class folders")
     if args.test_only:
-        if not args.resume:
-            return None
-        checkpoint = load_checkpoint(args.resume)
-        architecture_name(checkpoint, args.resume, args.model)
-        check_num_classes(checkpoint, args.resume, classes, f"--data-path {args.data_path}")
-        return StartingPoint(args.resume, checkpoint, resumed=False)
-
-    if args.output_dir:
-        check_output_dir(args.output_dir, "train")
-        utils.check_writable_folder(args.output_dir, "--output-dir")
-    resume = checkpoint_to_resume(args)
-    if resume:
-        checkpoint = load_checkpoint(resume)
-        if checkpoint_kind(checkpoint) != "train":
-            raise ValueError(
-                f"{describe(checkpoint, resume)} is not a training state and cannot be resumed: "
-                f"to start a training run from its weights, pass --init-from {resume}"
-            )
-        architecture_name(checkpoint, resume, args.model)
-        if args.start_epoch:
-            raise ValueError(f"--start-epoch {args.start_epoch}: a resumed run continues after the checkpoint's epoch")
-        check_num_classes(checkpoint, resume, classes, f"--data-path {args.data_path}")
-        changes = check_recipe(checkpoint, resume, args)
-        in_epoch = checkpoint.get("in_epoch") or {}
-        processes = len(in_epoch.get("ranks", ()))
-        if processes and processes != utils.launch_world_size():
-            raise ValueError(
-                f"{describe(checkpoint, resume)} stopped in the middle of an epoch, which continues only with the "
-                f"{processes} processes it was started with; this launch has {utils.launch_world_size()}"
-            )
-        return StartingPoint(resume, checkpoint, resumed=True, recipe_changes=changes)
-    if args.init_from:
-        checkpoint = load_checkpoint(args.init_from)
-        architecture_name(checkpoint, args.init_from, args.model)
-        check_num_classes(checkpoint, args.init_from, classes, f"--data-path {args.data_path}")
-        return StartingPoint(args.init_from, checkpoint, resumed=False)
-    return None
+        path, resumed = args.resume, False
+    else:
+        if args.output_dir:
+            check_output_dir(args.output_dir, "train")
+            utils.check_writable_folder(args.output_dir, "--output-dir")
+        resume = checkpoint_to_resume(args)
+        path, resumed = resume or args.init_from, bool(resume)
+    if not path:
+        return None
+    checkpoint = load_checkpoint(path)
+    if resumed:
+        check_resumable(checkpoint, path, utils.launch_world_size())
+    architecture_name(checkpoint, path, args.model)
+    if resumed and args.start_epoch:
+        raise ValueError(f"--start-epoch {args.start_epoch}: a resumed run continues after the checkpoint's epoch")
+    check_num_classes(checkpoint, path, classes, f"--data-path {args.data_path}")
+    changes = recipe().check(checkpoint, path, args, utils.launch_world_size()) if resumed else ()
+    return StartingPoint(path, checkpoint, resumed, changes)
 
 
 def skipping_bad_images(dataset, args):
@@ -319,8 +239,7 @@ def main(args, stop_signals=preemption.STOP_SIGNALS):
 
 
 def train(args, start, stop_signals):
-    """The run of main(args) from its StartingPoint; stops with TrainingStopped after a signal that
-    stop_signals recorded."""
+    """The run of main(args) from its StartingPoint; stops with TrainingStopped after a signal of stop_signals."""
     utils.init_distributed_mode(args)
     distributed.print_main(args)
     if args.output_dir:
@@ -349,10 +268,11 @@ def train(args, start, stop_signals):
             )
         return evaluate(model.to(device), val_loader)
 
-    utils.seed_everything(args.seed)
-    if start and not start.resumed:
-        distributed.print_main(f"Starting from the weights of {describe(start.checkpoint, start.path)}")
-        model = model_from_checkpoint(start.checkpoint, start.path, model_name=args.model, unwhitened=True)
+    seeding.seed_everything(args.seed)
+    init_from = start if start and not start.resumed else None
+    if init_from:
+        distributed.print_main(f"Starting from the weights of {describe(init_from.checkpoint, init_from.path)}")
+        model = model_from_checkpoint(init_from.checkpoint, init_from.path, model_name=args.model, unwhitened=True)
         if float(model.pool.p) != args.pooling_exponent:
             distributed.print_main(f"GeM exponent {float(model.pool.p):.4g} replaced by --pooling-exponent")
         model.pool.set_p(args.pooling_exponent)
@@ -374,6 +294,8 @@ def train(args, start, stop_signals):
         MarginLoss(beta_init=args.beta_init, margin=args.margin),
         label_smoothing=args.label_smoothing,
     ).to(device)
+    if init_from and "criterion" in init_from.checkpoint:
+        criterion.load_state_dict(init_from.checkpoint["criterion"])  # the β of the run started from
 
     model_without_ddp = model
     if args.distributed:
@@ -394,32 +316,15 @@ def train(args, start, stop_signals):
     lr_scheduler = build_lr_scheduler(args, optimizer)
     scaler = torch.amp.GradScaler(device.type) if args.amp and args.amp_dtype == "float16" else None
 
+    state = TrainingState(
+        args.output_dir, vars(args), recipe().of(args, distributed.get_world_size()), model=model_without_ddp,
+        criterion=criterion, optimizer=optimizer, lr_scheduler=lr_scheduler, scaler=scaler, requeue=args.requeue,
+        generator=sampling_generator, seed=args.seed, epochs=args.epochs, stop_signals=stop_signals,
+        schedule=preemption.CheckpointSchedule(args.checkpoint_every_minutes, args.checkpoint_every_iters),
+    )  # fmt: skip
     start_epoch = args.start_epoch
-    in_epoch = None  # the progress within start_epoch that a mid-epoch checkpoint holds
-    history = []  # one record per finished epoch: the checkpoint carries it, the log mirrors it
-    recipe_changes = []
-    log_path = os.path.join(args.output_dir, LOG_NAMES["train"]) if args.output_dir else None
     if start and start.resumed:
-        checkpoint = start.checkpoint
-        distributed.print_main(f"Resuming from {describe(checkpoint, start.path)}")
-        model_without_ddp.load_state_dict(model_state_dict(checkpoint, start.path))
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
-        if scaler is not None and checkpoint.get("scaler"):
-            scaler.load_state_dict(checkpoint["scaler"])
-        start_epoch = checkpoint["epoch"] + 1
-        in_epoch = checkpoint.get("in_epoch")
-        history = checkpoint.get("log", [])
-        recipe_changes = checkpoint.get("recipe_changes", [])
-        for key, old, new in start.recipe_changes:
-            distributed.print_main(f"Recipe change allowed by --allow-change: {key} {old!r} -> {new!r}")
-            recipe_changes.append({"epoch": start_epoch, "entry": key, "stored": old, "given": new})
-        if log_path and distributed.is_main_process():
-            # Drops the lines of epochs after the checkpoint, restores any written after it was saved.
-            utils.write_json_lines(log_path, history)
-    if start and "criterion" in start.checkpoint:
-        criterion.load_state_dict(start.checkpoint["criterion"])  # β of the run continued or started from
-    del start
+        start_epoch = state.restore(start.checkpoint, start.path, start.recipe_changes)
 
     drop_last = len(train_sampler) >= args.batch_size  # equal batch shapes on every rank for the all-gather
     distributed.print_main(
@@ -427,84 +332,22 @@ def train(args, start, stop_signals):
         f"({len(train_sampler) // args.batch_size if drop_last else 1} iterations of {args.batch_size} per process)"
     )
     distributed.print_main(criterion)
-    rank, world_size = distributed.get_rank(), distributed.get_world_size()
     if args.ra_decode_once:
         batch_sampler, collate = DecodeOnceBatchSampler(train_sampler, args.batch_size, drop_last), collate_views
     else:
         batch_sampler = torch.utils.data.BatchSampler(train_sampler, args.batch_size, drop_last)
         collate = collate_fn
-    steps = len(batch_sampler)
-    checkpoint_path = os.path.join(args.output_dir, FILE_NAMES["train"]) if args.output_dir else None
-    schedule = preemption.CheckpointSchedule(args.checkpoint_every_minutes, args.checkpoint_every_iters)
-
-    def save_state(epochs_done, progress=None):
-        """Rank 0 writes the training state after `epochs_done` + 1 epochs, with the progress within the next."""
-        if checkpoint_path and distributed.is_main_process():
-            checkpoint = make_checkpoint(
-                "train",
-                model_without_ddp.state_dict(),
-                vars(args),
-                criterion=criterion.state_dict(),
-                optimizer=optimizer.state_dict(),
-                lr_scheduler=lr_scheduler.state_dict(),
-                scaler=scaler.state_dict() if scaler is not None else None,
-                epoch=epochs_done,
-                in_epoch=progress,
-                recipe=recipe(args, world_size),
-                recipe_changes=recipe_changes,
-                log=history,
-            )
-            save_checkpoint(checkpoint, checkpoint_path)
-        schedule.saved()
-
-    def stopped(signum, where):
-        """The exception that ends a run stopped by `signum` after its state was saved."""
-        if args.distributed:
-            torch.distributed.barrier()  # no process exits (which srun --kill-on-bad-exit answers) before the save
-        saved = f"{checkpoint_path} holds the state" if checkpoint_path else "nothing was saved (no --output-dir)"
-        message = f"stopped by {preemption.signal_name(signum)} {where}; {saved}."
-        if args.requeue and signum == preemption.REQUEUE_SIGNAL:
-            if distributed.is_main_process():
-                message += " " + preemption.requeue_slurm_job()
-        else:
-            message += " Run the same command again to continue."
-        return preemption.TrainingStopped(message, signum)
-
-    def after_step(steps_done, metric_logger):
-        """Saves mid-epoch when due or asked to by a signal (then stops): every process agrees on both."""
-        if steps_done == steps:
-            return False  # the end of the epoch has its own checkpoint
-        signum, save = preemption.agree(stop_signals.signum, schedule.due(steps_done))
-        if save or signum:
-            own = {"random": seeding.random_states(sampling_generator), "meters": metric_logger.state_dict()}
-            progress = {"epoch": epoch, "step": steps_done, "steps": steps, "time_s": time.time() - epoch_start}
-            save_state(epoch - 1, {**progress, "ranks": distributed.all_gather_object(own)})
-        if signum:
-            raise stopped(signum, f"in epoch {epoch} after iteration {steps_done} of {steps}")
-        return False
 
     start_time = time.time()
     val_metrics = {}
     for epoch in range(start_epoch, args.epochs):
-        epoch_start = time.time()
-        # Seeding per (seed, epoch, rank) makes a resumed run repeat what the uninterrupted one did.
-        utils.seed_everything(args.seed, epoch, rank)
-        sampling_generator.manual_seed(int(np.random.SeedSequence([args.seed, epoch]).generate_state(1)[0]))
         train_sampler.set_epoch(epoch)
-        resumed, in_epoch = in_epoch, None
-        if resumed:
-            epoch_start -= resumed["time_s"]
-        if resumed and "train_metrics" in resumed:
-            train_metrics = resumed["train_metrics"]  # trained, then stopped before its validation
-        else:
-            first_step = resumed["step"] if resumed else 0
-            metric_logger = utils.MetricLogger()
-            if resumed:
-                seeding.set_random_states(resumed["ranks"][rank]["random"], sampling_generator)
-                metric_logger.load_state_dict(resumed["ranks"][rank]["meters"])
+        metric_logger = utils.MetricLogger()
+        first_step, train_metrics = state.begin_epoch(epoch, len(batch_sampler), metric_logger)
+        if train_metrics is None:  # else the epoch was trained before a stop, and only its validation is left
             train_loader = torch.utils.data.DataLoader(
                 dataset,
-                batch_sampler=SeededBatches(batch_sampler, (args.seed, epoch, rank), first_step),
+                batch_sampler=SeededBatches(batch_sampler, (args.seed, epoch, distributed.get_rank()), first_step),
                 collate_fn=collate,
                 num_workers=args.workers,
                 pin_memory=device.type == "cuda",
@@ -513,46 +356,21 @@ def train(args, start, stop_signals):
             )
             try:
                 train_metrics = engine.train_one_epoch(
-                    model,
-                    criterion,
-                    optimizer,
-                    train_loader,
-                    device,
-                    epoch,
-                    scaler=scaler,
-                    amp_dtype=amp_dtype,
-                    clip_grad_norm=args.clip_grad_norm,
-                    print_freq=args.print_freq,
-                    first_step=first_step,
-                    metric_logger=metric_logger,
-                    after_step=after_step,
-                )
+                    model, criterion, optimizer, train_loader, device, epoch, scaler=scaler, amp_dtype=amp_dtype,
+                    clip_grad_norm=args.clip_grad_norm, print_freq=args.print_freq, first_step=first_step,
+                    metric_logger=metric_logger, after_step=state.after_step,
+                )  # fmt: skip
             except FloatingPointError as e:
-                saved = checkpoint_path and os.path.isfile(checkpoint_path)
-                kept = f"the last good checkpoint is {checkpoint_path}" if saved else "no checkpoint was saved"
-                raise FloatingPointError(f"{e}; {kept}") from None
+                raise FloatingPointError(f"{e}; {state.last_checkpoint()}") from None
             lr_scheduler.step()
             if args.distributed:
                 # Each rank's last forward updated its own BatchNorm statistics: evaluate rank 0's (the saved) model.
                 for buffer in model_without_ddp.buffers():
                     torch.distributed.broadcast(buffer, src=0)
-            # Saved before the validation, so that a failing validation does not lose the epoch's training.
-            progress = {"epoch": epoch, "step": steps, "steps": steps, "time_s": time.time() - epoch_start}
-            save_state(epoch - 1, {**progress, "train_metrics": train_metrics})
-            signum, _ = preemption.agree(stop_signals.signum, False)
-            if signum:
-                raise stopped(signum, f"after the training of epoch {epoch}, before its validation")
+            state.end_of_training(train_metrics)
         val_metrics = evaluate(model_without_ddp, val_loader)
         record = {"epoch": epoch, **train_metrics, **{f"val_{k}": v for k, v in val_metrics.items()}}
-        record["beta"] = criterion.margin_loss.beta.item()
-        record["epoch_time_s"] = time.time() - epoch_start
-        history.append(record)
-        save_state(epoch)
-        if log_path and distributed.is_main_process():
-            utils.append_json_line(log_path, record)
-        signum, _ = preemption.agree(stop_signals.signum, False)
-        if signum and epoch + 1 < args.epochs:
-            raise stopped(signum, f"after epoch {epoch}")
+        state.end_of_epoch({**record, "beta": criterion.margin_loss.beta.item()})
     total_time = datetime.timedelta(seconds=int(time.time() - start_time))
     distributed.print_main(f"Training time {total_time}")
     if val_metrics:
@@ -563,249 +381,192 @@ def train(args, start, stop_signals):
     return val_metrics
 
 
+class FlagGroup:
+    """An argument group that lists its flags (argparse keeps its own lists private) and adds itself to
+    `parser.flag_groups`; the flags of a `recipe` group change what is trained."""
+
+    def __init__(self, parser, title, description=None, *, recipe=False):
+        self.argument_group = parser.add_argument_group(title, description)
+        self.title, self.recipe, self.actions = title, recipe, []
+        parser.flag_groups.append(self)
+
+    def add_argument(self, *names, **options):
+        action = self.argument_group.add_argument(*names, **options)
+        self.actions.append(action)
+        return action
+
+
 def get_args_parser(add_help=True):
     parser = argparse.ArgumentParser(
-        description="MultiGrain training (classification + instance margin loss)",
+        description="MultiGrain training (classification + instance margin loss). The flags of the recipe groups are "
+        "what is trained: a run continues only under the values it was started with (see --allow-change).",
         add_help=add_help,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument(
-        "--data-path", default="/datasets01/imagenet_full_size/061417/", help="folder with train/ and val/ ImageFolders"
+    parser.flag_groups = []  # each FlagGroup adds itself
+    group = FlagGroup(parser, "recipe: the network", "a CNN trunk, GeM pooling (p = 1: average, inf: max)", recipe=True)
+    group.add_argument(
+        "--model", default="resnet50", help="torchvision CNN name, timm:NAME, senet154, pnasnet5large or nasnetamobile"
     )
-    parser.add_argument(
-        "--model",
-        default="resnet50",
-        help="torchvision model name (ResNet, ResNeXt, Wide-ResNet, RegNet, EfficientNet), timm:NAME for a timm CNN "
-        "with a global pooling + Linear head, or senet154 / pnasnet5large / nasnetamobile (appendix E)",
+    group.add_argument(
+        "--weights", default=None, help="trunk weights: a torchvision weights name; for timm, a file or a cached tag"
     )
-    parser.add_argument(
-        "--weights",
-        default=None,
-        help="weights of the trunk: torchvision weights name (e.g. ResNet50_Weights.IMAGENET1K_V1), or for timm "
-        "models a weights file (safetensors or state_dict) or a timm pretrained tag found in its cache",
+    group.add_argument(
+        "--init-from", default="", help="start a new run (epoch 0) from the weights and β of any model checkpoint"
     )
-    parser.add_argument("--device", default="cuda", help="cuda or cpu")
-    parser.add_argument(
-        "-b",
-        "--batch-size",
-        default=64,
-        type=flags.int_in(1),
-        help="images per process; the global batch is this times the number of processes",
+    group.add_argument(
+        "--pooling-exponent", default=3.0, type=flags.float_in(0, low_open=True, allow_inf=True), help="GeM exponent p"
     )
-    parser.add_argument("--epochs", default=120, type=flags.int_in(1), help="number of epochs")
-    parser.add_argument("-j", "--workers", default=8, type=flags.int_in(0), help="data loading workers per process")
-    parser.add_argument("--opt", default="sgd", choices=["sgd", "sgd_nesterov", "rmsprop", "adamw"], help="optimizer")
-    parser.add_argument(
-        "--lr",
-        default=0.2,
-        type=flags.float_in(0, low_open=True),
-        help="learning rate (the paper: 0.2 for a global batch of 512)",
+    group.add_argument("--sync-bn", action="store_true", help="synchronised BatchNorm across processes")
+
+    group = FlagGroup(parser, "recipe: the loss", "λ·CE + (1 − λ)·margin loss (boundary β, margin α)", recipe=True)
+    group.add_argument(
+        "--classif-weight", "--classify-weight", default=0.5, type=flags.float_in(0, 1), dest="classif_weight", help="λ"
     )
-    parser.add_argument("--momentum", default=0.9, type=flags.float_in(0, 1, high_open=True), help="momentum")
-    parser.add_argument(
-        "--wd", "--weight-decay", default=1e-4, type=flags.float_in(0), dest="weight_decay", help="weight decay"
+    group.add_argument("--margin", default=0.2, type=flags.float_in(0), help="margin α of the margin loss")
+    group.add_argument("--beta-init", default=1.2, type=flags.float_in(0, low_open=True), help="initial β")
+    group.add_argument("--beta-lr", default=1.0, type=flags.float_in(0), help="β's learning rate as a multiple of --lr")
+    group.add_argument(
+        "--sampling-cutoff", default=0.5, type=flags.float_in(0, 2, low_open=True), help="sampling distance floor"
     )
-    parser.add_argument(
-        "--norm-weight-decay",
-        default=None,
-        type=flags.float_in(0),
-        help="weight decay of normalization layers (default: --wd)",
+    group.add_argument(
+        "--nonzero-loss-cutoff", default=1.4, type=flags.float_in(0, 2, low_open=True), help="max distance of negatives"
     )
-    parser.add_argument(
-        "--label-smoothing",
-        default=0.0,
-        type=flags.float_in(0, 1, high_open=True),
-        help="label smoothing of the cross-entropy",
-    )
-    parser.add_argument(
-        "--lr-scheduler",
-        default="steplr",
-        choices=["steplr", "multisteplr", "cosineannealinglr"],
-        help="learning rate schedule, stepped every epoch",
-    )
-    parser.add_argument(
-        "--lr-steps", default=[30, 60, 90], nargs="+", type=flags.int_in(1), help="epochs of the multisteplr decays"
-    )
-    parser.add_argument(
-        "--lr-step-size", default=30, type=flags.int_in(1), help="period of the steplr decays, in epochs"
-    )
-    parser.add_argument(
-        "--lr-gamma", default=0.1, type=flags.float_in(0, low_open=True), help="decay factor of steplr / multisteplr"
-    )
-    parser.add_argument(
-        "--lr-min", default=0.0, type=flags.float_in(0), help="final learning rate of cosineannealinglr"
-    )
-    parser.add_argument("--lr-warmup-epochs", default=0, type=flags.int_in(0), help="warm-up epochs (the paper: none)")
-    parser.add_argument("--lr-warmup-method", default="linear", choices=["linear", "constant"], help="warm-up shape")
-    parser.add_argument(
-        "--lr-warmup-decay",
-        default=0.01,
-        type=flags.float_in(0, 1, low_open=True),
-        help="learning rate factor at the start of the warm-up",
-    )
-    parser.add_argument("--print-freq", default=10, type=flags.int_in(1), help="print every this many iterations")
-    parser.add_argument("--output-dir", default=".", help="where checkpoint.pth and log.jsonl are written")
-    parser.add_argument(
-        "--resume",
-        default="",
-        help="training state (checkpoint.pth of train.py) to continue; with --test-only: any model",
-    )
-    parser.add_argument(
-        "--init-from",
-        default="",
-        help="start a new run (epoch 0, new optimizer) from the weights and beta of any model checkpoint: train.py, "
-        "finetune_p.py, whiten.py (its whitening removed) or published",
-    )
-    parser.add_argument(
-        "--allow-change",
-        nargs="+",
-        default=[],
-        metavar="FLAG",
-        help="continue a run although these recipe flags (names without --, e.g. epochs) differ from the stored ones",
-    )
-    parser.add_argument(
-        "--auto-resume",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="resume from <output-dir>/checkpoint.pth when it exists",
-    )
-    parser.add_argument(
-        "--checkpoint-every-minutes",
-        default=30.0,
-        type=flags.float_in(0, low_open=True),
-        help="also write checkpoint.pth within an epoch when this many minutes passed since the last one "
-        "(it is always written at the end of an epoch)",
-    )
-    parser.add_argument(
-        "--checkpoint-every-iters",
-        default=None,
-        type=flags.int_in(1),
-        help="also write checkpoint.pth within an epoch every this many iterations",
-    )
-    parser.add_argument(
-        "--requeue",
-        action="store_true",
-        help="under SLURM, requeue the job (scontrol requeue) after the checkpoint written on SIGUSR1",
-    )
-    parser.add_argument(
-        "--skip-bad-images", action="store_true", help="log and skip images that cannot be decoded instead of stopping"
-    )
-    parser.add_argument(
-        "--start-epoch", default=0, type=flags.int_in(0), help="first epoch of a run that resumes no checkpoint"
-    )
-    parser.add_argument("--sync-bn", action="store_true", help="synchronised BatchNorm across processes")
-    parser.add_argument("--test-only", action="store_true", help="only evaluate (the model of --resume if given)")
-    parser.add_argument(
-        "--auto-augment",
-        default=None,
-        choices=presets.AUTO_AUGMENT_POLICIES,
-        help="augmentation policy replacing colour jitter and lighting (the paper's variant: autoaugment)",
-    )
-    parser.add_argument("--ra-magnitude", default=9, type=flags.int_in(0, 30), help="magnitude of --auto-augment ra")
-    parser.add_argument(
-        "--augmix-severity", default=3, type=flags.int_in(1, 10), help="severity of --auto-augment augmix"
-    )
-    parser.add_argument(
-        "--color-jitter",
-        default=0.3,
-        type=flags.float_in(0),
-        help="brightness, contrast and saturation jitter of the full augmentation",
-    )
-    parser.add_argument(
-        "--lighting", default=0.1, type=flags.float_in(0), help="std of the PCA lighting noise of the full augmentation"
-    )
-    parser.add_argument("--amp", action="store_true", help="automatic mixed precision")
-    parser.add_argument(
-        "--amp-dtype",
-        default="float16",
-        choices=["float16", "bfloat16"],
-        help="autocast dtype of --amp (float16 uses a gradient scaler)",
-    )
-    parser.add_argument(
-        "--clip-grad-norm",
-        default=None,
-        type=flags.float_in(0, low_open=True),
-        help="maximum gradient norm of the model's parameters",
-    )
-    parser.add_argument(
-        "--ra-sampler",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="repeated augmentation: every image --ra-reps times per batch",
-    )
-    parser.add_argument("--ra-reps", default=3, type=flags.int_in(1), help="copies of each image under --ra-sampler")
-    parser.add_argument(
-        "--ra-decode-once",
-        action="store_true",
-        help="decode each image once and augment its --ra-reps copies from it "
-        "(the copies of an image then sit on one process)",
-    )
-    parser.add_argument(
-        "--channels-last",
-        action="store_true",
-        help="channels-last memory format (faster convolutions with --amp on tensor-core GPUs)",
-    )
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model for training")
-    parser.add_argument(
-        "--epoch-len-factor",
-        default=2.0,
-        type=flags.float_in(0, low_open=True),
-        help="samples per epoch / training images, copies included: an epoch has ceil(factor * N / processes) "
-        "samples per process, i.e. about factor * N / reps distinct images (the paper: 2.0, 5005 iterations "
-        "of 512 on ImageNet)",
-    )
-    parser.add_argument(
-        "--val-resize-size", default=256, type=flags.int_in(1), help="validation resize of the shorter side"
-    )
-    parser.add_argument("--val-crop-size", default=224, type=flags.int_in(1), help="validation center crop")
-    parser.add_argument(
-        "--train-crop-size", default=224, type=flags.int_in(1), help="training random-resized-crop size"
-    )
-    parser.add_argument(
-        "--interpolation", default="bilinear", choices=["nearest", "bilinear", "bicubic"], help="resize interpolation"
-    )
-    parser.add_argument("--seed", default=0, type=flags.seed, help="random seed")
-    parser.add_argument(
-        "--classif-weight",
-        "--classify-weight",
-        default=0.5,
-        type=flags.float_in(0, 1),
-        dest="classif_weight",
-        help="λ: loss = λ·CE + (1−λ)·margin loss; 1 is plain classification",
-    )
-    parser.add_argument(
-        "--pooling-exponent",
-        default=3.0,
-        type=flags.float_in(0, low_open=True, allow_inf=True),
-        help="GeM exponent p (1: average pooling, inf: max pooling)",
-    )
-    parser.add_argument(
-        "--beta-init", default=1.2, type=flags.float_in(0, low_open=True), help="initial margin-loss boundary beta"
-    )
-    parser.add_argument(
-        "--beta-lr", default=1.0, type=flags.float_in(0), help="beta's learning rate as a multiple of --lr"
-    )
-    parser.add_argument("--margin", default=0.2, type=flags.float_in(0), help="margin alpha of the margin loss")
-    parser.add_argument(
-        "--sampling-cutoff",
-        default=0.5,
-        type=flags.float_in(0, 2, low_open=True),
-        help="distances are clamped below at this value for the sampling weights",
-    )
-    parser.add_argument(
-        "--nonzero-loss-cutoff",
-        default=1.4,
-        type=flags.float_in(0, 2, low_open=True),
-        help="negatives are drawn among the ones closer than this",
-    )
-    parser.add_argument(
+    group.add_argument(
         "--negative-sampling",
         default="reference",
         choices=NEGATIVE_SAMPLING_MODES,
-        help="reference: the published code's computation (global max, float32 underflow, uniform fallback); "
-        "exact: the paper's distribution",
+        help="reference: the published code's computation; exact: the paper's distribution",
     )
-    parser.add_argument("--dist-url", default="env://", help="url of the process group set-up")
+    group.add_argument(
+        "--label-smoothing", default=0.0, type=flags.float_in(0, 1, high_open=True), help="label smoothing of the CE"
+    )
+
+    group = FlagGroup(parser, "recipe: the samples", "-b enters the recipe as the global batch", recipe=True)
+    group.add_argument(
+        "-b", "--batch-size", default=64, type=flags.int_in(1), help="images per process (global batch: × processes)"
+    )
+    group.add_argument(
+        "--ra-sampler", action=argparse.BooleanOptionalAction, default=True, help="each image --ra-reps times per batch"
+    )
+    group.add_argument("--ra-reps", default=3, type=flags.int_in(1), help="copies of each image under --ra-sampler")
+    group.add_argument(
+        "--epoch-len-factor",
+        default=2.0,
+        type=flags.float_in(0, low_open=True),
+        help="samples per epoch / training images, copies included (the paper: 2.0, 5005 iterations of 512)",
+    )
+    group.add_argument("--seed", default=0, type=flags.seed, help="random seed")
+
+    group = FlagGroup(parser, "recipe: the augmentation", "paper variant: --auto-augment autoaugment", recipe=True)
+    group.add_argument(
+        "--auto-augment", default=None, choices=presets.AUTO_AUGMENT_POLICIES, help="replaces colour jitter, lighting"
+    )
+    group.add_argument("--ra-magnitude", default=9, type=flags.int_in(0, 30), help="magnitude of --auto-augment ra")
+    group.add_argument(
+        "--augmix-severity", default=3, type=flags.int_in(1, 10), help="severity of --auto-augment augmix"
+    )
+    group.add_argument(
+        "--color-jitter", default=0.3, type=flags.float_in(0), help="brightness, contrast and saturation jitter"
+    )
+    group.add_argument("--lighting", default=0.1, type=flags.float_in(0), help="std of the PCA lighting noise")
+    group.add_argument("--train-crop-size", default=224, type=flags.int_in(1), help="training random-resized-crop size")
+    group.add_argument(
+        "--interpolation", default="bilinear", choices=["nearest", "bilinear", "bicubic"], help="resize interpolation"
+    )
+
+    group = FlagGroup(parser, "recipe: the optimisation", recipe=True)
+    group.add_argument("--opt", default="sgd", choices=["sgd", "sgd_nesterov", "rmsprop", "adamw"], help="optimizer")
+    group.add_argument(
+        "--lr", default=0.2, type=flags.float_in(0, low_open=True), help="learning rate (0.2 for a global batch of 512)"
+    )
+    group.add_argument("--momentum", default=0.9, type=flags.float_in(0, 1, high_open=True), help="momentum")
+    group.add_argument(
+        "--wd", "--weight-decay", default=1e-4, type=flags.float_in(0), dest="weight_decay", help="weight decay"
+    )
+    group.add_argument(
+        "--norm-weight-decay", default=None, type=flags.float_in(0), help="weight decay of norm layers (None: --wd)"
+    )
+    group.add_argument(
+        "--clip-grad-norm", default=None, type=flags.float_in(0, low_open=True), help="maximum gradient norm"
+    )
+    group.add_argument("--epochs", default=120, type=flags.int_in(1), help="number of epochs")
+    group.add_argument(
+        "--lr-scheduler",
+        default="steplr",
+        choices=["steplr", "multisteplr", "cosineannealinglr"],
+        help="stepped per epoch; steplr drops at 30/60/90, the published code at 31/61/91 (see --lr-steps)",
+    )
+    group.add_argument(
+        "--lr-steps", default=[30, 60, 90], nargs="+", type=flags.int_in(1), help="drops (published code: 31 61 91)"
+    )
+    group.add_argument("--lr-step-size", default=30, type=flags.int_in(1), help="period of the steplr drops")
+    group.add_argument(
+        "--lr-gamma", default=0.1, type=flags.float_in(0, low_open=True), help="factor of each steplr/multisteplr drop"
+    )
+    group.add_argument("--lr-min", default=0.0, type=flags.float_in(0), help="final learning rate of cosineannealinglr")
+    group.add_argument("--lr-warmup-epochs", default=0, type=flags.int_in(0), help="warm-up epochs (the paper: 0)")
+    group.add_argument("--lr-warmup-method", default="linear", choices=["linear", "constant"], help="warm-up shape")
+    group.add_argument(
+        "--lr-warmup-decay", default=0.01, type=flags.float_in(0, 1, low_open=True), help="lr factor at warm-up start"
+    )
+
+    group = FlagGroup(parser, "validation")
+    group.add_argument(
+        "--val-resize-size", default=256, type=flags.int_in(1), help="validation resize of the shorter side"
+    )
+    group.add_argument("--val-crop-size", default=224, type=flags.int_in(1), help="validation center crop")
+    group.add_argument("--test-only", action="store_true", help="only evaluate (the model of --resume if given)")
+
+    group = FlagGroup(parser, "running and checkpointing")
+    group.add_argument(
+        "--data-path", default="/datasets01/imagenet_full_size/061417/", help="folder with train/ and val/ ImageFolders"
+    )
+    group.add_argument("--output-dir", default=".", help="where checkpoint.pth and log.jsonl are written")
+    group.add_argument(
+        "--resume", default="", help="training state (checkpoint.pth) to continue; with --test-only: any model"
+    )
+    group.add_argument(
+        "--auto-resume", action=argparse.BooleanOptionalAction, default=True, help="resume <output-dir>/checkpoint.pth"
+    )
+    group.add_argument(
+        "--allow-change", nargs="+", default=[], metavar="FLAG", help="recipe flags (without --) to change, e.g. epochs"
+    )
+    group.add_argument(
+        "--checkpoint-every-minutes",
+        default=30.0,
+        type=flags.float_in(0, low_open=True),
+        help="also write checkpoint.pth within an epoch this many minutes after the last one (always at its end)",
+    )
+    group.add_argument(
+        "--checkpoint-every-iters", default=None, type=flags.int_in(1), help="also every this many iterations"
+    )
+    group.add_argument(
+        "--requeue", action="store_true", help="under SLURM, requeue the job after the checkpoint written on SIGUSR1"
+    )
+    group.add_argument(
+        "--start-epoch", default=0, type=flags.int_in(0), help="first epoch of a run that resumes no checkpoint"
+    )
+    group.add_argument(
+        "--skip-bad-images", action="store_true", help="log and skip images that cannot be decoded instead of stopping"
+    )
+    group.add_argument("--print-freq", default=10, type=flags.int_in(1), help="print every this many iterations")
+    group.add_argument("--device", default="cuda", help="cuda or cpu")
+    group.add_argument("--dist-url", default="env://", help="url of the process group set-up")
+
+    group = FlagGroup(parser, "speed")
+    group.add_argument("--amp", action="store_true", help="automatic mixed precision")
+    group.add_argument(
+        "--amp-dtype", default="float16", choices=["float16", "bfloat16"], help="autocast dtype (float16: grad scaler)"
+    )
+    group.add_argument(
+        "--channels-last", action="store_true", help="channels-last memory format (faster with --amp on tensor cores)"
+    )
+    group.add_argument("--compile", action="store_true", help="torch.compile the model for training")
+    group.add_argument(
+        "--ra-decode-once", action="store_true", help="decode each image once for its --ra-reps copies (on one process)"
+    )
+    group.add_argument("-j", "--workers", default=8, type=flags.int_in(0), help="data loading workers per process")
     return parser
 
 

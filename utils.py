@@ -1,6 +1,5 @@
 import datetime
 import functools
-import json
 import os
 import subprocess
 import sys
@@ -14,8 +13,9 @@ import torch.distributed as dist
 
 from multigrain.images.datasets import is_image_file
 from multigrain.images.image_io import BadImageError
-from multigrain.storage.atomic_write import WriteError, write_atomic
-from multigrain.training import distributed, preemption, seeding
+from multigrain.storage.atomic_write import WriteError
+from multigrain.storage.json_lines import append_json_line as append_json_line  # the scripts' logs
+from multigrain.training import distributed, preemption
 
 
 class SmoothedValue:
@@ -194,25 +194,6 @@ def _slurm_master_addr():
         return hosts.stdout.split()[0]
     except (OSError, subprocess.CalledProcessError, IndexError):
         return nodes
-
-
-def seed_everything(*keys):
-    """Seeds torch, numpy and random from a tuple of integers (e.g. seed, epoch, rank)."""
-    seed = seeding.derive_seed(*keys)
-    seeding.seed_all(seed)
-    return seed
-
-
-def write_json_lines(path, records):
-    """Replaces `path` atomically with one JSON line per record."""
-    write_atomic(path, lambda f: f.write("".join(json.dumps(record) + "\n" for record in records).encode()), "log")
-
-
-def append_json_line(path, record):
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
 
 
 class UsageError(ValueError):

@@ -4,9 +4,9 @@
     python -m benchmarks.checkpoint_cost --paper --device cuda    # ResNet-50, 64 images of 224x224, AMP
 
 The steps are `engine.train_one_epoch` on in-memory batches; after step --save-after, the `after_step`
-hook writes the training state as train.py does (model, β, optimizer, scheduler, random states,
-meters, through multigrain.storage.checkpoint.save_checkpoint: temporary file, fsync, rename) into
---output-dir. The stall is the interval of the step that saved minus the median step; target: no
+hook writes the training state as train.py does (multigrain.training.training_state.TrainingState:
+model, β, optimizer, scheduler, random states, meters, through save_checkpoint: temporary file,
+fsync, rename) into --output-dir. The stall is the interval of the step that saved minus the median step; target: no
 more than the write itself (stall / write ≤ 1.1, the rest being timing noise).
 """
 
@@ -22,13 +22,13 @@ import torch
 import engine
 import flags
 import train
+import utils
 from benchmarks.timing import add_training_step_flags, apply_settings, benchmark_parser, describe_machine, verdict
 from multigrain.distance_weighted_miner import DistanceWeightedMiner
 from multigrain.joint_loss import MultiGrainLoss
 from multigrain.margin_loss import MarginLoss
 from multigrain.model import build_model
-from multigrain.storage.checkpoint import make_checkpoint, save_checkpoint
-from multigrain.training import seeding
+from multigrain.training.training_state import TrainingState
 
 CPU_SETTINGS = {"model": "resnet50", "input_size": 112, "batch_size": 8, "amp": False}
 PAPER_SETTINGS = {"model": "resnet50", "input_size": 224, "batch_size": 64, "amp": True}
@@ -51,40 +51,35 @@ def main(args):
     targets = torch.randint(args.num_classes, (args.batch_size,), device=device)
     ids = torch.arange(args.batch_size, device=device) // args.reps
     batches = [(images, targets, ids)] * (args.save_after + args.steps_after)
-    output_dir = args.output_dir or tempfile.mkdtemp(prefix="checkpoint_cost-")
-    path = os.path.join(output_dir, "checkpoint.pth")
-
+    lr_scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=30)
+    state = TrainingState(
+        args.output_dir or tempfile.mkdtemp(prefix="checkpoint_cost-"), vars(args), {}, model=model,
+        criterion=criterion, optimizer=optimizer, lr_scheduler=lr_scheduler, scaler=scaler, generator=generator, seed=0,
+        epochs=1,
+    )  # fmt: skip
+    metric_logger = utils.MetricLogger()
+    state.begin_epoch(0, len(batches), metric_logger)
     step_ends, write = [time.perf_counter()], {}
 
     def after_step(steps_done, metric_logger):
         if steps_done == args.save_after:
             start = time.perf_counter()
-            own = {"random": seeding.random_states(generator), "meters": metric_logger.state_dict()}
-            checkpoint = make_checkpoint(
-                "train",
-                model.state_dict(),
-                vars(args),
-                criterion=criterion.state_dict(),
-                optimizer=optimizer.state_dict(),
-                scaler=scaler.state_dict() if scaler is not None else None,
-                in_epoch={"epoch": 0, "step": steps_done, "ranks": [own]},
-            )
-            save_checkpoint(checkpoint, path)
+            state.save_in_epoch(steps_done, metric_logger)
             write["s"] = time.perf_counter() - start
         step_ends.append(time.perf_counter())
-        return False
 
     amp_dtype = getattr(torch, args.amp_dtype) if args.amp else None
     with contextlib.redirect_stdout(io.StringIO()):
         engine.train_one_epoch(
             model, criterion, optimizer, batches, device, 0, scaler=scaler, amp_dtype=amp_dtype,
-            print_freq=10**6, after_step=after_step,
+            print_freq=10**6, metric_logger=metric_logger, after_step=after_step,
         )  # fmt: skip
     intervals = [b - a for a, b in zip(step_ends, step_ends[1:])]
     saving = args.save_after - 1
     before, after = intervals[1:saving], intervals[saving + 1 :]  # the first step warms up
     median_step = statistics.median(before + after)
     stall = intervals[saving] - median_step
+    path = state.path
     size_mb = os.path.getsize(path) / 2**20
     print(f"{args.model}, {args.batch_size} images of {args.input_size}px, {describe_machine(device)}")
     print(f"checkpoint {path}: {size_mb:.0f} MiB")

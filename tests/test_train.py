@@ -243,3 +243,64 @@ def test_train_py_with_decode_once_and_channels_last(tmp_path):
     refused = train.get_args_parser().parse_args([*flags, "--no-ra-sampler", "--classif-weight", "1"])
     with pytest.raises(ValueError, match="--ra-decode-once"):
         train.check_args(refused)
+
+
+# The recipe as it was kept by hand before it was derived from the flag groups: a run continues only under these.
+RECIPE = [
+    "model", "weights", "init_from", "pooling_exponent", "sync_bn",
+    "classif_weight", "margin", "beta_init", "beta_lr", "sampling_cutoff", "nonzero_loss_cutoff",
+    "negative_sampling", "label_smoothing",
+    "ra_sampler", "ra_reps", "epoch_len_factor", "seed",
+    "auto_augment", "ra_magnitude", "augmix_severity", "color_jitter", "lighting", "train_crop_size",
+    "interpolation",
+    "opt", "lr", "momentum", "weight_decay", "norm_weight_decay", "clip_grad_norm", "epochs",
+    "lr_scheduler", "lr_steps", "lr_step_size", "lr_gamma", "lr_min", "lr_warmup_epochs", "lr_warmup_method",
+    "lr_warmup_decay",
+]  # fmt: skip
+
+
+def test_every_flag_is_in_exactly_one_named_group():
+    parser = train.get_args_parser()
+    every_flag = sorted(vars(parser.parse_args([])))
+    grouped = [action.dest for group in parser.flag_groups for action in group.actions]
+    assert sorted(grouped) == every_flag  # none left out, none in two groups
+    titles = [group.title for group in parser.flag_groups]
+    assert len(set(titles)) == len(titles)
+    help_text = parser.format_help()
+    positions = [help_text.index(f"\n{title}:") for title in titles]
+    assert positions == sorted(positions)  # --help shows the groups, the recipe's first
+    assert [group.recipe for group in parser.flag_groups] == [True] * 5 + [False] * 3
+
+
+def test_the_recipe_is_derived_from_the_recipe_groups():
+    assert list(train.recipe().flags) == RECIPE
+    assert (
+        train.recipe().flags["weight_decay"] == "--wd" and train.recipe().flags["classif_weight"] == "--classif-weight"
+    )
+    args = parse(["-b", "32"])
+    assert list(train.recipe().of(args, world_size=4)) == [*RECIPE, "global_batch_size"]
+    assert train.recipe().of(args, world_size=4)["global_batch_size"] == 128
+
+
+@pytest.mark.parametrize(
+    "flags,epochs_per_rate",
+    [
+        ([], [30, 30, 30, 30]),  # the default, torchvision's StepLR(30): drops at epochs 30, 60, 90
+        # The published code's `epoch > drop` for drops 30, 60, 90: epochs 0-30 at 0.2, 31-60, 61-90, 91-119.
+        (["--lr-scheduler", "multisteplr", "--lr-steps", "31", "61", "91"], [31, 30, 30, 29]),
+    ],
+)
+def test_the_learning_rate_of_every_epoch(tiny, flags, epochs_per_rate):
+    args = parse(["--data-path", str(tiny), *flags])
+    train.check_args(args)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=args.lr)
+    lr_scheduler = train.build_lr_scheduler(args, optimizer)
+    rates = []
+    for _ in range(args.epochs):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        lr_scheduler.step()
+    expected = [rate for rate, epochs in zip([0.2, 0.02, 0.002, 0.0002], epochs_per_rate) for _ in range(epochs)]
+    assert len(rates) == len(expected) == 120
+    for epoch, (rate, expected_rate) in enumerate(zip(rates, expected)):
+        assert rate == pytest.approx(expected_rate, rel=1e-9), f"epoch {epoch}"

@@ -1,1 +1,1 @@
-"""Checkpoints and file safety: what a checkpoint holds, restricted unpickling, atomic writes."""
+"""Checkpoints and file safety: what a checkpoint holds, restricted unpickling, atomic writes, logs."""

@@ -1,1 +1,1 @@
-"""The training run's infrastructure: processes, seeding, stopping on a signal."""
+"""The training run's infrastructure: processes, seeding, its state and recipe, stopping on a signal."""

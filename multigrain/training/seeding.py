@@ -27,6 +27,11 @@ def seed_all(seed: int, accelerators: bool = True) -> None:
     random.seed(seed)
 
 
+def seed_everything(*keys) -> None:
+    """Seeds torch, numpy and random from a tuple of integers (e.g. seed, epoch, rank)."""
+    seed_all(derive_seed(*keys))
+
+
 def random_states(generator: torch.Generator) -> dict:
     """The states of torch (CPU and CUDA), numpy, random and `generator`, as tensors and plain containers
     (what torch.load(weights_only=True) reads back)."""

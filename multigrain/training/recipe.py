@@ -1,0 +1,65 @@
+"""The recipe of a training run: the values of the flags that change what is trained, and the global batch size
+(-b times the number of processes). A training state continues only under its own recipe, except for the changes
+that --allow-change names.
+"""
+
+import os
+
+from ..storage.checkpoint import describe
+
+GLOBAL_BATCH = "global_batch_size"
+
+
+class Recipe:
+    """The recipe's `flags` (dest -> "--flag", in the recipe's order) with their `defaults` (dest -> value)."""
+
+    def __init__(self, flags, defaults):
+        self.flags, self.defaults = flags, defaults
+
+    def of(self, args, world_size) -> dict:
+        """The recipe of the command line `args` run by `world_size` processes."""
+        return {**{flag: getattr(args, flag) for flag in self.flags}, GLOBAL_BATCH: args.batch_size * world_size}
+
+    def stored(self, checkpoint) -> dict:
+        """The recipe of a training state; rebuilt from its arguments for states written before `recipe` was."""
+        if "recipe" in checkpoint:
+            return checkpoint["recipe"]
+        stored = checkpoint.get("args") or {}
+        values = {flag: stored.get(flag, self.defaults[flag]) for flag in self.flags}
+        return {**values, GLOBAL_BATCH: stored.get("batch_size", 0) * stored.get("world_size", 1)}
+
+    def names(self) -> dict:
+        """Each recipe entry as the command line spells it: dest -> "--flag"."""
+        return {GLOBAL_BATCH: "global batch size (-b × processes)", **self.flags}
+
+    def allowed_changes(self, allow_change) -> set:
+        """The recipe entries named by --allow-change (flag names without their leading dashes)."""
+        by_name = {name.lstrip("-"): dest for dest, name in self.flags.items()}
+        by_name["batch-size"] = GLOBAL_BATCH
+        unknown = [name for name in allow_change if name.lstrip("-") not in by_name]
+        if unknown:
+            raise ValueError(
+                f"--allow-change {' '.join(unknown)}: not a recipe flag; recipe flags: {', '.join(sorted(by_name))}"
+            )
+        return {by_name[name.lstrip("-")] for name in allow_change}
+
+    def check(self, checkpoint, path, args, world_size) -> list:
+        """Refuses to continue a training state under another recipe than its own, except for the changes that
+        args.allow_change names. Returns the allowed changes as (entry, stored, given) triples."""
+        stored, given = self.stored(checkpoint), self.of(args, world_size)
+        allowed = self.allowed_changes(args.allow_change)
+        changes = [(key, stored.get(key), value) for key, value in given.items() if stored.get(key) != value]
+        refused = [change for change in changes if change[0] not in allowed]
+        if refused:
+            names = self.names()
+            lines = "".join(f"\n  {names[key]}: {old!r} → {new!r}" for key, old, new in refused)
+            to_allow = " ".join(
+                names[key].lstrip("-") if key != GLOBAL_BATCH else "batch-size" for key, _, _ in refused
+            )
+            raise ValueError(
+                f"{describe(checkpoint, path)} was trained with another recipe than this command line's:{lines}\n"
+                f"To continue it, run its own recipe again. To start a new run, give it a new --output-dir (or pass "
+                f"--no-auto-resume to start over in {os.path.dirname(path) or '.'}, replacing its checkpoint). To "
+                f"change the recipe of this run deliberately, pass --allow-change {to_allow}"
+            )
+        return changes
