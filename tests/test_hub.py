@@ -1,5 +1,5 @@
 """hubconf.py through torch.hub with source="local": checkpoints from files and file:// URLs (downloaded once into
-$TORCH_HOME/hub/checkpoints), the README's torch.hub example, and refusals."""
+$TORCH_HOME/hub/checkpoints), the torch.hub example of docs/own_images.md, and refusals."""
 
 import shutil
 
@@ -46,13 +46,13 @@ def test_file_url_is_downloaded_once_and_loaded_as_stored(tiny_whitened_checkpoi
 
 
 def test_readme_example(tiny_whitened_checkpoint, tmp_path, monkeypatch):
-    """The README's torch.hub lines, with this repository for its folder and a file:// URL for its https:// URL."""
+    """The torch.hub lines of docs/own_images.md: this repository for its folder, a file:// URL for its https:// URL."""
     published = build_model("resnet50", num_classes=3, pooling_exponent=4.0).state_dict()
     url_file = tmp_path / "joint_3B_0.5.pth"
     torch.save({"model_state": {"module." + key: value for key, value in published.items()}}, url_file)
     shutil.copy(tiny_whitened_checkpoint, tmp_path / "whitened.pth")
     monkeypatch.chdir(tmp_path)
-    code = readme_code("### torch.hub", "python")
+    code = readme_code("docs/own_images.md", "## torch.hub", "python")
     code = code.replace('"path/to/this/repository"', repr(str(ROOT)))
     code = code.replace('"https://example.com/joint_3B_0.5.pth"', repr(url_file.as_uri()))
     namespace = {}

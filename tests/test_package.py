@@ -22,9 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 NOT_COPIED = shutil.ignore_patterns(".venv", ".git", "data", "output", "build", "*.egg-info", "__pycache__", ".*cache")
 
 
-def readme_code(heading, language):
-    """The first ```language block after `heading` in README.md."""
-    after_heading = (ROOT / "README.md").read_text().split(f"\n{heading}\n", 1)[1]
+def readme_code(document, heading, language):
+    """The first ```language block after `heading` in `document` (README.md or a page of docs/)."""
+    after_heading = (ROOT / document).read_text().split(f"\n{heading}\n", 1)[1]
     return after_heading.split(f"```{language}\n", 1)[1].split("```", 1)[0]
 
 
@@ -68,7 +68,7 @@ def test_pip_install_alone_and_the_readme_example_from_another_folder(tiny_white
     work = tmp_path / "elsewhere"
     images = write_readme_photos(work)
     shutil.copy(tiny_whitened_checkpoint, work / "whitened.pth")
-    (work / "example.py").write_text(readme_code("### From Python", "python"))
+    (work / "example.py").write_text(readme_code("README.md", "### From Python", "python"))
     runner = (
         "import json, multigrain\n"
         "namespace = {}\n"
