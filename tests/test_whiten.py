@@ -9,7 +9,7 @@ from test_whitening import random_images
 
 import train
 import whiten
-from multigrain.storage.checkpoint import load_model
+from multigrain.storage.model_files import load_model
 from tools.synthetic_data import make_imagefolder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
