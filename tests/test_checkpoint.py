@@ -202,7 +202,7 @@ def test_every_script_accepts_a_published_file(tmp_path):
 
     whiten_args = whiten.get_args_parser().parse_args(
         [
-            "--resume",
+            "--checkpoint",
             path,
             "--whiten-path",
             str(data),

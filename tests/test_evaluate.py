@@ -98,7 +98,7 @@ def evaluations(bench, trained_checkpoint, untrained_checkpoint, tmp_path_factor
     for name, checkpoint in (("trained", trained_checkpoint.path), ("untrained", untrained_checkpoint)):
         out = tmp_path_factory.mktemp(f"{name}_evaluation")
         argv = [
-            "--resume", str(checkpoint), "--device", "cpu", "-j", "0", "--input-size", str(INPUT_SIZE),
+            "--checkpoint", str(checkpoint), "--device", "cpu", "-j", "0", "--input-size", str(INPUT_SIZE),
             "--dataset", "imagenet-val", *BENCHMARKS, "--imagenet-path", str(trained_checkpoint.data_path),
             *benchmark_flags(root), "--output-dir", str(out), "--save-features", str(out / "features"),
         ]  # fmt: skip

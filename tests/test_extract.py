@@ -52,7 +52,7 @@ def bad_folder(tmp_path_factory, ukbench):
 
 def command(checkpoint, images, output_dir, *extra):
     return [
-        "--resume", str(checkpoint), "--images", str(images), "--output-dir", str(output_dir), "--device", "cpu",
+        "--checkpoint", str(checkpoint), "--images", str(images), "--output-dir", str(output_dir), "--device", "cpu",
         "-j", "0", "--input-size", str(INPUT_SIZE), *extra,
     ]  # fmt: skip
 

@@ -73,7 +73,7 @@ def test_train_finetune_p_whiten_chain(tmp_path):
         "finetune_p.py",
         "--data-path",
         str(data),
-        "--resume",
+        "--checkpoint",
         str(tmp_path / "train" / "checkpoint.pth"),
         "--output-dir",
         str(tmp_path / "finetune"),
