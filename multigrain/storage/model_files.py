@@ -36,15 +36,17 @@ def model_settings(model) -> str:
     return _settings(float(model.pool.p), model.whitening is not None)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class ModelFile:
     """A checkpoint file read and checked by open_model."""
 
     path: str
-    checkpoint: dict  # as read: train.py continues a training state from its optimizer, criterion, ... entries
+    # As read: train.py continues a training state from its optimizer, criterion, ... entries.
+    checkpoint: dict = dataclasses.field(repr=False)
     kind: str  # checkpoint_kind: train, finetune_p, whiten, published or model
     architecture: str  # the build_model name
-    state: dict  # the model's state_dict (model_state_dict): this project's keys, finite tensors
+    # The model's state_dict (model_state_dict): this project's keys, finite tensors.
+    state: dict = dataclasses.field(repr=False)
 
     @property
     def p(self) -> float:
