@@ -109,15 +109,11 @@ def check_args(args):
         utils.check_writable_folder(args.save_features, "--save-features")
     if args.load_features:
         return None
-    if "imagenet-val" not in args.dataset:
-        return open_model(args.checkpoint, model_name=args.model)
-    classes = utils.check_image_folder(os.path.join(args.imagenet_path, "val"), "--imagenet-path")
-    return open_model(
-        args.checkpoint,
-        model_name=args.model,
-        num_classes=len(classes),
-        classes_of=f"--imagenet-path {args.imagenet_path}",
-    )
+    model_file = open_model(args.checkpoint, model_name=args.model)
+    if "imagenet-val" in args.dataset:
+        classes = utils.check_image_folder(os.path.join(args.imagenet_path, "val"), "--imagenet-path")
+        model_file.check_num_classes(len(classes), f"--imagenet-path {args.imagenet_path}")
+    return model_file
 
 
 def read_benchmark(name, args):

@@ -76,9 +76,9 @@ def check_args(args):
     utils.check_writable_folder(args.output_dir, "--output-dir")
     if args.weights:
         return None
-    return open_model(
-        args.checkpoint, model_name=args.model, num_classes=len(classes[0]), classes_of=f"--data-path {args.data_path}"
-    )
+    model_file = open_model(args.checkpoint, model_name=args.model)
+    model_file.check_num_classes(len(classes[0]), f"--data-path {args.data_path}")
+    return model_file
 
 
 @utils.usage_check

@@ -1,9 +1,10 @@
 """The model of a checkpoint file: what every script and `multigrain.load_model` read a model from.
 
 open_model reads a checkpoint of any kind (train.py's training state, finetune_p.py's and whiten.py's models,
-a published MultiGrain file) once, checks it (a state_dict of finite tensors, the architecture, the number of
-classes when asked) and gives a ModelFile: what the file is, and the MultiGrainNet it builds. A script calls
-it in its check_args, before any process group starts, and builds the model in main.
+a published MultiGrain file) once, checks it (a state_dict of finite tensors, the architecture) and gives a
+ModelFile: what the file is (kind, architecture, p, whitening, source), the check of its number of classes,
+and the MultiGrainNet it builds. A script opens it in its check_args, before any process group starts, and
+builds the model in main.
 """
 
 import dataclasses
@@ -70,6 +71,12 @@ class ModelFile:
         """E.g. "w/whitened.pth (a whitened model of whiten.py): resnet50, p=3, whitening yes"."""
         return f"{describe(self.checkpoint, self.path)}: {self.architecture}, {_settings(self.p, self.whitened)}"
 
+    def check_num_classes(self, num_classes, classes_of):
+        """Refuses a classifier of another number of classes than `num_classes`, those of `classes_of` (the data
+        the message names, e.g. "--data-path data/")."""
+        if self.num_classes != num_classes:
+            raise ValueError(f"{self.path} classifies {self.num_classes} classes, {classes_of} has {num_classes}")
+
     def model(self, device="cpu", *, unwhitened=False, pooling_exponent=None) -> MultiGrainNet:
         """The MultiGrainNet, in eval mode on `device`, with its weights, p and whitening as stored;
         `unwhitened` gives the model before its whitening (the classifier reads g again), `pooling_exponent`
@@ -115,24 +122,17 @@ def architecture_name(checkpoint, kind, path, model_name=None) -> str:
     return name
 
 
-def open_model(path, *, model_name=None, num_classes=None, classes_of=None) -> ModelFile:
+def open_model(path, *, model_name=None) -> ModelFile:
     """The model file `path`, read once and checked: a ValueError (or the FileNotFoundError, RuntimeError of
-    load_checkpoint) says what is wrong with it.
-
-    model_name: the architecture (--model), for checkpoints that do not name it; it must agree with the
-    one they name. num_classes: the number of classes the classifier must have, that of `classes_of` (the
-    data the error message names, e.g. "--data-path data/").
-    """
+    load_checkpoint) says what is wrong with it. `model_name` (--model) names the architecture of checkpoints
+    that do not; it must agree with the one they name."""
     path = os.fspath(path)
     checkpoint = load_checkpoint(path)
     state = model_state_dict(checkpoint, path)
     if ("whitening.mean" in state) != ("whitening.projection" in state):
         raise ValueError(f"{path} has only one of whitening.mean and whitening.projection")
     kind = checkpoint_kind(checkpoint)
-    model_file = ModelFile(path, checkpoint, kind, architecture_name(checkpoint, kind, path, model_name), state)
-    if num_classes is not None and model_file.num_classes != num_classes:
-        raise ValueError(f"{path} classifies {model_file.num_classes} classes, {classes_of} has {num_classes}")
-    return model_file
+    return ModelFile(path, checkpoint, kind, architecture_name(checkpoint, kind, path, model_name), state)
 
 
 def checkpoint_file(path_or_url) -> str:
