@@ -1,20 +1,18 @@
 """Evaluation of a MultiGrain checkpoint: ImageNet classification and the retrieval benchmarks.
 
-    python evaluate.py --resume checkpoint.pth --input-size 500 --dataset holidays ukbench copydays \
+    python evaluate.py --checkpoint checkpoint.pth --input-size 500 --dataset holidays ukbench copydays \
         --holidays-path data/holidays --holidays-rotations data/holidays/rotations.txt \
         --ukbench-path data/ukbench --copydays-path data/copydays --distractors-path data/yfcc10k
 
 Under torchrun every process extracts a share of the images. See README.md for the datasets.
 """
 
-import argparse
 import json
 import math
 import os
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.utils.data
 from torchvision.transforms.functional import InterpolationMode
 
@@ -27,16 +25,15 @@ from multigrain.evaluation.copy_detection_metrics import copy_detection_metrics
 from multigrain.evaluation.retrieval_metrics import KnownPositions
 from multigrain.images.datasets import ImageFolder
 from multigrain.images.image_io import load_rgb
-from multigrain.inference.extraction import check_finite, collate_image_list, extract_descriptors
-from multigrain.model import l2n
+from multigrain.inference.extraction import check_finite, collate_image_list
+from multigrain.inference.retrieval_descriptors import retrieval_descriptors
 from multigrain.search.descriptor_files import features_files, read_features, save_features
 from multigrain.search.nn_search import knn, knn_blocks, ranking_positions, top_pairs
-from multigrain.storage.checkpoint import architecture_name, check_num_classes, load_checkpoint, model_from_checkpoint
+from multigrain.storage.model_files import model_settings, open_model
 from multigrain.training import distributed
 
 RETRIEVAL_DATASETS = ("holidays", "ukbench", "copydays", *retrieval_datasets.REVISITOP_BENCHMARKS)
 DATASETS = ("imagenet-val", *RETRIEVAL_DATASETS, "disc21")
-MULTISCALE_FACTORS = (1.0, 1 / math.sqrt(2), 0.5)
 DEFAULT_NUM_DISTRACTORS = 10000  # CD10k
 DISC21_MAX_RESULTS = 500000
 SCORE_NORM_FACTOR = 2.0
@@ -50,7 +47,7 @@ def dataset_path_flag(name):
 @utils.usage_check
 def check_args(args):
     """Refuses inconsistent flags, folders and checkpoints before any process group starts; returns the
-    checkpoint of --resume, read once (None with --load-features)."""
+    ModelFile of --checkpoint, read once (None with --load-features)."""
     if args.multiscale and args.input_size < 2:
         raise ValueError(f"--multiscale needs --input-size >= 2 for its scale s/2, got {args.input_size}")
     for name in args.dataset:
@@ -73,9 +70,9 @@ def check_args(args):
     if args.disc21_predictions:
         if args.dataset != ["disc21"]:
             raise ValueError("--disc21-predictions scores a predictions CSV on its own: pass --dataset disc21 only")
-        if args.resume or args.load_features or args.save_features:
+        if args.checkpoint or args.load_features or args.save_features:
             raise ValueError(
-                "--disc21-predictions needs no descriptors: drop --resume, --load-features, --save-features"
+                "--disc21-predictions needs no descriptors: drop --checkpoint, --load-features, --save-features"
             )
         if disc21_search_flags or args.descriptor_dim is not None:
             raise ValueError(
@@ -90,12 +87,12 @@ def check_args(args):
             raise ValueError(f"--load-features {args.load_features} is not a folder")
         if "imagenet-val" in args.dataset:
             raise ValueError("--dataset imagenet-val needs the model: it cannot be evaluated from --load-features")
-        if args.resume or args.save_features:
-            raise ValueError("--load-features evaluates saved descriptors: drop --resume and --save-features")
-    elif not args.resume:
-        raise ValueError("pass the model with --resume CHECKPOINT (or saved descriptors with --load-features)")
-    elif not os.path.isfile(args.resume):
-        raise ValueError(f"--resume {args.resume} is not a file")
+        if args.checkpoint or args.save_features:
+            raise ValueError("--load-features evaluates saved descriptors: drop --checkpoint and --save-features")
+    elif not args.checkpoint:
+        raise ValueError("pass the model with --checkpoint CHECKPOINT (or saved descriptors with --load-features)")
+    elif not os.path.isfile(args.checkpoint):
+        raise ValueError(f"--checkpoint {args.checkpoint} is not a file")
     if args.holidays_rotations and not os.path.isfile(args.holidays_rotations):
         raise ValueError(f"--holidays-rotations {args.holidays_rotations} is not a file")
     if args.distractors_path and not os.path.isdir(args.distractors_path):
@@ -112,12 +109,11 @@ def check_args(args):
         utils.check_writable_folder(args.save_features, "--save-features")
     if args.load_features:
         return None
-    checkpoint = load_checkpoint(args.resume)
-    architecture_name(checkpoint, args.resume, args.model)
+    model_file = open_model(args.checkpoint, model_name=args.model)
     if "imagenet-val" in args.dataset:
         classes = utils.check_image_folder(os.path.join(args.imagenet_path, "val"), "--imagenet-path")
-        check_num_classes(checkpoint, args.resume, classes, f"--imagenet-path {args.imagenet_path}")
-    return checkpoint
+        model_file.check_num_classes(len(classes), f"--imagenet-path {args.imagenet_path}")
+    return model_file
 
 
 def read_benchmark(name, args):
@@ -133,74 +129,6 @@ def read_benchmark(name, args):
             DEFAULT_NUM_DISTRACTORS if args.num_distractors is None else args.num_distractors,
         )
     return retrieval_datasets.read_revisitop(getattr(args, f"{name}_path"), name)
-
-
-def amp_dtype(args):
-    return getattr(torch, args.amp_dtype) if args.amp else None
-
-
-def progress_freq(args):
-    """The extraction's progress period in images: every --print-freq batches, on the main process."""
-    return args.print_freq * args.batch_size if distributed.is_main_process() else 0
-
-
-def extract_sharded(model, images, device, args, skipped=None):
-    """Every process extracts images rank, rank + world, ...; all processes get all descriptors in order.
-
-    With a `skipped` list, the images yielded as None (SkipBadImages) get NaN rows and their indices are
-    appended to it, on every process.
-    """
-    rank, world_size = distributed.get_rank(), distributed.get_world_size()
-    shard = torch.utils.data.Subset(images, range(rank, len(images), world_size))
-    local_skipped = [] if skipped is not None else None
-    local = extract_descriptors(
-        model,
-        shard,
-        device,
-        batch_size=args.batch_size,
-        num_workers=args.workers,
-        amp_dtype=amp_dtype(args),
-        print_freq=progress_freq(args),
-        skipped=local_skipped,
-    ).numpy()
-    if world_size == 1:
-        descriptors = local
-        if skipped is not None:
-            skipped.extend(local_skipped)
-    else:
-        shards = [None] * world_size
-        dist.all_gather_object(shards, (local, local_skipped))
-        descriptors = np.empty((len(images), local.shape[1]), dtype=np.float32)
-        for shard_rank, (shard_descriptors, shard_skipped) in enumerate(shards):
-            descriptors[shard_rank::world_size] = shard_descriptors
-            if skipped is not None:
-                skipped.extend(shard_rank + world_size * index for index in shard_skipped)
-        if skipped is not None:
-            skipped.sort()
-    if skipped:
-        kept = np.setdiff1d(np.arange(len(images)), skipped)
-        check_finite(descriptors[kept], [images.names[i] for i in kept], "descriptors", zero_too=True)
-    else:
-        check_finite(descriptors, images.names, "descriptors", zero_too=True)
-    return descriptors
-
-
-def retrieval_descriptors(model, images, device, args, skipped=None):
-    """Descriptors at largest side --input-size, no crop; with --multiscale, the normalised mean of
-    the descriptors at largest sides s, s/√2 and s/2. `skipped`: see extract_sharded."""
-    interpolation = InterpolationMode(args.interpolation)
-    factors = MULTISCALE_FACTORS if args.multiscale else (1.0,)
-    total = None
-    for factor in factors:
-        transform = presets.RetrievalPresetEval(max_size=round(args.input_size * factor), interpolation=interpolation)
-        scale_skipped = [] if skipped is not None else None
-        descriptors = extract_sharded(model, images.with_transform(transform), device, args, scale_skipped)
-        if skipped is not None and factor == factors[0]:
-            skipped.extend(scale_skipped)
-        total = descriptors if total is None else total + descriptors
-    if args.multiscale:
-        total = l2n(torch.from_numpy(total)).numpy()
-    return total
 
 
 def load_features(folder, stem, names):
@@ -230,7 +158,7 @@ def benchmark_descriptors(parts, model, device, args):
         if args.load_features:
             features[stem] = load_features(args.load_features, stem, images.names)
         else:
-            features[stem] = retrieval_descriptors(model, images, device, args)
+            features[stem] = retrieval_descriptors(model, images, device, **flags.retrieval_extraction(args))
             if args.save_features and distributed.is_main_process():
                 save_features(args.save_features, stem, features[stem], images.names)
     return features
@@ -263,7 +191,7 @@ def evaluate_retrieval(name, model, device, args):
         torch.from_numpy(database),
         benchmark.num_neighbors,
         chunk_size=args.chunk_size,
-        use_faiss={"auto": None, "faiss": True, "torch": False}[args.search],
+        use_faiss=flags.SEARCH_BACKENDS[args.search],
     )
     return benchmark.score(rankings.cpu().numpy())
 
@@ -301,7 +229,7 @@ def search_disc21(features, args, device):
     for stem, descriptors in features.items():
         check_unit_vectors(descriptors, stem)
     search_device = torch.device("cpu") if args.search == "faiss" else device
-    use_faiss = {"auto": None, "faiss": True, "torch": False}[args.search]
+    use_faiss = flags.SEARCH_BACKENDS[args.search]
     queries = torch.from_numpy(features["disc21_queries"]).to(search_device)
     references = torch.from_numpy(features["disc21_references"])
     offsets = np.zeros(len(queries))
@@ -376,7 +304,7 @@ def evaluate_imagenet(model, device, args):
     loader = torch.utils.data.DataLoader(
         shard, batch_size=args.batch_size, num_workers=args.workers, collate_fn=collate_image_list
     )
-    metrics = engine.evaluate(model, loader, device, amp_dtype=amp_dtype(args), print_freq=args.print_freq)
+    metrics = engine.evaluate(model, loader, device, amp_dtype=flags.amp_dtype(args), print_freq=args.print_freq)
     return {"acc1": metrics["acc1"], "acc5": metrics["acc5"]}
 
 
@@ -389,7 +317,7 @@ def format_table(results):
 
 
 def main(args):
-    checkpoint = check_args(args)
+    model_file = check_args(args)
     utils.init_distributed_mode(args)
     distributed.print_main(args)
     device = torch.device(args.device)
@@ -397,11 +325,9 @@ def main(args):
     model, description = None, f"descriptors from {args.load_features}"
     if args.disc21_predictions:
         description = f"predictions from {args.disc21_predictions}"
-    if checkpoint is not None:
-        model = model_from_checkpoint(checkpoint, args.resume, model_name=args.model, device=device)
-        del checkpoint
-        if args.pooling_exponent is not None:
-            model.pool.set_p(args.pooling_exponent)
+    if model_file is not None:
+        model = model_file.model(device, pooling_exponent=args.pooling_exponent)
+        del model_file
         if args.descriptor_dim is not None:
             if args.descriptor_dim > model.embedding_dim:
                 raise utils.UsageError(
@@ -412,13 +338,9 @@ def main(args):
             model.to(memory_format=torch.channels_last)
         if args.compile:
             model.features.compile()  # in place, so every output the extraction asks for runs the compiled trunk
-        whitened = getattr(model, "whitening", None) is not None
         scales = "multiscale" if args.multiscale else "single scale"
         dims = f", descriptor: first {args.descriptor_dim} dimensions" if args.descriptor_dim else ""
-        description = (
-            f"{args.resume}: p={float(model.pool.p):.4g}, whitening {'yes' if whitened else 'no'}, "
-            f"input size {args.input_size}, {scales}{dims}"
-        )
+        description = f"{args.checkpoint}: {model_settings(model)}, input size {args.input_size}, {scales}{dims}"
     distributed.print_main(description)
 
     results = {}
@@ -447,21 +369,12 @@ def main(args):
 
 
 def get_args_parser(add_help=True):
-    parser = argparse.ArgumentParser(
-        description="MultiGrain evaluation: ImageNet top-1/top-5 and retrieval benchmarks",
-        add_help=add_help,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    parser = flags.script_parser("MultiGrain evaluation: ImageNet top-1/top-5 and retrieval benchmarks", add_help)
     parser.add_argument("--dataset", nargs="+", required=True, choices=DATASETS, help="benchmarks to evaluate")
-    parser.add_argument(
-        "--resume", default="", help="checkpoint to evaluate (train.py, finetune_p.py, whiten.py or published)"
-    )
-    parser.add_argument("--model", default=None, help="architecture, for checkpoints that do not name it")
-    parser.add_argument(
-        "--input-size",
-        default=500,
-        type=flags.int_in(1),
-        help="s: retrieval images are resized to largest side s; classification see --input-crop",
+    flags.add_checkpoint(parser, "the model to evaluate", required=False)
+    flags.add_model(parser)
+    flags.add_input_size(
+        parser, help="s: retrieval images are resized to largest side s; classification see --input-crop"
     )
     parser.add_argument(
         "--input-crop",
@@ -470,20 +383,9 @@ def get_args_parser(add_help=True):
         help="classification input: center: shorter side to 256/224·s and a center crop of s; "
         "none: largest side s, no crop",
     )
-    parser.add_argument(
-        "--pooling-exponent",
-        default=None,
-        type=flags.float_in(0, low_open=True, allow_inf=True),
-        help="GeM exponent p (default: the checkpoint's)",
-    )
-    parser.add_argument(
-        "--multiscale",
-        action="store_true",
-        help="retrieval descriptor: normalised mean of the descriptors at largest sides s, s/√2, s/2",
-    )
-    parser.add_argument(
-        "--interpolation", default="bilinear", choices=["nearest", "bilinear", "bicubic"], help="resize interpolation"
-    )
+    flags.add_pooling_exponent(parser)
+    flags.add_multiscale(parser)
+    flags.add_interpolation(parser)
     parser.add_argument("--imagenet-path", default=None, help="folder with the val/ ImageFolder (imagenet-val)")
     parser.add_argument("--holidays-path", default=None, help="INRIA Holidays folder with jpg/")
     parser.add_argument(
@@ -575,51 +477,21 @@ def get_args_parser(add_help=True):
     parser.add_argument(
         "--load-features", default=None, help="evaluate descriptors written by --save-features instead of a model"
     )
-    parser.add_argument(
-        "--search",
-        default="auto",
-        choices=["auto", "torch", "faiss"],
-        help="exact top-k search (UKBench's top 4): auto uses faiss when installed and the search runs on the CPU",
+    flags.add_search(parser)
+    flags.add_chunk_size(
+        parser, help="queries and database rows scored at a time by the torch search and the AP benchmarks' ranking"
     )
-    parser.add_argument(
-        "--chunk-size",
-        default=4096,
-        type=flags.int_in(1),
-        help="queries and database rows scored at a time by the torch search and the AP benchmarks' ranking positions",
+    flags.add_device(parser)
+    flags.add_batch_size(parser)
+    flags.add_workers(parser)
+    flags.add_amp(parser)
+    flags.add_channels_last(parser)
+    flags.add_compile(
+        parser, help="torch.compile the model's trunk (a second image size compiles once more, then sizes are dynamic)"
     )
-    parser.add_argument("--device", default="cuda", help="cuda or cpu")
-    parser.add_argument(
-        "-b",
-        "--batch-size",
-        default=32,
-        type=flags.int_in(1),
-        help="images of identical size run as one batch, per process",
-    )
-    parser.add_argument("-j", "--workers", default=8, type=flags.int_in(0), help="data loading workers per process")
-    parser.add_argument(
-        "--amp", action="store_true", help="automatic mixed precision (GeM and whitening stay in float32)"
-    )
-    parser.add_argument(
-        "--amp-dtype", default="float16", choices=["float16", "bfloat16"], help="autocast dtype of --amp"
-    )
-    parser.add_argument(
-        "--channels-last",
-        action="store_true",
-        help="channels-last memory format (faster convolutions with --amp on tensor-core GPUs)",
-    )
-    parser.add_argument(
-        "--compile",
-        action="store_true",
-        help="torch.compile the model's trunk (a second image size compiles once more, then sizes are dynamic)",
-    )
-    parser.add_argument(
-        "--print-freq",
-        default=100,
-        type=flags.int_in(1),
-        help="print progress every this many iterations (batches of -b images)",
-    )
-    parser.add_argument("--output-dir", default=".", help="where metrics.json is written")
-    parser.add_argument("--dist-url", default="env://", help="url of the process group set-up")
+    flags.add_print_freq(parser)
+    flags.add_output_dir(parser, "where metrics.json is written")
+    flags.add_dist_url(parser)
     return parser
 
 

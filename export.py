@@ -1,7 +1,7 @@
 """Export of a MultiGrain model for inference: torch.export (.pt2) or ONNX (.onnx), dynamic batch, height, width.
 
-    python export.py --resume whitened.pth --output multigrain.pt2
-    python export.py --resume whitened.pth --output multigrain.onnx   # needs onnx and onnxscript
+    python export.py --checkpoint whitened.pth --output multigrain.pt2
+    python export.py --checkpoint whitened.pth --output multigrain.onnx   # needs onnx and onnxscript
 
 The exported program takes a normalised (N, 3, H, W) float32 batch (multigrain.eval_transform) and returns
 (logits, descriptors), as MultiGrainNet does: the trunk, GeM with the checkpoint's p, its whitening and its
@@ -9,15 +9,15 @@ classifier. Before the file is written, its outputs are compared with the model'
 aspect ratios (ONNX: when onnxruntime is installed).
 """
 
-import argparse
 import importlib.util
 import os
 
 import torch
 
+import flags
 import utils
 from multigrain.storage.atomic_write import atomic_path
-from multigrain.storage.checkpoint import architecture_name, load_checkpoint, model_from_checkpoint
+from multigrain.storage.model_files import model_settings, open_model
 
 FORMATS = {".pt2": "torch.export", ".onnx": "ONNX"}
 # The traced example and the two inputs the exported program is checked on: batch, height, width all differ.
@@ -71,7 +71,7 @@ def check_same_outputs(model, run_exported, what):
 
 @utils.usage_check
 def check_args(args):
-    """Refuses a bad --output or --resume before anything is exported; returns the checkpoint."""
+    """Refuses a bad --output or --checkpoint before anything is exported; returns the ModelFile of --checkpoint."""
     extension = os.path.splitext(args.output)[1]
     if extension not in FORMATS:
         raise ValueError(f"--output {args.output} must end with {' or '.join(FORMATS)} (the format to write)")
@@ -83,16 +83,13 @@ def check_args(args):
             )
     if os.path.isdir(args.output):
         raise ValueError(f"--output {args.output} is a folder")
-    checkpoint = load_checkpoint(args.resume)
-    architecture_name(checkpoint, args.resume, args.model)
-    return checkpoint
+    return open_model(args.checkpoint, model_name=args.model)
 
 
 def main(args):
-    checkpoint = check_args(args)
-    name = architecture_name(checkpoint, args.resume, args.model)
-    model = model_from_checkpoint(checkpoint, args.resume, model_name=name)
-    del checkpoint
+    model_file = check_args(args)
+    name, model = model_file.architecture, model_file.model()
+    del model_file
     extension = os.path.splitext(args.output)[1]
     with atomic_path(args.output, "exported model") as tmp_path:
         if extension == ".pt2":
@@ -105,21 +102,13 @@ def main(args):
                 check_same_outputs(model, onnx_runner(tmp_path), "ONNX file (onnxruntime)")
             else:
                 print("onnxruntime is not installed: the ONNX file is not checked against the model")
-    print(f"{name} (p={float(model.pool.p):.4g}, whitened: {model.whitening is not None}) exported to {args.output}")
+    print(f"{name} ({model_settings(model)}) exported to {args.output}")
 
 
 def get_args_parser(add_help=True):
-    parser = argparse.ArgumentParser(
-        description="MultiGrain: export a model for inference (torch.export or ONNX)",
-        add_help=add_help,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument(
-        "--resume", required=True, help="checkpoint to export (train.py, finetune_p.py, whiten.py or published)"
-    )
-    parser.add_argument(
-        "--model", default=None, help="architecture, for checkpoints that do not name it (published files: resnet50)"
-    )
+    parser = flags.script_parser("MultiGrain: export a model for inference (torch.export or ONNX)", add_help)
+    flags.add_checkpoint(parser, "the model to export")
+    flags.add_model(parser)
     parser.add_argument(
         "--output", required=True, help="file to write: .pt2 (torch.export.save) or .onnx (ONNX, dynamo exporter)"
     )

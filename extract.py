@@ -1,7 +1,7 @@
 """Descriptors of any images with a MultiGrain checkpoint, in shards that a killed run resumes.
 
-    python extract.py --resume whitened.pth --images photos/ --output-dir descriptors/ --input-size 500
-    python extract.py --resume whitened.pth --images list.txt --root photos/ --output-dir descriptors/
+    python extract.py --checkpoint whitened.pth --images photos/ --output-dir descriptors/ --input-size 500
+    python extract.py --checkpoint whitened.pth --images list.txt --root photos/ --output-dir descriptors/
 
 --images is a folder (every image file under it, links followed, each real folder once) or a list file of
 paths relative to --root, one a line. The descriptors (float32) and the image names are written in the
@@ -11,7 +11,6 @@ complete. Running the same command again continues where a killed run stopped; s
 Under torchrun every process extracts its share of each shard.
 """
 
-import argparse
 import datetime
 import hashlib
 import json
@@ -22,12 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import evaluate
 import flags
 import utils
 from multigrain.images.datasets import ImageList, SkipBadImages, list_image_files
+from multigrain.inference.retrieval_descriptors import retrieval_descriptors
 from multigrain.search.descriptor_files import MANIFEST, save_features, write_json
-from multigrain.storage.checkpoint import architecture_name, load_checkpoint, model_from_checkpoint
+from multigrain.storage.model_files import model_settings, open_model
 from multigrain.training import distributed
 
 FORMAT = "multigrain extract.py descriptors, version 1"
@@ -80,8 +79,8 @@ def settings(args, names):
             "names_sha256": hashlib.sha256("".join(f"{name}\n" for name in names).encode()).hexdigest(),
         },
         "model": {
-            "checkpoint": os.path.abspath(args.resume),
-            "sha256": file_sha256(args.resume),
+            "checkpoint": os.path.abspath(args.checkpoint),
+            "sha256": file_sha256(args.checkpoint),
             "pooling_exponent": args.pooling_exponent,
         },
         "extraction": {
@@ -125,18 +124,17 @@ def differences(field, old, new):
 @utils.usage_check
 def check_args(args):
     """Refuses bad flags, inputs, checkpoints and an --output-dir of another extraction before any process
-    group starts; returns (paths, names, checkpoint, manifest or None)."""
+    group starts; returns (paths, names, the ModelFile of --checkpoint, manifest or None)."""
     if args.multiscale and args.input_size < 2:
         raise ValueError(f"--multiscale needs --input-size >= 2 for its scale s/2, got {args.input_size}")
-    if not os.path.isfile(args.resume):
-        raise ValueError(f"--resume {args.resume} is not a file")
+    if not os.path.isfile(args.checkpoint):
+        raise ValueError(f"--checkpoint {args.checkpoint} is not a file")
     if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
         raise ValueError(f"--output-dir {args.output_dir} is not a folder")
     paths, names = read_image_list(args)
-    checkpoint = load_checkpoint(args.resume)
-    architecture_name(checkpoint, args.resume, args.model)
+    model_file = open_model(args.checkpoint, model_name=args.model)
     manifest = read_manifest(args, settings(args, names))
-    return paths, names, checkpoint, manifest
+    return paths, names, model_file, manifest
 
 
 def new_manifest(args, names, dim):
@@ -156,7 +154,7 @@ def extract_shard(model, shard, paths, names, device, args):
     skipped = [] if args.skip_bad_images else None
     if args.skip_bad_images:
         images = SkipBadImages(images)
-    descriptors = evaluate.retrieval_descriptors(model, images, device, args, skipped)
+    descriptors = retrieval_descriptors(model, images, device, skipped=skipped, **flags.retrieval_extraction(args))
     bad = set(skipped or [])
     kept = [index for index in range(count) if index not in bad]
     descriptors = descriptors[kept]
@@ -168,18 +166,15 @@ def extract_shard(model, shard, paths, names, device, args):
 
 
 def main(args):
-    paths, names, checkpoint, manifest = check_args(args)
+    paths, names, model_file, manifest = check_args(args)
     utils.init_distributed_mode(args)
     distributed.print_main(args)
     device = torch.device(args.device)
-    model = model_from_checkpoint(checkpoint, args.resume, model_name=args.model, device=device)
-    del checkpoint
-    if args.pooling_exponent is not None:
-        model.pool.set_p(args.pooling_exponent)
-    whitened = getattr(model, "whitening", None) is not None
+    model = model_file.model(device, pooling_exponent=args.pooling_exponent)
+    del model_file
     distributed.print_main(
-        f"{args.resume}: p={float(model.pool.p):.4g}, whitening {'yes' if whitened else 'no'}, input size "
-        f"{args.input_size}, {'multiscale' if args.multiscale else 'single scale'}; {len(names)} images"
+        f"{args.checkpoint}: {model_settings(model)}, input size {args.input_size}, "
+        f"{'multiscale' if args.multiscale else 'single scale'}; {len(names)} images"
     )
     if manifest is None:
         manifest = new_manifest(args, names, model.classifier.in_features)
@@ -222,60 +217,34 @@ def main(args):
 
 
 def get_args_parser(add_help=True):
-    parser = argparse.ArgumentParser(
-        description="MultiGrain descriptors of a folder or list of images, in resumable shards",
-        add_help=add_help,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument("--resume", required=True, help="checkpoint (train.py, finetune_p.py, whiten.py or published)")
-    parser.add_argument("--model", default=None, help="architecture, for checkpoints that do not name it")
+    parser = flags.script_parser("MultiGrain descriptors of a folder or list of images, in resumable shards", add_help)
+    flags.add_checkpoint(parser, "the model to extract descriptors with")
+    flags.add_model(parser)
     parser.add_argument(
         "--images",
         required=True,
         help="a folder (its image files, sub-folders included) or a list file of paths relative to --root",
     )
     parser.add_argument("--root", default=None, help="the folder the paths of a list file --images are relative to")
-    parser.add_argument("--output-dir", required=True, help="where the shards and manifest.json are written")
+    flags.add_output_dir(parser, "where the shards and manifest.json are written", required=True)
     parser.add_argument(
         "--shard-size", default=10000, type=flags.int_in(1), help="images per shard (descriptors-NNNNN.npy/.txt)"
     )
-    parser.add_argument(
-        "--input-size", default=500, type=flags.int_in(1), help="s: images are resized to largest side s, no crop"
-    )
-    parser.add_argument(
-        "--multiscale",
-        action="store_true",
-        help="descriptor: normalised mean of the descriptors at largest sides s, s/√2, s/2",
-    )
-    parser.add_argument(
-        "--pooling-exponent",
-        default=None,
-        type=flags.float_in(0, low_open=True, allow_inf=True),
-        help="GeM exponent p (default: the checkpoint's)",
-    )
-    parser.add_argument(
-        "--interpolation", default="bilinear", choices=["nearest", "bilinear", "bicubic"], help="resize interpolation"
-    )
+    flags.add_input_size(parser)
+    flags.add_multiscale(parser)
+    flags.add_pooling_exponent(parser)
+    flags.add_interpolation(parser)
     parser.add_argument(
         "--skip-bad-images",
         action="store_true",
         help=f"leave out the images that cannot be read, listed in OUTPUT_DIR/{BAD_IMAGES} (default: stop at one)",
     )
-    parser.add_argument("--device", default="cuda", help="cuda or cpu")
-    parser.add_argument(
-        "-b", "--batch-size", default=32, type=flags.int_in(1), help="images of identical size run as one batch"
-    )
-    parser.add_argument("-j", "--workers", default=8, type=flags.int_in(0), help="data loading workers per process")
-    parser.add_argument(
-        "--amp", action="store_true", help="automatic mixed precision (GeM and whitening stay in float32)"
-    )
-    parser.add_argument(
-        "--amp-dtype", default="float16", choices=["float16", "bfloat16"], help="autocast dtype of --amp"
-    )
-    parser.add_argument(
-        "--print-freq", default=100, type=flags.int_in(1), help="print progress every this many batches of -b images"
-    )
-    parser.add_argument("--dist-url", default="env://", help="url of the process group set-up")
+    flags.add_device(parser)
+    flags.add_batch_size(parser)
+    flags.add_workers(parser)
+    flags.add_amp(parser)
+    flags.add_print_freq(parser)
+    flags.add_dist_url(parser)
     return parser
 
 

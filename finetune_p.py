@@ -1,6 +1,6 @@
 """Fine-tuning of the GeM exponent p for one test resolution s* (the paper's p*).
 
-    python finetune_p.py --data-path /datasets/imagenet --resume train/checkpoint.pth --input-size 500 \\
+    python finetune_p.py --data-path /datasets/imagenet --checkpoint train/checkpoint.pth --input-size 500 \\
         --output-dir finetune500
 
 or, from a pretrained classifier with no MultiGrain checkpoint (the paper's appendix E), e.g.
@@ -34,20 +34,8 @@ from multigrain.images.datasets import ImageFolder
 from multigrain.images.image_io import load_rgb
 from multigrain.inference.extraction import collate_image_list, forward_by_size
 from multigrain.model import build_model, check_model_name
-from multigrain.storage.checkpoint import (
-    FILE_NAMES,
-    LOG_NAMES,
-    architecture_name,
-    check_num_classes,
-    check_output_dir,
-    describe,
-    load_checkpoint,
-    make_checkpoint,
-    model_from_checkpoint,
-    model_state_dict,
-    save_checkpoint,
-    source_of,
-)
+from multigrain.storage.checkpoint import FILE_NAMES, LOG_NAMES, check_output_dir, make_checkpoint, save_checkpoint
+from multigrain.storage.model_files import open_model
 
 
 def parse_p_grid(text):
@@ -64,21 +52,21 @@ def parse_p_grid(text):
 
 @utils.usage_check
 def check_args(args):
-    """Refuses bad flags, data folders and checkpoints; returns the checkpoint of --resume, read once
+    """Refuses bad flags, data folders and checkpoints; returns the ModelFile of --checkpoint, read once
     (None when starting from --weights)."""
-    if bool(args.resume) == bool(args.weights):
+    if bool(args.checkpoint) == bool(args.weights):
         raise ValueError(
-            "start from a checkpoint (--resume) or from a pretrained classifier (--model NAME --weights W): "
-            "pass exactly one of --resume and --weights"
+            "start from a checkpoint (--checkpoint) or from a pretrained classifier (--model NAME --weights W): "
+            "pass exactly one of --checkpoint and --weights"
         )
     if args.weights:
         if not args.model:
             raise ValueError("--weights needs --model, the architecture of the weights")
         check_model_name(args.model)
-    elif not os.path.isfile(args.resume):
-        raise ValueError(f"--resume {args.resume} is not a file")
+    elif not os.path.isfile(args.checkpoint):
+        raise ValueError(f"--checkpoint {args.checkpoint} is not a file")
     elif args.pooling_exponent is not None:
-        raise ValueError("--pooling-exponent sets the starting p of --weights; --resume starts from its stored p")
+        raise ValueError("--pooling-exponent sets the starting p of --weights; --checkpoint starts from its stored p")
     classes = [
         utils.check_image_folder(os.path.join(args.data_path, split), "--data-path") for split in ("train", "val")
     ]
@@ -88,10 +76,9 @@ def check_args(args):
     utils.check_writable_folder(args.output_dir, "--output-dir")
     if args.weights:
         return None
-    checkpoint = load_checkpoint(args.resume)
-    architecture_name(checkpoint, args.resume, args.model)
-    check_num_classes(checkpoint, args.resume, classes[0], f"--data-path {args.data_path}")
-    return checkpoint
+    model_file = open_model(args.checkpoint, model_name=args.model)
+    model_file.check_num_classes(len(classes[0]), f"--data-path {args.data_path}")
+    return model_file
 
 
 @utils.usage_check
@@ -202,7 +189,7 @@ def cross_validate_p(model, dataset, device, args, log_path):
 
 
 def main(args):
-    checkpoint = check_args(args)
+    model_file = check_args(args)
     print(args)
     device = torch.device(args.device)
     os.makedirs(args.output_dir, exist_ok=True)
@@ -211,19 +198,17 @@ def main(args):
         os.remove(log_path)
 
     subset, val = load_data(args)
-    if checkpoint is None:
+    if model_file is None:
         print(f"Fine-tuning p of --model {args.model} with --weights {args.weights}")
-        name = args.model
+        name, source = args.model, {"weights": args.weights}
         model = pretrained_classifier(args)
-        source = {"weights": args.weights}
     else:
-        print(f"Fine-tuning p of {describe(checkpoint, args.resume)}")
-        name = architecture_name(checkpoint, args.resume, args.model)
-        model = model_from_checkpoint(checkpoint, args.resume, model_name=name, device=device, unwhitened=True)
-        if "whitening.mean" in model_state_dict(checkpoint, args.resume):
-            print(f"{args.resume} is whitened: fine-tuning p on the unwhitened model (re-run whiten.py afterwards)")
-        source = source_of(checkpoint, args.resume)
-    del checkpoint
+        print(f"Fine-tuning p of {model_file.description}")
+        if model_file.whitened:
+            print(f"{args.checkpoint} is whitened: fine-tuning p on the unwhitened model (re-run whiten.py afterwards)")
+        name, source = model_file.architecture, model_file.source
+        model = model_file.model(device, unwhitened=True)
+    del model_file
     initial_p = float(model.pool.p)
 
     print(f"{len(subset)} fine-tuning images ({args.images_per_class} per class), {len(val)} validation images")
@@ -253,51 +238,39 @@ def main(args):
 
 
 def get_args_parser(add_help=True):
-    parser = argparse.ArgumentParser(
-        description="MultiGrain: learn the GeM exponent p* for a test resolution",
-        add_help=add_help,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument(
-        "--data-path", default="/datasets01/imagenet_full_size/061417/", help="folder with train/ and val/ ImageFolders"
-    )
-    parser.add_argument(
-        "--resume", default=None, help="checkpoint to start from (train.py, finetune_p.py, whiten.py or published)"
-    )
-    parser.add_argument(
-        "--model",
-        default=None,
+    parser = flags.script_parser("MultiGrain: learn the GeM exponent p* for a test resolution", add_help)
+    flags.add_data_path(parser)
+    flags.add_checkpoint(parser, "the model to start from", required=False)
+    flags.add_model(
+        parser,
         help="architecture: of --weights, or for checkpoints that do not name it (published files: told by their keys)",
     )
     parser.add_argument(
         "--weights",
         default=None,
-        help="start from a pretrained classifier instead of --resume: torchvision weights name, or for timm models "
-        "(timm:NAME, senet154, pnasnet5large) a weights file or timm pretrained tag, for nasnetamobile a "
+        help="start from a pretrained classifier instead of --checkpoint: torchvision weights name, or for timm "
+        "models (timm:NAME, senet154, pnasnet5large) a weights file or timm pretrained tag, for nasnetamobile a "
         "pretrainedmodels weights file",
     )
-    parser.add_argument(
-        "--pooling-exponent",
-        default=None,
-        type=flags.float_in(0, low_open=True),
+    flags.add_pooling_exponent(
+        parser,
+        allow_inf=False,  # max pooling has no p to learn
         help="starting p with --weights (default 1: the average pooling the classifier was trained with)",
     )
-    parser.add_argument("--device", default="cuda", help="cuda or cpu")
-    parser.add_argument(
-        "--input-size", default=500, type=flags.int_in(1), help="test resolution s*: largest image side, no crop"
-    )
+    flags.add_device(parser)
+    flags.add_input_size(parser, help="test resolution s*: largest image side, no crop")
     parser.add_argument(
         "--images-per-class",
         default=50,
         type=flags.int_in(1),
         help="fine-tune on the first N training images of each class",
     )
-    parser.add_argument("-b", "--batch-size", default=4, type=flags.int_in(1), help="fine-tuning batch size")
+    flags.add_batch_size(parser, default=4, help="fine-tuning batch size")
     parser.add_argument(
         "--eval-batch-size", default=32, type=flags.int_in(1), help="largest batch of same-size images when evaluating"
     )
-    parser.add_argument("--lr", default=0.005, type=flags.float_in(0, low_open=True), help="learning rate of p")
-    parser.add_argument("--momentum", default=0.9, type=flags.float_in(0, 1, high_open=True), help="SGD momentum")
+    flags.add_lr(parser, default=0.005, help="learning rate of p")
+    flags.add_momentum(parser)
     parser.add_argument(
         "--lr-power",
         default=0.9,
@@ -316,15 +289,11 @@ def get_args_parser(add_help=True):
         default=True,
         help="validate at the test resolution before fine-tuning (--no-validate-first skips it)",
     )
-    parser.add_argument(
-        "--interpolation", default="bilinear", choices=["nearest", "bilinear", "bicubic"], help="resize interpolation"
-    )
-    parser.add_argument("-j", "--workers", default=8, type=flags.int_in(0), help="data loading workers")
-    parser.add_argument("--print-freq", default=100, type=flags.int_in(1), help="print every this many iterations")
-    parser.add_argument(
-        "--output-dir", default=".", help="where finetune_p.pth and finetune_p_log.jsonl (started afresh) are written"
-    )
-    parser.add_argument("--seed", default=0, type=flags.seed, help="seed of the order of the fine-tuning images")
+    flags.add_interpolation(parser)
+    flags.add_workers(parser)
+    flags.add_print_freq(parser)
+    flags.add_output_dir(parser, "where finetune_p.pth and finetune_p_log.jsonl (started afresh) are written")
+    flags.add_seed(parser, "seed of the order of the fine-tuning images")
     return parser
 
 

@@ -1,12 +1,19 @@
-"""argparse types shared by the scripts' command lines.
+"""The scripts' command lines: argparse types that refuse bad values, and the flags several scripts share.
 
-Each factory returns a `type=` function that converts a flag's text and refuses a value out of its
-range with an argparse.ArgumentTypeError, so that argparse prints "argument --flag: must be ..., got
-..." and exits with code 2 before anything starts. NaN is always refused.
+Each type factory (int_in, float_in) returns a `type=` function that converts a flag's text and refuses a
+value out of its range with an argparse.ArgumentTypeError, so that argparse prints "argument --flag: must be
+..., got ..." and exits with code 2 before anything starts. NaN is always refused.
+
+Each add_* function defines a flag that several scripts share, once, on a parser or an argument group; its
+parameters are the deliberate differences between the scripts (a default, the help). The functions after
+them turn shared flags into the arguments of the package's functions.
 """
 
 import argparse
 import math
+
+import torch
+from torchvision.transforms.functional import InterpolationMode
 
 
 def _interval(low, high, low_open=False, high_open=False):
@@ -56,3 +63,183 @@ def float_in(low, high=None, *, low_open=False, high_open=False, allow_inf=False
 # The usual 32-bit range: numpy's SeedSequence and torch.Generator.manual_seed take more, up to 2**64 - 1 for
 # torch, which this leaves room for in the seeds derived as seed + epoch.
 seed = int_in(0, 2**32 - 1)
+
+
+def script_parser(description, add_help=True):
+    """A script's parser, whose --help shows every default."""
+    return argparse.ArgumentParser(
+        description=description, add_help=add_help, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+
+
+# --- the data and the model ---------------------------------------------------------------------------------
+
+
+def add_data_path(parser):
+    parser.add_argument(
+        "--data-path", default="/datasets01/imagenet_full_size/061417/", help="folder with train/ and val/ ImageFolders"
+    )
+
+
+def add_checkpoint(parser, what, *, required=True):
+    """--checkpoint: the model file a script reads (multigrain.storage.model_files.open_model). --resume, its
+    former name, is still accepted."""
+    parser.add_argument(
+        "--checkpoint",
+        "--resume",
+        dest="checkpoint",
+        metavar="FILE",
+        required=required,
+        help=f"{what}: a checkpoint of train.py, finetune_p.py or whiten.py, or a published file "
+        "(--resume: the former name of this flag)",
+    )
+
+
+def add_model(
+    parser,
+    *,
+    default=None,
+    help="architecture, for checkpoints that do not name it (published files: told by their keys)",
+):
+    parser.add_argument("--model", default=default, help=help)
+
+
+def add_pooling_exponent(parser, *, default=None, allow_inf=True, help="GeM exponent p (default: the checkpoint's)"):
+    """--pooling-exponent: p > 0, and inf (max pooling) unless allow_inf is False."""
+    parser.add_argument(
+        "--pooling-exponent", default=default, type=float_in(0, low_open=True, allow_inf=allow_inf), help=help
+    )
+
+
+# --- the optimisation ---------------------------------------------------------------------------------------
+
+
+def add_lr(parser, *, default, help):
+    parser.add_argument("--lr", default=default, type=float_in(0, low_open=True), help=help)
+
+
+def add_momentum(parser):
+    parser.add_argument("--momentum", default=0.9, type=float_in(0, 1, high_open=True), help="momentum")
+
+
+def add_seed(parser, help):
+    parser.add_argument("--seed", default=0, type=seed, help=help)
+
+
+# --- the input images ---------------------------------------------------------------------------------------
+
+
+def add_input_size(parser, help="test resolution s: images are resized to largest side s, no crop"):
+    parser.add_argument("--input-size", default=500, type=int_in(1), help=help)
+
+
+def add_multiscale(parser):
+    parser.add_argument(
+        "--multiscale",
+        action="store_true",
+        help="retrieval descriptor: the normalised mean of the descriptors at largest sides s, s/√2, s/2",
+    )
+
+
+def add_interpolation(parser):
+    parser.add_argument(
+        "--interpolation", default="bilinear", choices=["nearest", "bilinear", "bicubic"], help="resize interpolation"
+    )
+
+
+# --- running ------------------------------------------------------------------------------------------------
+
+
+def add_device(parser, *, default="cuda", help="cuda or cpu"):
+    parser.add_argument("--device", default=default, help=help)
+
+
+def add_batch_size(parser, *, default=32, help="images of identical size run as one batch, per process"):
+    parser.add_argument("-b", "--batch-size", default=default, type=int_in(1), help=help)
+
+
+def add_workers(parser):
+    parser.add_argument("-j", "--workers", default=8, type=int_in(0), help="data loading workers per process")
+
+
+def add_print_freq(parser, *, default=100):
+    parser.add_argument(
+        "--print-freq", default=default, type=int_in(1), help="print progress every this many iterations"
+    )
+
+
+def add_output_dir(parser, help, *, required=False):
+    parser.add_argument("--output-dir", required=required, default=None if required else ".", help=help)
+
+
+def add_dist_url(parser):
+    parser.add_argument("--dist-url", default="env://", help="url of the process group set-up")
+
+
+# --- speed --------------------------------------------------------------------------------------------------
+
+
+def add_amp(parser, *, training=False):
+    """--amp and --amp-dtype; `training`: of train.py, whose float16 uses a gradient scaler."""
+    if training:
+        amp_help, dtype_help = "automatic mixed precision", "autocast dtype of --amp (float16 uses a gradient scaler)"
+    else:
+        amp_help, dtype_help = (
+            "automatic mixed precision (GeM and whitening stay in float32)",
+            "autocast dtype of --amp",
+        )
+    parser.add_argument("--amp", action="store_true", help=amp_help)
+    parser.add_argument("--amp-dtype", default="float16", choices=["float16", "bfloat16"], help=dtype_help)
+
+
+def add_channels_last(parser):
+    parser.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="channels-last memory format (faster convolutions with --amp on tensor-core GPUs)",
+    )
+
+
+def add_compile(parser, help):
+    parser.add_argument("--compile", action="store_true", help=help)
+
+
+# --- search -------------------------------------------------------------------------------------------------
+
+# --search: the use_faiss argument of multigrain.search.nn_search.
+SEARCH_BACKENDS = {"auto": None, "faiss": True, "torch": False}
+
+
+def add_search(parser):
+    parser.add_argument(
+        "--search",
+        default="auto",
+        choices=list(SEARCH_BACKENDS),
+        help="exact search: auto uses faiss when installed and the search runs on the CPU",
+    )
+
+
+def add_chunk_size(parser, help="queries and database rows scored at a time"):
+    parser.add_argument("--chunk-size", default=4096, type=int_in(1), help=help)
+
+
+# --- the flags as the package's arguments -------------------------------------------------------------------
+
+
+def amp_dtype(args):
+    """The autocast dtype of --amp --amp-dtype; None without --amp."""
+    return getattr(torch, args.amp_dtype) if args.amp else None
+
+
+def retrieval_extraction(args):
+    """The keyword arguments of multigrain.inference.retrieval_descriptors.retrieval_descriptors that
+    --input-size, --multiscale, --interpolation, -b, -j, --amp, --amp-dtype and --print-freq give."""
+    return {
+        "input_size": args.input_size,
+        "multiscale": args.multiscale,
+        "interpolation": InterpolationMode(args.interpolation),
+        "batch_size": args.batch_size,
+        "num_workers": args.workers,
+        "amp_dtype": amp_dtype(args),
+        "print_freq": args.print_freq,
+    }

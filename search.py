@@ -14,7 +14,6 @@ Outputs in --output-dir: neighbours.csv (query, match, score, rank), or with --d
 image2, score) and groups.csv (group, size, image): the groups are the connected components of the pairs.
 """
 
-import argparse
 import csv
 import os
 from pathlib import Path
@@ -79,7 +78,7 @@ class Searcher:
         """(scores, indices) numpy arrays, best first; an approximate index may give fewer than k (index -1)."""
         if self.index is not None:
             return self.index.search(np.ascontiguousarray(queries), k)
-        use_faiss = {"auto": None, "faiss": True, "torch": False}[self.args.search]
+        use_faiss = flags.SEARCH_BACKENDS[self.args.search]
         scores, indices = knn_parts(
             torch.from_numpy(queries).to(self.device), self.database.parts(), k, self.args.chunk_size, use_faiss
         )
@@ -228,11 +227,7 @@ def main(args):
 
 
 def get_args_parser(add_help=True):
-    parser = argparse.ArgumentParser(
-        description="Nearest neighbours and near-duplicate groups of MultiGrain descriptors",
-        add_help=add_help,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    parser = flags.script_parser("Nearest neighbours and near-duplicate groups of MultiGrain descriptors", add_help)
     parser.add_argument("--database", required=True, help="descriptors: extract.py folder, NAME.npy, or a folder")
     parser.add_argument("--queries", default=None, help="query descriptors (same forms as --database)")
     parser.add_argument("--dedup", action="store_true", help="near-duplicate pairs and groups within --database")
@@ -251,14 +246,9 @@ def get_args_parser(add_help=True):
         type=flags.float_in(0, 1, low_open=True),
         help="--dedup: the lowest threshold whose pairs reach this precision on --known-duplicates",
     )
-    parser.add_argument("--output-dir", required=True, help="where neighbours.csv or pairs.csv and groups.csv go")
+    flags.add_output_dir(parser, "where neighbours.csv or pairs.csv and groups.csv are written", required=True)
     parser.add_argument("--print-groups", default=10, type=flags.int_in(0), help="--dedup: groups printed")
-    parser.add_argument(
-        "--search",
-        default="auto",
-        choices=["auto", "torch", "faiss"],
-        help="exact search: auto uses faiss when installed and --device is the CPU",
-    )
+    flags.add_search(parser)
     parser.add_argument(
         "--faiss-index",
         default=None,
@@ -271,10 +261,8 @@ def get_args_parser(add_help=True):
         help="--faiss-index: database descriptors drawn to train it",
     )
     parser.add_argument("--nprobe", default=None, type=flags.int_in(1), help="--faiss-index IVF: lists visited")
-    parser.add_argument("--device", default="cpu", help="where the exact torch search runs: cpu or cuda")
-    parser.add_argument(
-        "--chunk-size", default=4096, type=flags.int_in(1), help="queries and database rows scored at a time"
-    )
+    flags.add_device(parser, default="cpu", help="where the exact torch search runs: cpu or cuda")
+    flags.add_chunk_size(parser)
     return parser
 
 

@@ -1,6 +1,6 @@
 """PCA whitening of the MultiGrain descriptor at one input size, folded into the classifier.
 
-    python whiten.py --resume finetune500/finetune_p.pth --whiten-path /datasets/whiten \\
+    python whiten.py --checkpoint finetune500/finetune_p.pth --whiten-path /datasets/whiten \\
         --whiten-list data/whiten.txt --input-size 500 --output-dir whiten500
 
 Pooled vectors g of the whitening images (largest side --input-size, no crop) give the whitening
@@ -9,7 +9,6 @@ the classifier is rewritten to read (x − m)·P, which leaves every top-k predi
 checkpoint loads in evaluate.py, finetune_p.py and train.py --test-only.
 """
 
-import argparse
 import os
 import time
 
@@ -21,19 +20,8 @@ import presets
 import utils
 from multigrain.images.datasets import ImageList, list_image_files
 from multigrain.inference.extraction import check_finite, extract_descriptors
-from multigrain.storage.checkpoint import (
-    FILE_NAMES,
-    LOG_NAMES,
-    architecture_name,
-    check_output_dir,
-    describe,
-    load_checkpoint,
-    make_checkpoint,
-    model_from_checkpoint,
-    model_state_dict,
-    save_checkpoint,
-    source_of,
-)
+from multigrain.storage.checkpoint import FILE_NAMES, LOG_NAMES, check_output_dir, make_checkpoint, save_checkpoint
+from multigrain.storage.model_files import open_model
 from multigrain.whitening import covariance_error_bound, fit_whitening, fold_whitening
 
 
@@ -81,18 +69,16 @@ def read_whiten_list(root, list_file):
 
 @utils.usage_check
 def check_args(args):
-    """Refuses bad flags, folders and checkpoints; returns the checkpoint of --resume, read once."""
-    if not os.path.isfile(args.resume):
-        raise ValueError(f"--resume {args.resume} is not a file")
+    """Refuses bad flags, folders and checkpoints; returns the ModelFile of --checkpoint, read once."""
+    if not os.path.isfile(args.checkpoint):
+        raise ValueError(f"--checkpoint {args.checkpoint} is not a file")
     if not os.path.isdir(args.whiten_path):
         raise ValueError(f"--whiten-path {args.whiten_path} is not a folder")
     if args.whiten_list and not os.path.isfile(args.whiten_list):
         raise ValueError(f"--whiten-list {args.whiten_list} is not a file")
     check_output_dir(args.output_dir, "whiten")
     utils.check_writable_folder(args.output_dir, "--output-dir")
-    checkpoint = load_checkpoint(args.resume)
-    architecture_name(checkpoint, args.resume, args.model)
-    return checkpoint
+    return open_model(args.checkpoint, model_name=args.model)
 
 
 @torch.no_grad()
@@ -115,18 +101,15 @@ def whitening_checks(model, classifier_before, pooled):
 
 
 def main(args):
-    checkpoint = check_args(args)
+    model_file = check_args(args)
     print(args)
     device = torch.device(args.device)
     os.makedirs(args.output_dir, exist_ok=True)
 
-    print(f"Whitening {describe(checkpoint, args.resume)}")
-    name = architecture_name(checkpoint, args.resume, args.model)
-    model = model_from_checkpoint(checkpoint, args.resume, model_name=name, device=device, unwhitened=True)
-    if "whitening.mean" in model_state_dict(checkpoint, args.resume):
-        print(f"{args.resume} is whitened already: replacing its whitening")
-    source = source_of(checkpoint, args.resume)
-    del checkpoint
+    print(f"Whitening {model_file.description}{' (replacing its whitening)' if model_file.whitened else ''}")
+    name, source = model_file.architecture, model_file.source
+    model = model_file.model(device, unwhitened=True)
+    del model_file
 
     names = whitening_image_names(args.whiten_path, args.whiten_list, args.num_whiten_images)
     dim = model.embedding_dim + 1
@@ -186,19 +169,9 @@ def main(args):
 
 
 def get_args_parser(add_help=True):
-    parser = argparse.ArgumentParser(
-        description="MultiGrain: PCA whitening of the descriptor, folded into the classifier",
-        add_help=add_help,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument(
-        "--resume", required=True, help="checkpoint to whiten (train.py, finetune_p.py, whiten.py or published)"
-    )
-    parser.add_argument(
-        "--model",
-        default=None,
-        help="architecture, for checkpoints that do not name it (published files: told by their keys)",
-    )
+    parser = flags.script_parser("MultiGrain: PCA whitening of the descriptor, folded into the classifier", add_help)
+    flags.add_checkpoint(parser, "the model to whiten")
+    flags.add_model(parser)
     parser.add_argument(
         "--whiten-path",
         required=True,
@@ -215,9 +188,7 @@ def get_args_parser(add_help=True):
         type=flags.int_in(1, or_value=-1),
         help="use only the first N images (-1: all)",
     )
-    parser.add_argument(
-        "--input-size", default=500, type=flags.int_in(1), help="test resolution: largest image side, no crop"
-    )
+    flags.add_input_size(parser)
     parser.add_argument(
         "--shrinkage",
         default=0.0,
@@ -226,21 +197,12 @@ def get_args_parser(add_help=True):
         "whitening and needs more images than dimensions + 1; α > 0 works with fewer images or degenerate "
         "descriptors, at the price of a whitened covariance that is not exactly the identity",
     )
-    parser.add_argument("--device", default="cuda", help="cuda or cpu")
-    parser.add_argument(
-        "-b", "--batch-size", default=32, type=flags.int_in(1), help="largest batch of same-size images"
-    )
-    parser.add_argument(
-        "--interpolation", default="bilinear", choices=["nearest", "bilinear", "bicubic"], help="resize interpolation"
-    )
-    parser.add_argument("-j", "--workers", default=8, type=flags.int_in(0), help="data loading workers")
-    parser.add_argument(
-        "--print-freq",
-        default=100,
-        type=flags.int_in(1),
-        help="print progress every this many iterations (batches of -b images)",
-    )
-    parser.add_argument("--output-dir", default=".", help="where whitened.pth and whiten_log.jsonl are written")
+    flags.add_device(parser)
+    flags.add_batch_size(parser)
+    flags.add_interpolation(parser)
+    flags.add_workers(parser)
+    flags.add_print_freq(parser)
+    flags.add_output_dir(parser, "where whitened.pth and whiten_log.jsonl are written")
     return parser
 
 

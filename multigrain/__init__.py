@@ -11,6 +11,6 @@ The training recipe (train.py, finetune_p.py, whiten.py, evaluate.py) lives in t
 
 from .inference.api import classify, compare, descriptors, eval_transform
 from .model import MultiGrainNet, build_model
-from .storage.checkpoint import load_model
+from .storage.model_files import load_model
 
 __all__ = ["MultiGrainNet", "build_model", "classify", "compare", "descriptors", "eval_transform", "load_model"]

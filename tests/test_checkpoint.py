@@ -12,7 +12,8 @@ import finetune_p
 import train
 import whiten
 from multigrain.model import build_model
-from multigrain.storage.checkpoint import load_checkpoint, load_model
+from multigrain.storage.checkpoint import load_checkpoint
+from multigrain.storage.model_files import load_model
 from tools.synthetic_data import make_imagefolder
 
 
@@ -201,7 +202,7 @@ def test_every_script_accepts_a_published_file(tmp_path):
 
     whiten_args = whiten.get_args_parser().parse_args(
         [
-            "--resume",
+            "--checkpoint",
             path,
             "--whiten-path",
             str(data),

@@ -16,7 +16,8 @@ import utils
 import whiten
 from multigrain.model import build_model
 from multigrain.storage import checkpoint as checkpoint_module
-from multigrain.storage.checkpoint import checkpoint_kind, load_checkpoint, load_model
+from multigrain.storage.checkpoint import checkpoint_kind, load_checkpoint
+from multigrain.storage.model_files import load_model
 from tools.synthetic_data import make_imagefolder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

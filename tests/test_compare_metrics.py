@@ -6,8 +6,10 @@ from tools.compare_metrics import compare_metrics
 
 
 def test_results_of_two_runs_side_by_side(tmp_path):
-    for name, resume, value in (("a", "runs/train/checkpoint.pth", 80.0), ("b", "runs/whiten/whitened.pth", 91.25)):
-        record = {"description": f"{resume}: p=3", "results": {"holidays": {"mAP": value}}, "args": {"resume": resume}}
+    # a: a metrics.json of today (--checkpoint), b: of an earlier version, whose flag was --resume
+    runs = (("a", "checkpoint", "runs/train/checkpoint.pth", 80.0), ("b", "resume", "runs/whiten/whitened.pth", 91.25))
+    for name, flag, path, value in runs:
+        record = {"description": f"{path}: p=3", "results": {"holidays": {"mAP": value}}, "args": {flag: path}}
         (tmp_path / f"{name}.json").write_text(json.dumps(record))
     (tmp_path / "c.json").write_text(
         json.dumps({"description": "c", "results": {"ukbench": {"N-S": 3.5}}, "args": {"resume": "c.pth"}})

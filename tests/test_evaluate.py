@@ -9,11 +9,13 @@ import torch
 from PIL import Image
 
 import evaluate
+import flags
 import presets
 from multigrain.evaluation.retrieval_metrics import copydays_map, holidays_map, revisitop_map, ukbench_score
 from multigrain.images.datasets import ImageList
+from multigrain.inference.retrieval_descriptors import retrieval_descriptors
 from multigrain.model import build_model, l2n
-from multigrain.storage.checkpoint import load_model
+from multigrain.storage.model_files import load_model
 from tools import synthetic_data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -96,7 +98,7 @@ def evaluations(bench, trained_checkpoint, untrained_checkpoint, tmp_path_factor
     for name, checkpoint in (("trained", trained_checkpoint.path), ("untrained", untrained_checkpoint)):
         out = tmp_path_factory.mktemp(f"{name}_evaluation")
         argv = [
-            "--resume", str(checkpoint), "--device", "cpu", "-j", "0", "--input-size", str(INPUT_SIZE),
+            "--checkpoint", str(checkpoint), "--device", "cpu", "-j", "0", "--input-size", str(INPUT_SIZE),
             "--dataset", "imagenet-val", *BENCHMARKS, "--imagenet-path", str(trained_checkpoint.data_path),
             *benchmark_flags(root), "--output-dir", str(out), "--save-features", str(out / "features"),
         ]  # fmt: skip
@@ -351,7 +353,7 @@ def test_multiscale_is_the_normalised_mean_over_three_sizes(tmp_path):
     args = evaluate.get_args_parser().parse_args(
         ["--dataset", "holidays", "--input-size", "32", "-j", "0", "--multiscale"]
     )
-    multiscale = evaluate.retrieval_descriptors(model, images, torch.device("cpu"), args)
+    multiscale = retrieval_descriptors(model, images, torch.device("cpu"), **flags.retrieval_extraction(args))
     per_scale = []
     for size in (32, 23, 16):  # 32, 32 / sqrt(2), 32 / 2
         transform = presets.RetrievalPresetEval(max_size=size)
@@ -360,7 +362,7 @@ def test_multiscale_is_the_normalised_mean_over_three_sizes(tmp_path):
     expected = l2n(torch.stack(per_scale).mean(dim=0))
     torch.testing.assert_close(torch.from_numpy(multiscale), expected, rtol=1e-4, atol=1e-5)
     args.multiscale = False
-    single = evaluate.retrieval_descriptors(model, images, torch.device("cpu"), args)
+    single = retrieval_descriptors(model, images, torch.device("cpu"), **flags.retrieval_extraction(args))
     torch.testing.assert_close(torch.from_numpy(single), per_scale[0], rtol=1e-4, atol=1e-5)
 
 
@@ -395,7 +397,7 @@ def test_pooling_exponent_flag_overrides_the_checkpoint(untrained_checkpoint, be
     "flags, message",
     [
         (["--dataset", "holidays", "--resume", "{ckpt}"], "--dataset holidays needs --holidays-path"),
-        (["--dataset", "ukbench", "--ukbench-path", "{bench}/ukbench"], "--resume CHECKPOINT"),
+        (["--dataset", "ukbench", "--ukbench-path", "{bench}/ukbench"], "--checkpoint CHECKPOINT"),
         (["--dataset", "ukbench", "--ukbench-path", "{bench}/nothing", "--resume", "{ckpt}"], "is not a folder"),
         (
             ["--dataset", "imagenet-val", "--imagenet-path", "{bench}", "--load-features", "{bench}"],
@@ -412,7 +414,7 @@ def test_pooling_exponent_flag_overrides_the_checkpoint(untrained_checkpoint, be
                 "--resume",
                 "{ckpt}",
             ],
-            "drop --resume",
+            "drop --checkpoint",
         ),
         (
             ["--dataset", "ukbench", "--ukbench-path", "{bench}/ukbench", "--resume", "{ckpt}", "--input-size", "0"],

@@ -44,7 +44,7 @@ def test_onnx_command(tiny_whitened_checkpoint, tmp_path):
     pytest.importorskip("onnxscript")
     onnxruntime = pytest.importorskip("onnxruntime")
     output = tmp_path / "multigrain.onnx"
-    run_export("--resume", tiny_whitened_checkpoint, "--output", output)
+    run_export("--checkpoint", tiny_whitened_checkpoint, "--output", output)
     session = onnxruntime.InferenceSession(str(output), providers=["CPUExecutionProvider"])
     assert [node.name for node in session.get_inputs()] == ["images"]
     assert [node.name for node in session.get_outputs()] == ["logits", "descriptors"]

@@ -52,7 +52,7 @@ def bad_folder(tmp_path_factory, ukbench):
 
 def command(checkpoint, images, output_dir, *extra):
     return [
-        "--resume", str(checkpoint), "--images", str(images), "--output-dir", str(output_dir), "--device", "cpu",
+        "--checkpoint", str(checkpoint), "--images", str(images), "--output-dir", str(output_dir), "--device", "cpu",
         "-j", "0", "--input-size", str(INPUT_SIZE), *extra,
     ]  # fmt: skip
 
@@ -179,7 +179,7 @@ def test_bad_images_are_named_or_skipped_and_two_processes_equal_one(checkpoint,
         (["--images", "{tmp}/empty"], "--images {tmp}/empty holds no image file"),
         (["--images", "{tmp}/list.txt"], "pass the folder its paths are relative to with --root"),
         (["--images", "{tmp}/twice.txt", "--root", "{tmp}"], "a.jpg is listed twice (line 2)"),
-        (["--images", "{tmp}/empty", "--resume", "{tmp}/nothing.pth"], "--resume {tmp}/nothing.pth is not a file"),
+        (["--images", "{tmp}/empty", "--resume", "{tmp}/nothing.pth"], "--checkpoint {tmp}/nothing.pth is not a file"),
     ],
 )
 def test_bad_inputs_are_refused_by_name(flags, message, checkpoint, tmp_path):

@@ -99,7 +99,7 @@ def test_bad_p_grid_is_refused(text):
 def test_bad_flags_are_refused(tmp_path, capsys):
     parser = finetune_p.get_args_parser()
     args = parser.parse_args(["--resume", str(tmp_path / "missing.pth"), "--data-path", str(tmp_path)])
-    with pytest.raises(ValueError, match="--resume"):
+    with pytest.raises(ValueError, match="--checkpoint"):
         finetune_p.check_args(args)
     checkpoint = tmp_path / "c.pth"
     torch.save(

@@ -11,6 +11,8 @@ import pytest
 import torch
 
 import evaluate
+import export
+import extract
 import finetune_p
 import flags
 import train
@@ -236,6 +238,25 @@ def test_bad_numbers_are_usage_errors_naming_the_flag(script, argv, message, bas
         parse_command_line(script, [*base_argv[script], *argv])
     assert exit.value.code == 2
     assert f"error: {message}" in capsys.readouterr().err
+
+
+# The scripts that read a model with --checkpoint, and the other flags their parsers require.
+CHECKPOINT_READERS = {
+    evaluate: ["--dataset", "holidays"],
+    extract: ["--images", "photos", "--output-dir", "out"],
+    finetune_p: [],
+    whiten: ["--whiten-path", "photos"],
+    export: ["--output", "model.pt2"],
+}
+
+
+@pytest.mark.parametrize("script", CHECKPOINT_READERS, ids=lambda script: script.__name__)
+def test_the_model_to_read_is_checkpoint_and_resume_still_names_it(script):
+    parser = script.get_args_parser()
+    for flag in ("--checkpoint", "--resume"):
+        args = parser.parse_args([*CHECKPOINT_READERS[script], flag, "model.pth"])
+        assert args.checkpoint == "model.pth" and "resume" not in vars(args)
+    assert "--checkpoint FILE, --resume FILE" in parser.format_help()
 
 
 def test_a_bad_number_exits_with_code_2_before_anything_starts(tmp_path):

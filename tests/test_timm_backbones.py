@@ -22,7 +22,8 @@ import whiten
 from multigrain import descriptors
 from multigrain.gem import GeM
 from multigrain.model import build_model, l2n
-from multigrain.storage.checkpoint import load_checkpoint, load_model
+from multigrain.storage.checkpoint import load_checkpoint
+from multigrain.storage.model_files import load_model
 from multigrain.timm_backbones import _cropping_cell_forward, _shifted
 from tools.synthetic_data import make_imagefolder
 
@@ -126,7 +127,7 @@ def test_finetune_p_from_a_pretrained_classifier(tmp_path):
     torch.save(timm.create_model("test_resnet", num_classes=5).state_dict(), wrong)
     with pytest.raises(utils.UsageError, match="classify 5 classes, --data-path .* has 3"):
         run_script("finetune_p.py", *start[:4], "--weights", wrong, "--output-dir", tmp_path / "x", *SMALL)
-    with pytest.raises(utils.UsageError, match="exactly one of --resume and --weights"):
+    with pytest.raises(utils.UsageError, match="exactly one of --checkpoint and --weights"):
         run_script("finetune_p.py", "--data-path", data, "--output-dir", tmp_path / "y", *SMALL)
 
 

@@ -9,7 +9,7 @@ from test_whitening import random_images
 
 import train
 import whiten
-from multigrain.storage.checkpoint import load_model
+from multigrain.storage.model_files import load_model
 from tools.synthetic_data import make_imagefolder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -73,7 +73,7 @@ def test_train_finetune_p_whiten_chain(tmp_path):
         "finetune_p.py",
         "--data-path",
         str(data),
-        "--resume",
+        "--checkpoint",
         str(tmp_path / "train" / "checkpoint.pth"),
         "--output-dir",
         str(tmp_path / "finetune"),

@@ -9,6 +9,12 @@ import sys
 from pathlib import Path
 
 
+def checkpoint_name(record):
+    """The file name of the evaluated model: --checkpoint, or --resume in the metrics.json of earlier versions."""
+    arguments = record["args"]
+    return Path(arguments.get("checkpoint", arguments.get("resume")) or "").name
+
+
 def compare_metrics(paths):
     """The table, as text: a row per (dataset, metric), a column per file, headed by its checkpoint."""
     records = []
@@ -22,7 +28,7 @@ def compare_metrics(paths):
         for dataset, metrics in record["results"].items():
             for metric, value in metrics.items():
                 rows.setdefault((dataset, metric), [""] * len(records))[column] = f"{value:.2f}"
-    header = ["dataset", "metric", *(Path(record["args"]["resume"]).name for record in records)]
+    header = ["dataset", "metric", *(checkpoint_name(record) for record in records)]
     table = [header, *([dataset, metric, *values] for (dataset, metric), values in rows.items())]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     lines = [
@@ -31,7 +37,7 @@ def compare_metrics(paths):
         )
         for row in table
     ]
-    descriptions = [f"{Path(record['args']['resume']).name}: {record['description']}" for record in records]
+    descriptions = [f"{checkpoint_name(record)}: {record['description']}" for record in records]
     return "\n".join([*descriptions, *lines])
 
 

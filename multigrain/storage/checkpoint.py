@@ -15,21 +15,17 @@ The published MultiGrain files (joint_1B_1.0.pth ..., ResNet-50) are recognised 
 dict whose `model_state` entry has the same `features.*`, `pool.p`, `classifier.*` keys, possibly
 behind a `module.` prefix, and for whitened models `whitening.pca.pca_m`, `whitening.pca.pca_P` with a
 classifier of width 2049 that reads the whitened vector; so are the published appendix-E files
-(senet154, pnasnet5large on timm; nasnetamobile on pretrainedmodels), told by their keys
-(appendix_e_architecture).
+(senet154, pnasnet5large on timm; nasnetamobile on pretrainedmodels), told by their keys. The model of
+any of them is opened by multigrain.storage.model_files.
 """
 
 import functools
 import math
 import os
 import subprocess
-import urllib.parse
 
 import torch
-from torch import nn
 
-from ..model import build_model, check_model_name
-from ..whitening import Whitening, remove_whitening
 from .atomic_write import remove_stale_temporary_files, write_atomic
 from .safe_pickle import not_loaded_objects, tensors_only_pickle
 
@@ -43,13 +39,6 @@ KIND_DESCRIPTIONS = {
     "whiten": "a whitened model of whiten.py",
     "published": "a published MultiGrain model",
     "model": "a MultiGrain model",
-}
-PUBLISHED_ARCHITECTURE = "resnet50"
-# The beginning of keys that only the published file of each appendix-E architecture has.
-PUBLISHED_APPENDIX_E_MARKERS = {
-    "senet154": "features.layer0.conv3.",
-    "nasnetamobile": "features.0.base_net.reduction_cell_0.",
-    "pnasnet5large": "features.0.base_net.cell_stem_0.",
 }
 PUBLISHED_WHITENING_KEYS = {"whitening.pca.pca_m": "whitening.mean", "whitening.pca.pca_P": "whitening.projection"}
 
@@ -208,96 +197,3 @@ def model_state_dict(checkpoint, path="checkpoint"):
             f"{path}: {len(non_finite)} tensors of its model hold NaN or infinite values: {', '.join(non_finite[:5])}"
         )
     return state
-
-
-def check_num_classes(checkpoint, path, classes, data_flag):
-    """Refuses a model whose classifier has another number of classes than the dataset's `classes`."""
-    num_classes = model_state_dict(checkpoint, path)["classifier.weight"].shape[0]
-    if num_classes != len(classes):
-        raise ValueError(f"{path} classifies {num_classes} classes, {data_flag} has {len(classes)}")
-
-
-def source_of(checkpoint, path) -> dict:
-    """The `source` entry of a model made from the checkpoint in `path`."""
-    return {"path": os.path.abspath(path), "kind": checkpoint_kind(checkpoint)}
-
-
-def appendix_e_architecture(checkpoint):
-    """The appendix-E architecture of a published file, told by its keys (senet154, pnasnet5large,
-    nasnetamobile: multigrain.timm_backbones); None for the others."""
-    keys = [key.removeprefix("module.") for key in checkpoint["model_state"]]
-    for name, marker in PUBLISHED_APPENDIX_E_MARKERS.items():
-        if any(key.startswith(marker) for key in keys):
-            return name
-    return None
-
-
-def architecture_name(checkpoint, path="checkpoint", model_name=None) -> str:
-    """The architecture of a checkpoint: its `args["model"]` (for the published files, which do not name
-    it, the appendix-E architecture their keys tell, else resnet50); `model_name` names it for checkpoints
-    that do not, and must agree with it otherwise."""
-    stored_name = (checkpoint.get("args") or {}).get("model")
-    published = checkpoint_kind(checkpoint) == "published"
-    if published:
-        stored_name = appendix_e_architecture(checkpoint)
-    if model_name and stored_name and model_name != stored_name:
-        raise ValueError(f"{path} holds a {stored_name} model, but --model is {model_name}")
-    name = model_name or stored_name or (PUBLISHED_ARCHITECTURE if published else None)
-    if name is None:
-        raise ValueError(f"{path} does not name its architecture: pass --model")
-    check_model_name(name)
-    return name
-
-
-def model_from_checkpoint(checkpoint, path="checkpoint", *, model_name=None, device="cpu", unwhitened=False):
-    """The MultiGrainNet of a loaded checkpoint, in eval mode, with its pooling exponent and whitening
-    as stored; `unwhitened` gives the model before whitening (the classifier reads g again)."""
-    name = architecture_name(checkpoint, path, model_name)
-    state = model_state_dict(checkpoint, path)
-    num_classes, classifier_width = state["classifier.weight"].shape
-    model = build_model(name, num_classes=num_classes, pooling_exponent=float(state["pool.p"]))
-    if ("whitening.mean" in state) != ("whitening.projection" in state):
-        raise ValueError(f"{path} has only one of whitening.mean and whitening.projection")
-    if "whitening.mean" in state:
-        model.whitening = Whitening(state["whitening.mean"], state["whitening.projection"])
-        model.classifier = nn.Linear(classifier_width, num_classes)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise ValueError(f"{path} does not fit --model {name}: {e}") from None
-    if unwhitened:
-        remove_whitening(model)
-    return model.to(device).eval()
-
-
-def checkpoint_file(path_or_url) -> str:
-    """The local file of a checkpoint: `path_or_url` itself, or for an http://, https:// or file:// URL the
-    file it is downloaded to, once, in torch.hub's cache (<torch.hub.get_dir()>/checkpoints/<file name>).
-    Nothing is read here: load_checkpoint reads the file safely."""
-    path_or_url = os.fspath(path_or_url)
-    if "://" not in path_or_url:
-        return path_or_url
-    url = urllib.parse.urlparse(path_or_url)
-    name = os.path.basename(url.path)
-    if url.scheme not in ("http", "https", "file") or not name:
-        raise ValueError(f"checkpoint URL {path_or_url} is not an http(s):// or file:// URL of a file")
-    path = os.path.join(torch.hub.get_dir(), "checkpoints", name)
-    if not os.path.isfile(path):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        try:
-            torch.hub.download_url_to_file(path_or_url, path, progress=False)
-        except OSError as e:
-            raise OSError(f"cannot download checkpoint {path_or_url}: {e}") from e
-    return path
-
-
-def load_model(path_or_url, *, model_name=None, device="cpu"):
-    """The MultiGrainNet stored in a checkpoint file or URL (see checkpoint_file): any checkpoint of this
-    project or a published file, in eval mode, with its pooling exponent and whitening as stored.
-
-    The architecture is the checkpoint's `args["model"]` (resnet50 for the published files, which do
-    not name it); `model_name` names it for checkpoints that do not, and must agree with it otherwise.
-    The number of classes is read from the classifier.
-    """
-    path = checkpoint_file(path_or_url)
-    return model_from_checkpoint(load_checkpoint(path), path, model_name=model_name, device=device)

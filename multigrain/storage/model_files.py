@@ -1,0 +1,167 @@
+"""The model of a checkpoint file: what every script and `multigrain.load_model` read a model from.
+
+open_model reads a checkpoint of any kind (train.py's training state, finetune_p.py's and whiten.py's models,
+a published MultiGrain file) once, checks it (a state_dict of finite tensors, the architecture) and gives a
+ModelFile: what the file is (kind, architecture, p, whitening, source), the check of its number of classes,
+and the MultiGrainNet it builds. A script opens it in its check_args, before any process group starts, and
+builds the model in main.
+"""
+
+import dataclasses
+import os
+import urllib.parse
+
+import torch
+from torch import nn
+
+from ..model import MultiGrainNet, build_model, check_model_name
+from ..whitening import Whitening, remove_whitening
+from .checkpoint import checkpoint_kind, describe, load_checkpoint, model_state_dict
+
+PUBLISHED_ARCHITECTURE = "resnet50"
+# The beginning of keys that only the published file of each appendix-E architecture has.
+PUBLISHED_APPENDIX_E_MARKERS = {
+    "senet154": "features.layer0.conv3.",
+    "nasnetamobile": "features.0.base_net.reduction_cell_0.",
+    "pnasnet5large": "features.0.base_net.cell_stem_0.",
+}
+
+
+def _settings(p, whitened):
+    return f"p={p:.4g}, whitening {'yes' if whitened else 'no'}"
+
+
+def model_settings(model) -> str:
+    """E.g. "p=3, whitening yes": what the descriptors of a MultiGrainNet depend on besides its weights and
+    its input."""
+    return _settings(float(model.pool.p), model.whitening is not None)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ModelFile:
+    """A checkpoint file read and checked by open_model."""
+
+    path: str
+    # As read: train.py continues a training state from its optimizer, criterion, ... entries.
+    checkpoint: dict = dataclasses.field(repr=False)
+    kind: str  # checkpoint_kind: train, finetune_p, whiten, published or model
+    architecture: str  # the build_model name
+    # The model's state_dict (model_state_dict): this project's keys, finite tensors.
+    state: dict = dataclasses.field(repr=False)
+
+    @property
+    def p(self) -> float:
+        return float(self.state["pool.p"])
+
+    @property
+    def whitened(self) -> bool:
+        return "whitening.mean" in self.state
+
+    @property
+    def num_classes(self) -> int:
+        return self.state["classifier.weight"].shape[0]
+
+    @property
+    def source(self) -> dict:
+        """The `source` entry of a checkpoint made from this model."""
+        return {"path": os.path.abspath(self.path), "kind": self.kind}
+
+    @property
+    def description(self) -> str:
+        """E.g. "w/whitened.pth (a whitened model of whiten.py): resnet50, p=3, whitening yes"."""
+        return f"{describe(self.checkpoint, self.path)}: {self.architecture}, {_settings(self.p, self.whitened)}"
+
+    def check_num_classes(self, num_classes, classes_of):
+        """Refuses a classifier of another number of classes than `num_classes`, those of `classes_of` (the data
+        the message names, e.g. "--data-path data/")."""
+        if self.num_classes != num_classes:
+            raise ValueError(f"{self.path} classifies {self.num_classes} classes, {classes_of} has {num_classes}")
+
+    def model(self, device="cpu", *, unwhitened=False, pooling_exponent=None) -> MultiGrainNet:
+        """The MultiGrainNet, in eval mode on `device`, with its weights, p and whitening as stored;
+        `unwhitened` gives the model before its whitening (the classifier reads g again), `pooling_exponent`
+        replaces p."""
+        num_classes, classifier_width = self.state["classifier.weight"].shape
+        model = build_model(self.architecture, num_classes=num_classes, pooling_exponent=self.p)
+        if self.whitened:
+            model.whitening = Whitening(self.state["whitening.mean"], self.state["whitening.projection"])
+            model.classifier = nn.Linear(classifier_width, num_classes)
+        try:
+            model.load_state_dict(self.state)
+        except RuntimeError as e:
+            raise ValueError(f"{self.path} does not fit --model {self.architecture}: {e}") from None
+        if unwhitened:
+            remove_whitening(model)
+        if pooling_exponent is not None:
+            model.pool.set_p(pooling_exponent)
+        return model.to(device).eval()
+
+
+def appendix_e_architecture(checkpoint):
+    """The appendix-E architecture of a published file, told by its keys (senet154, pnasnet5large,
+    nasnetamobile: multigrain.timm_backbones); None for the others."""
+    keys = [key.removeprefix("module.") for key in checkpoint["model_state"]]
+    for name, marker in PUBLISHED_APPENDIX_E_MARKERS.items():
+        if any(key.startswith(marker) for key in keys):
+            return name
+    return None
+
+
+def architecture_name(checkpoint, kind, path, model_name=None) -> str:
+    """The architecture of a checkpoint: its `args["model"]` (for the published files, which do not name
+    it, the appendix-E architecture their keys tell, else resnet50); `model_name` names it for checkpoints
+    that do not, and must agree with it otherwise."""
+    published = kind == "published"
+    stored_name = appendix_e_architecture(checkpoint) if published else (checkpoint.get("args") or {}).get("model")
+    if model_name and stored_name and model_name != stored_name:
+        raise ValueError(f"{path} holds a {stored_name} model, but --model is {model_name}")
+    name = model_name or stored_name or (PUBLISHED_ARCHITECTURE if published else None)
+    if name is None:
+        raise ValueError(f"{path} does not name its architecture: pass --model")
+    check_model_name(name)
+    return name
+
+
+def open_model(path, *, model_name=None) -> ModelFile:
+    """The model file `path`, read once and checked: a ValueError (or the FileNotFoundError, RuntimeError of
+    load_checkpoint) says what is wrong with it. `model_name` (--model) names the architecture of checkpoints
+    that do not; it must agree with the one they name."""
+    path = os.fspath(path)
+    checkpoint = load_checkpoint(path)
+    state = model_state_dict(checkpoint, path)
+    if ("whitening.mean" in state) != ("whitening.projection" in state):
+        raise ValueError(f"{path} has only one of whitening.mean and whitening.projection")
+    kind = checkpoint_kind(checkpoint)
+    return ModelFile(path, checkpoint, kind, architecture_name(checkpoint, kind, path, model_name), state)
+
+
+def checkpoint_file(path_or_url) -> str:
+    """The local file of a checkpoint: `path_or_url` itself, or for an http://, https:// or file:// URL the
+    file it is downloaded to, once, in torch.hub's cache (<torch.hub.get_dir()>/checkpoints/<file name>).
+    Nothing is read here: load_checkpoint reads the file safely."""
+    path_or_url = os.fspath(path_or_url)
+    if "://" not in path_or_url:
+        return path_or_url
+    url = urllib.parse.urlparse(path_or_url)
+    name = os.path.basename(url.path)
+    if url.scheme not in ("http", "https", "file") or not name:
+        raise ValueError(f"checkpoint URL {path_or_url} is not an http(s):// or file:// URL of a file")
+    path = os.path.join(torch.hub.get_dir(), "checkpoints", name)
+    if not os.path.isfile(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        try:
+            torch.hub.download_url_to_file(path_or_url, path, progress=False)
+        except OSError as e:
+            raise OSError(f"cannot download checkpoint {path_or_url}: {e}") from e
+    return path
+
+
+def load_model(path_or_url, *, model_name=None, device="cpu") -> MultiGrainNet:
+    """The MultiGrainNet stored in a checkpoint file or URL (see checkpoint_file): any checkpoint of this
+    project or a published file, in eval mode, with its pooling exponent and whitening as stored.
+
+    The architecture is the checkpoint's `args["model"]` (resnet50 for the published files, which do
+    not name it); `model_name` names it for checkpoints that do not, and must agree with it otherwise.
+    The number of classes is read from the classifier.
+    """
+    return open_model(checkpoint_file(path_or_url), model_name=model_name).model(device)
