@@ -72,6 +72,23 @@ def script_parser(description, add_help=True):
     )
 
 
+class FlagGroup:
+    """An argument group that lists its flags (argparse keeps its own lists private) and adds itself to
+    `parser.flag_groups`; the flags of a `recipe` group change what is trained."""
+
+    def __init__(self, parser, title, description=None, *, recipe=False):
+        self.argument_group = parser.add_argument_group(title, description)
+        self.title, self.recipe, self.actions = title, recipe, []
+        if not hasattr(parser, "flag_groups"):
+            parser.flag_groups = []
+        parser.flag_groups.append(self)
+
+    def add_argument(self, *names, **options):
+        action = self.argument_group.add_argument(*names, **options)
+        self.actions.append(action)
+        return action
+
+
 # --- the data and the model ---------------------------------------------------------------------------------
 
 

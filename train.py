@@ -36,23 +36,16 @@ from multigrain.images.image_io import load_rgb
 from multigrain.joint_loss import MultiGrainLoss
 from multigrain.margin_loss import MarginLoss
 from multigrain.model import build_model, check_model_name
-from multigrain.storage.checkpoint import (
-    FILE_NAMES,
-    architecture_name,
-    check_num_classes,
-    check_output_dir,
-    describe,
-    load_checkpoint,
-    model_from_checkpoint,
-)
+from multigrain.storage.checkpoint import FILE_NAMES, check_output_dir
+from multigrain.storage.model_files import open_model
 from multigrain.training import distributed, preemption, seeding
 from multigrain.training.recipe import Recipe
 from multigrain.training.training_state import TrainingState, check_resumable
 from sampler import DecodeOnceBatchSampler, RASampler, SeededBatches
 
-# The checkpoint a run starts from: a training state to continue (resumed, with the recipe changes that
-# --allow-change allowed) or a model to take the weights of.
-StartingPoint = namedtuple("StartingPoint", ["path", "checkpoint", "resumed", "recipe_changes"])
+# The checkpoint a run starts from (a ModelFile): a training state to continue (resumed, with the recipe changes
+# that --allow-change allowed) or a model to take the weights of.
+StartingPoint = namedtuple("StartingPoint", ["model_file", "resumed", "recipe_changes"])
 
 
 def recipe():
@@ -142,15 +135,14 @@ def check_args(args):
         path, resumed = resume or args.init_from, bool(resume)
     if not path:
         return None
-    checkpoint = load_checkpoint(path)
+    model_file = open_model(path, model_name=args.model)
     if resumed:
-        check_resumable(checkpoint, path, utils.launch_world_size())
-    architecture_name(checkpoint, path, args.model)
+        check_resumable(model_file.checkpoint, path, utils.launch_world_size())
     if resumed and args.start_epoch:
         raise ValueError(f"--start-epoch {args.start_epoch}: a resumed run continues after the checkpoint's epoch")
-    check_num_classes(checkpoint, path, classes, f"--data-path {args.data_path}")
-    changes = recipe().check(checkpoint, path, args, utils.launch_world_size()) if resumed else ()
-    return StartingPoint(path, checkpoint, resumed, changes)
+    model_file.check_num_classes(len(classes), f"--data-path {args.data_path}")
+    changes = recipe().check(model_file.checkpoint, path, args, utils.launch_world_size()) if resumed else ()
+    return StartingPoint(model_file, resumed, changes)
 
 
 def skipping_bad_images(dataset, args):
@@ -245,7 +237,7 @@ def train(args, start, stop_signals):
     if args.output_dir:
         os.makedirs(args.output_dir, exist_ok=True)
     device = torch.device(args.device)
-    amp_dtype = getattr(torch, args.amp_dtype) if args.amp else None
+    amp_dtype = flags.amp_dtype(args)
 
     dataset, train_sampler, dataset_val, classes = load_data(args)
     collate_fn = collate_skipping_bad if args.skip_bad_images else None
@@ -260,8 +252,8 @@ def train(args, start, stop_signals):
 
     if args.test_only:
         if start:
-            distributed.print_main(f"Evaluating {describe(start.checkpoint, start.path)}")
-            model = model_from_checkpoint(start.checkpoint, start.path, model_name=args.model)
+            distributed.print_main(f"Evaluating {start.model_file.description}")
+            model = start.model_file.model()
         else:
             model = build_model(
                 args.model, weights=args.weights, num_classes=len(classes), pooling_exponent=args.pooling_exponent
@@ -269,13 +261,12 @@ def train(args, start, stop_signals):
         return evaluate(model.to(device), val_loader)
 
     seeding.seed_everything(args.seed)
-    init_from = start if start and not start.resumed else None
+    init_from = start.model_file if start and not start.resumed else None
     if init_from:
-        distributed.print_main(f"Starting from the weights of {describe(init_from.checkpoint, init_from.path)}")
-        model = model_from_checkpoint(init_from.checkpoint, init_from.path, model_name=args.model, unwhitened=True)
-        if float(model.pool.p) != args.pooling_exponent:
-            distributed.print_main(f"GeM exponent {float(model.pool.p):.4g} replaced by --pooling-exponent")
-        model.pool.set_p(args.pooling_exponent)
+        distributed.print_main(f"Starting from the weights of {init_from.description}")
+        if init_from.p != args.pooling_exponent:
+            distributed.print_main(f"GeM exponent {init_from.p:.4g} replaced by --pooling-exponent")
+        model = init_from.model(unwhitened=True, pooling_exponent=args.pooling_exponent)
     else:
         model = build_model(
             args.model, weights=args.weights, num_classes=len(classes), pooling_exponent=args.pooling_exponent
@@ -324,7 +315,7 @@ def train(args, start, stop_signals):
     )  # fmt: skip
     start_epoch = args.start_epoch
     if start and start.resumed:
-        start_epoch = state.restore(start.checkpoint, start.path, start.recipe_changes)
+        start_epoch = state.restore(start.model_file.checkpoint, start.model_file.path, start.recipe_changes)
 
     drop_last = len(train_sampler) >= args.batch_size  # equal batch shapes on every rank for the all-gather
     distributed.print_main(
@@ -381,32 +372,20 @@ def train(args, start, stop_signals):
     return val_metrics
 
 
-class FlagGroup:
-    """An argument group that lists its flags (argparse keeps its own lists private) and adds itself to
-    `parser.flag_groups`; the flags of a `recipe` group change what is trained."""
-
-    def __init__(self, parser, title, description=None, *, recipe=False):
-        self.argument_group = parser.add_argument_group(title, description)
-        self.title, self.recipe, self.actions = title, recipe, []
-        parser.flag_groups.append(self)
-
-    def add_argument(self, *names, **options):
-        action = self.argument_group.add_argument(*names, **options)
-        self.actions.append(action)
-        return action
-
-
 def get_args_parser(add_help=True):
-    parser = argparse.ArgumentParser(
-        description="MultiGrain training (classification + instance margin loss). The flags of the recipe groups are "
-        "what is trained: a run continues only under the values it was started with (see --allow-change).",
-        add_help=add_help,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    parser = flags.script_parser(
+        "MultiGrain training (classification + instance margin loss). The flags of the recipe groups are what is "
+        "trained: a run continues only under the values it was started with (see --allow-change).",
+        add_help,
     )
-    parser.flag_groups = []  # each FlagGroup adds itself
-    group = FlagGroup(parser, "recipe: the network", "a CNN trunk, GeM pooling (p = 1: average, inf: max)", recipe=True)
-    group.add_argument(
-        "--model", default="resnet50", help="torchvision CNN name, timm:NAME, senet154, pnasnet5large or nasnetamobile"
+    group = flags.FlagGroup(
+        parser, "recipe: the network", "a CNN trunk, GeM pooling (p = 1: average, inf: max)", recipe=True
+    )
+    flags.add_model(
+        group,
+        default="resnet50",
+        help="torchvision model name (ResNet, ResNeXt, Wide-ResNet, RegNet, EfficientNet), timm:NAME for a timm CNN "
+        "with a global pooling + Linear head, or senet154 / pnasnet5large / nasnetamobile (appendix E)",
     )
     group.add_argument(
         "--weights", default=None, help="trunk weights: a torchvision weights name; for timm, a file or a cached tag"
@@ -414,23 +393,34 @@ def get_args_parser(add_help=True):
     group.add_argument(
         "--init-from", default="", help="start a new run (epoch 0) from the weights and β of any model checkpoint"
     )
-    group.add_argument(
-        "--pooling-exponent", default=3.0, type=flags.float_in(0, low_open=True, allow_inf=True), help="GeM exponent p"
-    )
+    flags.add_pooling_exponent(group, default=3.0, help="GeM exponent p (1: average pooling, inf: max pooling)")
     group.add_argument("--sync-bn", action="store_true", help="synchronised BatchNorm across processes")
 
-    group = FlagGroup(parser, "recipe: the loss", "λ·CE + (1 − λ)·margin loss (boundary β, margin α)", recipe=True)
+    group = flags.FlagGroup(
+        parser, "recipe: the loss", "λ·CE + (1 − λ)·margin loss (boundary β, margin α)", recipe=True
+    )
     group.add_argument(
-        "--classif-weight", "--classify-weight", default=0.5, type=flags.float_in(0, 1), dest="classif_weight", help="λ"
+        "--classif-weight",
+        "--classify-weight",
+        default=0.5,
+        type=flags.float_in(0, 1),
+        dest="classif_weight",
+        help="λ: loss = λ·CE + (1−λ)·margin loss; 1 is plain classification",
     )
     group.add_argument("--margin", default=0.2, type=flags.float_in(0), help="margin α of the margin loss")
     group.add_argument("--beta-init", default=1.2, type=flags.float_in(0, low_open=True), help="initial β")
     group.add_argument("--beta-lr", default=1.0, type=flags.float_in(0), help="β's learning rate as a multiple of --lr")
     group.add_argument(
-        "--sampling-cutoff", default=0.5, type=flags.float_in(0, 2, low_open=True), help="sampling distance floor"
+        "--sampling-cutoff",
+        default=0.5,
+        type=flags.float_in(0, 2, low_open=True),
+        help="distances are clamped below at this value for the sampling weights",
     )
     group.add_argument(
-        "--nonzero-loss-cutoff", default=1.4, type=flags.float_in(0, 2, low_open=True), help="max distance of negatives"
+        "--nonzero-loss-cutoff",
+        default=1.4,
+        type=flags.float_in(0, 2, low_open=True),
+        help="negatives are drawn among the ones closer than this",
     )
     group.add_argument(
         "--negative-sampling",
@@ -442,9 +432,9 @@ def get_args_parser(add_help=True):
         "--label-smoothing", default=0.0, type=flags.float_in(0, 1, high_open=True), help="label smoothing of the CE"
     )
 
-    group = FlagGroup(parser, "recipe: the samples", "-b enters the recipe as the global batch", recipe=True)
-    group.add_argument(
-        "-b", "--batch-size", default=64, type=flags.int_in(1), help="images per process (global batch: × processes)"
+    group = flags.FlagGroup(parser, "recipe: the samples", "-b enters the recipe as the global batch", recipe=True)
+    flags.add_batch_size(
+        group, default=64, help="images per process; the global batch is this times the number of processes"
     )
     group.add_argument(
         "--ra-sampler", action=argparse.BooleanOptionalAction, default=True, help="each image --ra-reps times per batch"
@@ -456,11 +446,16 @@ def get_args_parser(add_help=True):
         type=flags.float_in(0, low_open=True),
         help="samples per epoch / training images, copies included (the paper: 2.0, 5005 iterations of 512)",
     )
-    group.add_argument("--seed", default=0, type=flags.seed, help="random seed")
+    flags.add_seed(group, "random seed")
 
-    group = FlagGroup(parser, "recipe: the augmentation", "paper variant: --auto-augment autoaugment", recipe=True)
+    group = flags.FlagGroup(
+        parser, "recipe: the augmentation", "paper variant: --auto-augment autoaugment", recipe=True
+    )
     group.add_argument(
-        "--auto-augment", default=None, choices=presets.AUTO_AUGMENT_POLICIES, help="replaces colour jitter, lighting"
+        "--auto-augment",
+        default=None,
+        choices=presets.AUTO_AUGMENT_POLICIES,
+        help="a policy replacing colour jitter and lighting (the paper's variant: autoaugment)",
     )
     group.add_argument("--ra-magnitude", default=9, type=flags.int_in(0, 30), help="magnitude of --auto-augment ra")
     group.add_argument(
@@ -469,18 +464,16 @@ def get_args_parser(add_help=True):
     group.add_argument(
         "--color-jitter", default=0.3, type=flags.float_in(0), help="brightness, contrast and saturation jitter"
     )
-    group.add_argument("--lighting", default=0.1, type=flags.float_in(0), help="std of the PCA lighting noise")
+    group.add_argument(
+        "--lighting", default=0.1, type=flags.float_in(0), help="std of the PCA lighting noise of the full augmentation"
+    )
     group.add_argument("--train-crop-size", default=224, type=flags.int_in(1), help="training random-resized-crop size")
-    group.add_argument(
-        "--interpolation", default="bilinear", choices=["nearest", "bilinear", "bicubic"], help="resize interpolation"
-    )
+    flags.add_interpolation(group)
 
-    group = FlagGroup(parser, "recipe: the optimisation", recipe=True)
+    group = flags.FlagGroup(parser, "recipe: the optimisation", recipe=True)
     group.add_argument("--opt", default="sgd", choices=["sgd", "sgd_nesterov", "rmsprop", "adamw"], help="optimizer")
-    group.add_argument(
-        "--lr", default=0.2, type=flags.float_in(0, low_open=True), help="learning rate (0.2 for a global batch of 512)"
-    )
-    group.add_argument("--momentum", default=0.9, type=flags.float_in(0, 1, high_open=True), help="momentum")
+    flags.add_lr(group, default=0.2, help="learning rate (the paper: 0.2 for a global batch of 512)")
+    flags.add_momentum(group)
     group.add_argument(
         "--wd", "--weight-decay", default=1e-4, type=flags.float_in(0), dest="weight_decay", help="weight decay"
     )
@@ -511,18 +504,16 @@ def get_args_parser(add_help=True):
         "--lr-warmup-decay", default=0.01, type=flags.float_in(0, 1, low_open=True), help="lr factor at warm-up start"
     )
 
-    group = FlagGroup(parser, "validation")
+    group = flags.FlagGroup(parser, "validation")
     group.add_argument(
         "--val-resize-size", default=256, type=flags.int_in(1), help="validation resize of the shorter side"
     )
     group.add_argument("--val-crop-size", default=224, type=flags.int_in(1), help="validation center crop")
     group.add_argument("--test-only", action="store_true", help="only evaluate (the model of --resume if given)")
 
-    group = FlagGroup(parser, "running and checkpointing")
-    group.add_argument(
-        "--data-path", default="/datasets01/imagenet_full_size/061417/", help="folder with train/ and val/ ImageFolders"
-    )
-    group.add_argument("--output-dir", default=".", help="where checkpoint.pth and log.jsonl are written")
+    group = flags.FlagGroup(parser, "running and checkpointing")
+    flags.add_data_path(group)
+    flags.add_output_dir(group, "where checkpoint.pth and log.jsonl are written")
     group.add_argument(
         "--resume", default="", help="training state (checkpoint.pth) to continue; with --test-only: any model"
     )
@@ -550,23 +541,18 @@ def get_args_parser(add_help=True):
     group.add_argument(
         "--skip-bad-images", action="store_true", help="log and skip images that cannot be decoded instead of stopping"
     )
-    group.add_argument("--print-freq", default=10, type=flags.int_in(1), help="print every this many iterations")
-    group.add_argument("--device", default="cuda", help="cuda or cpu")
-    group.add_argument("--dist-url", default="env://", help="url of the process group set-up")
+    flags.add_print_freq(group, default=10)
+    flags.add_device(group)
+    flags.add_dist_url(group)
 
-    group = FlagGroup(parser, "speed")
-    group.add_argument("--amp", action="store_true", help="automatic mixed precision")
-    group.add_argument(
-        "--amp-dtype", default="float16", choices=["float16", "bfloat16"], help="autocast dtype (float16: grad scaler)"
-    )
-    group.add_argument(
-        "--channels-last", action="store_true", help="channels-last memory format (faster with --amp on tensor cores)"
-    )
-    group.add_argument("--compile", action="store_true", help="torch.compile the model for training")
+    group = flags.FlagGroup(parser, "speed")
+    flags.add_amp(group, training=True)
+    flags.add_channels_last(group)
+    flags.add_compile(group, help="torch.compile the model for training")
     group.add_argument(
         "--ra-decode-once", action="store_true", help="decode each image once for its --ra-reps copies (on one process)"
     )
-    group.add_argument("-j", "--workers", default=8, type=flags.int_in(0), help="data loading workers per process")
+    flags.add_workers(group)
     return parser
 
 

@@ -16,6 +16,7 @@ import utils
 import whiten
 from multigrain.model import build_model
 from multigrain.storage import checkpoint as checkpoint_module
+from multigrain.storage import model_files
 from multigrain.storage.checkpoint import checkpoint_kind, load_checkpoint
 from multigrain.storage.model_files import load_model
 from tools.synthetic_data import make_imagefolder
@@ -155,7 +156,7 @@ def test_flags_are_checked_once_and_the_checkpoint_read_once(data, trained, tmp_
         return counted
 
     monkeypatch.setattr(train, "check_args", counting("check_args", train.check_args))
-    monkeypatch.setattr(train, "load_checkpoint", counting("load_checkpoint", train.load_checkpoint))
+    monkeypatch.setattr(model_files, "load_checkpoint", counting("load_checkpoint", model_files.load_checkpoint))
     argv = ["train.py", "--data-path", str(data), "--output-dir", str(out), *SMALL, "-b", "6", "--lr", "0.01"]
     monkeypatch.setattr(sys, "argv", argv + ["--epochs", "2", "--allow-change", "epochs"])
     utils.run_script(train.main, train.get_args_parser())
