@@ -372,7 +372,6 @@ def get_args_parser(add_help=True):
     parser = flags.script_parser("MultiGrain evaluation: ImageNet top-1/top-5 and retrieval benchmarks", add_help)
     parser.add_argument("--dataset", nargs="+", required=True, choices=DATASETS, help="benchmarks to evaluate")
     flags.add_checkpoint(parser, "the model to evaluate", required=False)
-    flags.add_model(parser)
     flags.add_input_size(
         parser, help="s: retrieval images are resized to largest side s; classification see --input-crop"
     )

@@ -108,7 +108,6 @@ def main(args):
 def get_args_parser(add_help=True):
     parser = flags.script_parser("MultiGrain: export a model for inference (torch.export or ONNX)", add_help)
     flags.add_checkpoint(parser, "the model to export")
-    flags.add_model(parser)
     parser.add_argument(
         "--output", required=True, help="file to write: .pt2 (torch.export.save) or .onnx (ONNX, dynamo exporter)"
     )

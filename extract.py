@@ -219,7 +219,6 @@ def main(args):
 def get_args_parser(add_help=True):
     parser = flags.script_parser("MultiGrain descriptors of a folder or list of images, in resumable shards", add_help)
     flags.add_checkpoint(parser, "the model to extract descriptors with")
-    flags.add_model(parser)
     parser.add_argument(
         "--images",
         required=True,

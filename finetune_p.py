@@ -240,10 +240,12 @@ def main(args):
 def get_args_parser(add_help=True):
     parser = flags.script_parser("MultiGrain: learn the GeM exponent p* for a test resolution", add_help)
     flags.add_data_path(parser)
-    flags.add_checkpoint(parser, "the model to start from", required=False)
-    flags.add_model(
+    flags.add_checkpoint(
         parser,
-        help="architecture: of --weights, or for checkpoints that do not name it (published files: told by their keys)",
+        "the model to start from",
+        required=False,
+        model_help="architecture: of --weights, or for checkpoints that do not name it (published files: told by "
+        "their keys)",
     )
     parser.add_argument(
         "--weights",

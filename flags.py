@@ -98,9 +98,9 @@ def add_data_path(parser):
     )
 
 
-def add_checkpoint(parser, what, *, required=True):
-    """--checkpoint: the model file a script reads (multigrain.storage.model_files.open_model). --resume, its
-    former name, is still accepted."""
+def add_checkpoint(parser, what, *, required=True, model_help=None):
+    """--checkpoint: the model file a script reads (multigrain.storage.model_files.open_model), --resume being its
+    former name, still accepted; and --model, the architecture of checkpoints that do not name it."""
     parser.add_argument(
         "--checkpoint",
         "--resume",
@@ -110,14 +110,13 @@ def add_checkpoint(parser, what, *, required=True):
         help=f"{what}: a checkpoint of train.py, finetune_p.py or whiten.py, or a published file "
         "(--resume: the former name of this flag)",
     )
+    add_model(parser, help=model_help or MODEL_HELP)
 
 
-def add_model(
-    parser,
-    *,
-    default=None,
-    help="architecture, for checkpoints that do not name it (published files: told by their keys)",
-):
+MODEL_HELP = "architecture, for checkpoints that do not name it (published files: told by their keys)"
+
+
+def add_model(parser, *, default=None, help=MODEL_HELP):
     parser.add_argument("--model", default=default, help=help)
 
 

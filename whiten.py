@@ -171,7 +171,6 @@ def main(args):
 def get_args_parser(add_help=True):
     parser = flags.script_parser("MultiGrain: PCA whitening of the descriptor, folded into the classifier", add_help)
     flags.add_checkpoint(parser, "the model to whiten")
-    flags.add_model(parser)
     parser.add_argument(
         "--whiten-path",
         required=True,
