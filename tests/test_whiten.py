@@ -5,11 +5,11 @@ import sys
 
 import pytest
 import torch
-from test_whitening import random_images
 
 import train
 import whiten
 from multigrain.storage.checkpoint import load_model
+from tests.multigrain.test_whitening import random_images
 from tools.synthetic_data import make_imagefolder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

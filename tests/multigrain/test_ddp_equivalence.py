@@ -2,9 +2,10 @@ import os
 import subprocess
 import sys
 
-import ddp_equivalence_worker as worker
 import pytest
 import torch
+
+from tests.multigrain import ddp_equivalence_worker as worker
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -27,7 +28,7 @@ def single_process_first_step():
 @pytest.mark.parametrize("nproc", [2, 3])
 def test_global_batch_loss_and_gradients_equal_one_process(tmp_path, nproc):
     out = tmp_path / "ddp.pt"
-    run = torchrun(nproc, "tests/ddp_equivalence_worker.py", str(out))
+    run = torchrun(nproc, "tests/multigrain/ddp_equivalence_worker.py", str(out))
     assert run.returncode == 0, run.stdout + run.stderr
     ddp = torch.load(out, weights_only=True)
     losses, grads = single_process_first_step()
