@@ -1,14 +1,10 @@
-import os
-import subprocess
-import sys
 from collections import namedtuple
 
 import pytest
 import torch
 
+from tests.scripts import run_script
 from tools.synthetic_data import make_imagefolder
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TrainedCheckpoint = namedtuple("TrainedCheckpoint", ["path", "data_path", "val_acc1"])
 
@@ -34,15 +30,12 @@ def trained_checkpoint(tmp_path_factory):
     root = tmp_path_factory.mktemp("trained_checkpoint")
     data_path, output_dir = root / "data", root / "train"
     make_imagefolder(data_path, num_classes=10, train_per_class=40, val_per_class=10, image_size=64, seed=0)
-    command = [
-        sys.executable, "train.py", "--data-path", str(data_path), "--output-dir", str(output_dir),
+    run = run_script(
+        "train.py", "--data-path", data_path, "--output-dir", output_dir,
         "--model", "resnet18", "--device", "cpu", "-j", "0", "--print-freq", "1000", "-b", "64", "--epochs", "6",
         "--lr", "0.04", "--lr-scheduler", "cosineannealinglr", "--lr-warmup-epochs", "1", "--lr-warmup-decay", "0.1",
         "--train-crop-size", "64", "--val-resize-size", "73", "--val-crop-size", "64",
-    ]  # fmt: skip
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    )  # fmt: skip
     final = next(line for line in run.stdout.splitlines() if line.startswith("Final"))
     val_acc1 = float(final.split("Acc@1")[1].split()[0])
     return TrainedCheckpoint(output_dir / "checkpoint.pth", data_path, val_acc1)

@@ -16,9 +16,9 @@ from PIL import Image
 
 import multigrain
 from multigrain.images.image_io import BadImageError
+from tests.scripts import ROOT
 from tools.synthetic_data import make_variant, render_image
 
-ROOT = Path(__file__).resolve().parents[1]
 NOT_COPIED = shutil.ignore_patterns(".venv", ".git", "data", "output", "build", "*.egg-info", "__pycache__", ".*cache")
 
 

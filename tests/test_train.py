@@ -1,15 +1,13 @@
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
 import train
+from tests.scripts import ONE_THREAD, run_script
 from tools.synthetic_data import make_imagefolder
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ["--model", "resnet18", "--device", "cpu", "-j", "0", "--print-freq", "1000"]
 
 
@@ -31,23 +29,6 @@ def tiny(tmp_path_factory):
     return root
 
 
-def run_script(args, nproc=None):
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
-    if nproc:
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            f"--nproc_per_node={nproc}",
-            "train.py",
-            *args,
-        ]
-    else:
-        cmd = [sys.executable, "train.py", *args]
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-
-
 def read_log(output_dir):
     with open(os.path.join(output_dir, "log.jsonl")) as f:
         return [json.loads(line) for line in f]
@@ -64,7 +45,7 @@ def test_torchrun_two_processes_learns(five_classes, tmp_path):
         "--epochs", "4", "--lr", "0.01", "--lr-scheduler", "cosineannealinglr", "--lr-warmup-epochs", "1",
         "--lr-warmup-decay", "0.1",
     ]  # fmt: skip
-    run = run_script(args, nproc=2)
+    run = run_script("train.py", *args, nproc=2, env=ONE_THREAD, returncode=None)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "300 samples per epoch" in run.stdout  # 150 images x epoch-len-factor 2.0
 
@@ -81,19 +62,8 @@ def test_torchrun_two_processes_learns(five_classes, tmp_path):
     beta = checkpoint["criterion"]["margin_loss.beta"].item()
     assert beta != pytest.approx(1.2) and beta == pytest.approx(log[-1]["beta"])
 
-    test_only = run_script(
-        [
-            "--data-path",
-            str(five_classes),
-            *SMALL,
-            *size_flags(48),
-            "-b",
-            "16",
-            "--test-only",
-            "--resume",
-            str(out / "checkpoint.pth"),
-        ]
-    )
+    flags = [*SMALL, *size_flags(48), "-b", "16", "--test-only", "--resume", out / "checkpoint.pth"]
+    test_only = run_script("train.py", "--data-path", five_classes, *flags, env=ONE_THREAD, returncode=None)
     assert test_only.returncode == 0, test_only.stderr[-3000:]
     assert f"Acc@1 {log[-1]['val_acc1']:.3f}" in test_only.stdout
 
@@ -218,11 +188,11 @@ def test_bad_flags_are_refused(tiny, flags, message, capsys):
 
 
 def test_bad_flags_exit_before_any_process_starts(tmp_path):
-    run = run_script(["--data-path", str(tmp_path), "--classif-weight", "2"])
+    run = run_script("train.py", "--data-path", tmp_path, "--classif-weight", "2", env=ONE_THREAD, returncode=None)
     assert run.returncode == 2
     assert "error: argument --classif-weight/--classify-weight: must be a finite number in [0, 1], got 2" in run.stderr
     assert "Traceback" not in run.stderr
-    missing = run_script(["--data-path", str(tmp_path / "nowhere")])
+    missing = run_script("train.py", "--data-path", tmp_path / "nowhere", env=ONE_THREAD, returncode=None)
     assert missing.returncode == 2 and "nowhere/train is not a folder" in missing.stderr
 
 

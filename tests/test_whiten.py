@@ -1,7 +1,4 @@
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -10,9 +7,8 @@ import train
 import whiten
 from multigrain.storage.checkpoint import load_model
 from tests.multigrain.test_whitening import random_images
+from tests.scripts import ONE_THREAD, run_script
 from tools.synthetic_data import make_imagefolder
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_image_names_from_a_tree_or_a_list(tmp_path):
@@ -29,14 +25,6 @@ def test_image_names_from_a_tree_or_a_list(tmp_path):
     listing.write_text("c.jpeg\nmissing/3.jpg\n")
     with pytest.raises(FileNotFoundError, match="missing/3.jpg"):
         whiten.whitening_image_names(str(tmp_path), str(listing))
-
-
-def run_script(script, *args):
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
-    command = [sys.executable, script, *args]
-    run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    return run.stdout
 
 
 def test_train_finetune_p_whiten_chain(tmp_path):
@@ -68,6 +56,7 @@ def test_train_finetune_p_whiten_chain(tmp_path):
         "1000",
         "--lr",
         "0.01",
+        env=ONE_THREAD,
     )
     run_script(
         "finetune_p.py",
@@ -80,6 +69,7 @@ def test_train_finetune_p_whiten_chain(tmp_path):
         "--input-size",
         "32",
         *small,
+        env=ONE_THREAD,
     )
     out = run_script(
         "whiten.py",
@@ -92,7 +82,8 @@ def test_train_finetune_p_whiten_chain(tmp_path):
         "--input-size",
         "32",
         *small,
-    )
+        env=ONE_THREAD,
+    ).stdout
     assert "same top-5 classes: 100.00%" in out
 
     finetune_log = [

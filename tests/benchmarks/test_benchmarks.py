@@ -3,9 +3,7 @@ asserted."""
 
 import argparse
 import math
-import os
 import re
-import subprocess
 import sys
 import time
 
@@ -24,8 +22,8 @@ from benchmarks import (
 )
 from benchmarks.timing import format_table, median_ratio, time_side_by_side
 from multigrain.margin_loss import MarginLoss
+from tests.scripts import ONE_THREAD, run_script
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_MODEL = ["--model", "resnet18", "--input-size", "32", "-b", "6", "--num-classes", "5"]
 
 
@@ -95,9 +93,8 @@ def test_channels_last_without_compile():
 
 
 def run_gpu_check_smoke(log_dir, parts):
-    command = [sys.executable, "-m", "benchmarks.gpu_check", "--device", "cpu", "--smoke", "--log-dir", str(log_dir)]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    run = subprocess.run([*command, "--parts", *parts], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    command = ["-m", "benchmarks.gpu_check", "--device", "cpu", "--smoke", "--log-dir", log_dir, "--parts", *parts]
+    run = run_script(*command, env=ONE_THREAD, returncode=None)
     assert run.returncode == 0, run.stdout[-5000:] + run.stderr[-3000:]
     summary = (log_dir / "summary.txt").read_text()
     for part in parts:

@@ -1,19 +1,8 @@
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
 from tests.multigrain import ddp_equivalence_worker as worker
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def torchrun(nproc, *args):
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+from tests.scripts import ONE_THREAD, run_script
 
 
 def single_process_first_step():
@@ -28,7 +17,7 @@ def single_process_first_step():
 @pytest.mark.parametrize("nproc", [2, 3])
 def test_global_batch_loss_and_gradients_equal_one_process(tmp_path, nproc):
     out = tmp_path / "ddp.pt"
-    run = torchrun(nproc, "tests/multigrain/ddp_equivalence_worker.py", str(out))
+    run = run_script("-m", worker.__name__, out, nproc=nproc, env=ONE_THREAD, returncode=None)
     assert run.returncode == 0, run.stdout + run.stderr
     ddp = torch.load(out, weights_only=True)
     losses, grads = single_process_first_step()
