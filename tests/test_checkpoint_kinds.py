@@ -18,6 +18,8 @@ from multigrain.storage.checkpoint import checkpoint_kind, load_checkpoint, load
 from tests.scripts import run_script
 from tools.synthetic_data import make_imagefolder
 
+pytestmark = pytest.mark.slow  # training runs
+
 SMALL = "--model resnet18 --device cpu -j 0 --print-freq 1000 --train-crop-size 32 --val-resize-size 36".split()
 SMALL += ["--val-crop-size", "32"]
 

@@ -12,6 +12,8 @@ from multigrain.model import build_model, l2n
 from multigrain.whitening import fold_whitening
 from tests.scripts import run_script
 
+pytestmark = pytest.mark.slow  # the command line on a layout written by the command line
+
 
 def metrics_of(args):
     return evaluate.main(evaluate.get_args_parser().parse_args(args))["disc21"]

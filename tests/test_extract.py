@@ -64,6 +64,7 @@ def folder_bytes(folder):
     return {name: (folder / name).read_bytes() for name in sorted(os.listdir(folder))}
 
 
+@pytest.mark.slow
 def test_descriptors_equal_those_of_evaluate(checkpoint, ukbench, tmp_path):
     evaluate_dir = tmp_path / "evaluate"
     evaluate.main(
@@ -91,6 +92,7 @@ def test_descriptors_equal_those_of_evaluate(checkpoint, ukbench, tmp_path):
     np.testing.assert_allclose(np.concatenate([part for _, part in shards.parts()]), expected[::-1], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_files_of_an_uninterrupted_run(checkpoint, ukbench, tmp_path):
     uninterrupted = tmp_path / "uninterrupted"
     run_extract(command(checkpoint, ukbench / "full", uninterrupted, "--shard-size", "2"))
@@ -126,6 +128,7 @@ def test_killed_run_resumes_to_the_files_of_an_uninterrupted_run(checkpoint, ukb
     assert folder_bytes(killed) == folder_bytes(uninterrupted)
 
 
+@pytest.mark.slow
 def test_bad_images_are_named_or_skipped_and_two_processes_equal_one(checkpoint, bad_folder, tmp_path):
     with pytest.raises(BadImageError, match="truncated.jpg"):
         run_extract(command(checkpoint, bad_folder, tmp_path / "stopped", "--shard-size", "4"))

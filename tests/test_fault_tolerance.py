@@ -12,6 +12,7 @@ from multigrain.storage.checkpoint import save_checkpoint
 from tests.scripts import ONE_THREAD, ROOT, script_command
 from tools.synthetic_data import make_imagefolder
 
+pytestmark = pytest.mark.slow  # training runs, killed workers
 SMALL = [
     "--model", "resnet18", "--device", "cpu", "-j", "0", "--print-freq", "1000", "--train-crop-size", "32",
     "--val-resize-size", "36", "--val-crop-size", "32",

@@ -39,6 +39,7 @@ def write_readme_photos(folder):
     return [folder / "photos" / name for name in ("beach.jpg", "beach_copy.jpg", "city.png")]
 
 
+@pytest.mark.slow
 def test_pip_install_alone_and_the_readme_example_from_another_folder(tiny_whitened_checkpoint, tmp_path):
     source = tmp_path / "clone"
     shutil.copytree(ROOT, source, ignore=NOT_COPIED)

@@ -19,6 +19,8 @@ from tests.scripts import ONE_THREAD, ROOT, script_command
 from tests.test_fault_tolerance import children_of, read_log
 from tools.synthetic_data import make_imagefolder
 
+pytestmark = pytest.mark.slow  # training runs stopped, killed and resumed
+
 SMALL = [
     "--model", "resnet18", "--device", "cpu", "--print-freq", "1000", "--train-crop-size", "32",
     "--val-resize-size", "36", "--val-crop-size", "32", "--lr", "0.02",

@@ -38,6 +38,7 @@ def parse(args):
     return train.get_args_parser().parse_args(args)
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_learns(five_classes, tmp_path):
     out = tmp_path / "run"
     args = [
@@ -85,6 +86,7 @@ def assert_same_state(a, b):
     assert a["lr_scheduler"]["last_epoch"] == b["lr_scheduler"]["last_epoch"]
 
 
+@pytest.mark.slow
 def test_resume_gives_the_state_of_an_uninterrupted_run(tiny, tmp_path):
     common = ["--data-path", str(tiny), *SMALL, *size_flags(32), "-b", "6", "--lr", "0.02", "--lr-step-size", "1"]
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
@@ -106,6 +108,7 @@ def test_resume_gives_the_state_of_an_uninterrupted_run(tiny, tmp_path):
     assert straight_log[1]["train_loss"] == resumed_log[1]["train_loss"]
 
 
+@pytest.mark.slow
 def test_classification_only_with_bfloat16_autocast(tiny, tmp_path):
     args = parse(
         [
@@ -138,6 +141,7 @@ def test_classification_only_with_bfloat16_autocast(tiny, tmp_path):
     assert log[0]["beta"] == pytest.approx(1.2)  # λ = 1: beta gets no gradient
 
 
+@pytest.mark.slow
 def test_lambda_one_with_repeated_augmentation_and_p1(tiny, tmp_path):
     args = parse(
         [
@@ -196,6 +200,7 @@ def test_bad_flags_exit_before_any_process_starts(tmp_path):
     assert missing.returncode == 2 and "nowhere/train is not a folder" in missing.stderr
 
 
+@pytest.mark.slow
 def test_train_py_with_decode_once_and_channels_last(tmp_path):
     make_imagefolder(tmp_path / "data", num_classes=3, train_per_class=8, val_per_class=3, image_size=32, seed=1)
     flags = [

@@ -27,6 +27,7 @@ def test_image_names_from_a_tree_or_a_list(tmp_path):
         whiten.whitening_image_names(str(tmp_path), str(listing))
 
 
+@pytest.mark.slow
 def test_train_finetune_p_whiten_chain(tmp_path):
     data, whitening_images = tmp_path / "data", tmp_path / "whiten_images"
     make_imagefolder(data, num_classes=3, train_per_class=8, val_per_class=4, image_size=32, seed=1)

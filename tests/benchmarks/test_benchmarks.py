@@ -37,6 +37,7 @@ def test_time_side_by_side_calls_every_candidate_once_per_round():
     assert table[0].split() == ["x", "value"] and table[2].split() == ["a", "1"]
 
 
+@pytest.mark.slow
 def test_step_overhead(capsys):
     args = step_overhead.get_args_parser().parse_args([*TINY_MODEL, "--steps", "1", "--rounds", "1"])
     result = step_overhead.main(args)
@@ -44,6 +45,7 @@ def test_step_overhead(capsys):
     assert "MultiGrain (λ=0.5, reps=3)" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_checkpoint_cost_writes_a_mid_epoch_state(tmp_path, capsys):
     args = checkpoint_cost.get_args_parser().parse_args(
         [*TINY_MODEL, "--save-after", "3", "--steps-after", "1", "--output-dir", str(tmp_path)]
@@ -73,6 +75,7 @@ def test_data_pipeline_both_pipelines_give_the_same_number_of_samples():
     assert result["ratio"] > 0 and result["bound"] > 1
 
 
+@pytest.mark.slow
 def test_retrieval_batched_and_single_extraction_agree_and_search_runs():
     flags = [
         "--model", "resnet18", "--input-size", "40", "--num-groups", "2", "-b", "4", "-j", "0", "--rounds", "1",
@@ -85,6 +88,7 @@ def test_retrieval_batched_and_single_extraction_agree_and_search_runs():
     assert result["positions"]["same"]
 
 
+@pytest.mark.slow
 def test_channels_last_without_compile():
     flags = [*TINY_MODEL, "--variants", "eager", "channels-last", "--steps", "1", "--rounds", "1"]
     result = channels_last_compile.main(channels_last_compile.get_args_parser().parse_args(flags))
@@ -103,12 +107,14 @@ def run_gpu_check_smoke(log_dir, parts):
     return summary
 
 
+@pytest.mark.slow
 def test_gpu_check_smoke_runs_the_tests_and_the_training(tmp_path):
     summary = run_gpu_check_smoke(tmp_path, ["cuda-tests", "train"])
     assert re.search(r"^train +ok +\d+ img/s, 2x2 steps, loss [\d.]+ → [\d.]+", summary, re.MULTILINE), summary
     assert len((tmp_path / "train-log.jsonl").read_text().splitlines()) == 2
 
 
+@pytest.mark.slow
 def test_gpu_check_smoke_runs_the_benchmarks(tmp_path):
     run_gpu_check_smoke(tmp_path, ["step-overhead", "sampling-margin", "extraction", "channels-last"])
 

@@ -4,6 +4,8 @@ import torch
 from tests.multigrain import ddp_equivalence_worker as worker
 from tests.scripts import ONE_THREAD, run_script
 
+pytestmark = pytest.mark.slow  # torchrun
+
 
 def single_process_first_step():
     model, criterion = worker.build()

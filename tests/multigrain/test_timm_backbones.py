@@ -51,6 +51,7 @@ def gem_reference(net, x, p):
     return net.get_classifier()(GeM(p)(net.forward_features(x)))
 
 
+@pytest.mark.slow
 def test_timm_model_through_every_script(tmp_path):
     data, whitening_images = tmp_path / "data", tmp_path / "whiten_images"
     make_imagefolder(data, num_classes=3, train_per_class=4, val_per_class=2, image_size=(40, 32), seed=3)
@@ -181,6 +182,7 @@ def assert_cells_fail(net, x):
         net.features(x)
 
 
+@pytest.mark.slow
 def test_senet154_published_file_and_readme_commands(tmp_path):
     torch.manual_seed(0)
     net = randomize_batchnorm(pretrainedmodels.senet154(num_classes=1, pretrained=None))
@@ -202,6 +204,7 @@ def test_senet154_published_file_and_readme_commands(tmp_path):
     assert "Acc@1" in out
 
 
+@pytest.mark.slow
 def test_pnasnet5large_published_file_at_any_size(tmp_path):
     # Sizes at which pretrainedmodels' PNASNet works (square 33 and 45 do).
     path = tmp_path / "pnasnet5large-finetune500.pth"
@@ -218,6 +221,7 @@ def test_pnasnet5large_published_file_at_any_size(tmp_path):
             torch.testing.assert_close(output, expected, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_nasnetamobile_published_file_in_every_script(tmp_path):
     # Sizes at which pretrainedmodels' NASNet works (square 33 and 64 do); at others its cells fail, and ours crop.
     path = tmp_path / "nasnetamobile-finetune350.pth"
