@@ -70,7 +70,7 @@ def test_an_ablation_in_the_same_folder_is_refused_and_nothing_is_overwritten(da
 def test_the_refusal_is_a_usage_error_without_traceback(data, trained):
     command = ["train.py", "--data-path", str(data), "--output-dir", str(trained), *SMALL]
     command += ["--epochs", "1", "-b", "6", "--classif-weight", "1"]
-    run = run_script(*command, returncode=None)
+    run = run_script(*command, check=False)
     assert run.returncode == 2
     assert "--classif-weight: 0.5 → 1.0" in run.stderr and "Traceback" not in run.stderr
 

@@ -24,7 +24,7 @@ def layout(tmp_path_factory):
     """The README's `python tools/synthetic_data.py disc21 --output DIR`: 60 references, 40 queries of which 30
     are edited copies, 40 training images."""
     root = tmp_path_factory.mktemp("disc21") / "disc21"
-    run = run_script("tools/synthetic_data.py", "disc21", "--output", root, returncode=None)
+    run = run_script("tools/synthetic_data.py", "disc21", "--output", root, check=False)
     assert run.returncode == 0, run.stderr
     assert "40 queries, 60 references, 40 training images" in run.stdout
     return root
@@ -67,7 +67,7 @@ def test_whitened_trained_model_beats_an_untrained_one(trained_checkpoint, untra
     networks by 24.5, 27.7 and 22.1 points on generator seeds 0 to 2."""
     layout = tmp_path / "disc21"
     command = ["tools/synthetic_data.py", "disc21", "--output", str(layout), "--num-training", "200"]
-    assert run_script(*command, returncode=None).returncode == 0
+    assert run_script(*command, check=False).returncode == 0
     muap = {}
     for name, checkpoint in (("trained", trained_checkpoint.path), ("untrained", untrained_checkpoint)):
         whiten_argv = [
@@ -80,7 +80,7 @@ def test_whitened_trained_model_beats_an_untrained_one(trained_checkpoint, untra
             "--output-dir", str(tmp_path / name / "disc21"),
         ]  # fmt: skip
         if name == "trained":
-            run = run_script("whiten.py", *whiten_argv, returncode=None)
+            run = run_script("whiten.py", *whiten_argv, check=False)
             assert run.returncode == 0, run.stderr[-3000:]
             run_script("evaluate.py", *evaluate_argv)
             metrics = json.loads((tmp_path / name / "disc21" / "metrics.json").read_text())["results"]["disc21"]
@@ -126,7 +126,7 @@ def test_bad_inputs_are_usage_errors_naming_file_and_line(layout, tmp_path):
         metrics_of([*flags, "--disc21-ground-truth", str(ground_truth), "--disc21-predictions", str(ground_truth)])
     predictions = tmp_path / "predictions.csv"
     predictions.write_text("query_id,reference_id,score\nQ00001,R000002,-0.5\nQ00001,R000002,-0.7\n")
-    run = run_script("evaluate.py", *flags, "--disc21-predictions", predictions, returncode=None)
+    run = run_script("evaluate.py", *flags, "--disc21-predictions", predictions, check=False)
     assert run.returncode == 2 and "Traceback" not in run.stderr
     assert f"{predictions} line 3: the pair (Q00001, R000002) was already predicted on line 2" in run.stderr
 

@@ -113,7 +113,7 @@ def test_killed_run_resumes_to_the_files_of_an_uninterrupted_run(checkpoint, ukb
     process.wait()
     assert 1 <= complete < 12, f"the run was not killed mid-way ({complete} of 12 shards complete)"
 
-    resumed = run_script("extract.py", *killed_argv, env=ONE_THREAD, returncode=None)
+    resumed = run_script("extract.py", *killed_argv, env=ONE_THREAD, check=False)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     done_before = int(resumed.stdout.split(" of 12 shards already complete")[0].split()[-1])
     assert done_before >= complete
@@ -154,7 +154,7 @@ def test_bad_images_are_named_or_skipped_and_two_processes_equal_one(checkpoint,
 
     two = tmp_path / "two"
     two_argv = command(checkpoint, bad_folder, two, "--shard-size", "4", "--skip-bad-images")
-    run = run_script("extract.py", *two_argv, nproc=2, env=ONE_THREAD, returncode=None)
+    run = run_script("extract.py", *two_argv, nproc=2, env=ONE_THREAD, check=False)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     # Same files; the descriptors up to float rounding, as each process batches its own share of the images.
     two_files, one_files = folder_bytes(two), folder_bytes(one)

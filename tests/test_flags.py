@@ -236,7 +236,7 @@ def test_bad_numbers_are_usage_errors_naming_the_flag(script, argv, message, bas
 
 
 def test_a_bad_number_exits_with_code_2_before_anything_starts(tmp_path):
-    run = run_script("finetune_p.py", "--resume", tmp_path / "missing.pth", "--lr", "nan", returncode=None)
+    run = run_script("finetune_p.py", "--resume", tmp_path / "missing.pth", "--lr", "nan", check=False)
     assert run.returncode == 2
     assert "finetune_p.py: error: argument --lr: must be a finite number > 0, got nan" in run.stderr
     assert "Traceback" not in run.stderr

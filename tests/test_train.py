@@ -46,7 +46,7 @@ def test_torchrun_two_processes_learns(five_classes, tmp_path):
         "--epochs", "4", "--lr", "0.01", "--lr-scheduler", "cosineannealinglr", "--lr-warmup-epochs", "1",
         "--lr-warmup-decay", "0.1",
     ]  # fmt: skip
-    run = run_script("train.py", *args, nproc=2, env=ONE_THREAD, returncode=None)
+    run = run_script("train.py", *args, nproc=2, env=ONE_THREAD, check=False)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "300 samples per epoch" in run.stdout  # 150 images x epoch-len-factor 2.0
 
@@ -64,7 +64,7 @@ def test_torchrun_two_processes_learns(five_classes, tmp_path):
     assert beta != pytest.approx(1.2) and beta == pytest.approx(log[-1]["beta"])
 
     flags = [*SMALL, *size_flags(48), "-b", "16", "--test-only", "--resume", out / "checkpoint.pth"]
-    test_only = run_script("train.py", "--data-path", five_classes, *flags, env=ONE_THREAD, returncode=None)
+    test_only = run_script("train.py", "--data-path", five_classes, *flags, env=ONE_THREAD, check=False)
     assert test_only.returncode == 0, test_only.stderr[-3000:]
     assert f"Acc@1 {log[-1]['val_acc1']:.3f}" in test_only.stdout
 
@@ -192,11 +192,11 @@ def test_bad_flags_are_refused(tiny, flags, message, capsys):
 
 
 def test_bad_flags_exit_before_any_process_starts(tmp_path):
-    run = run_script("train.py", "--data-path", tmp_path, "--classif-weight", "2", env=ONE_THREAD, returncode=None)
+    run = run_script("train.py", "--data-path", tmp_path, "--classif-weight", "2", env=ONE_THREAD, check=False)
     assert run.returncode == 2
     assert "error: argument --classif-weight/--classify-weight: must be a finite number in [0, 1], got 2" in run.stderr
     assert "Traceback" not in run.stderr
-    missing = run_script("train.py", "--data-path", tmp_path / "nowhere", env=ONE_THREAD, returncode=None)
+    missing = run_script("train.py", "--data-path", tmp_path / "nowhere", env=ONE_THREAD, check=False)
     assert missing.returncode == 2 and "nowhere/train is not a folder" in missing.stderr
 
 

@@ -19,7 +19,7 @@ def single_process_first_step():
 @pytest.mark.parametrize("nproc", [2, 3])
 def test_global_batch_loss_and_gradients_equal_one_process(tmp_path, nproc):
     out = tmp_path / "ddp.pt"
-    run = run_script("-m", worker.__name__, out, nproc=nproc, env=ONE_THREAD, returncode=None)
+    run = run_script("-m", worker.__name__, out, nproc=nproc, env=ONE_THREAD, check=False)
     assert run.returncode == 0, run.stdout + run.stderr
     ddp = torch.load(out, weights_only=True)
     losses, grads = single_process_first_step()

@@ -280,14 +280,14 @@ def test_command_line(tmp_path):
         "tools/synthetic_data.py", "imagefolder", "--output", str(output), "--num-classes", "2",
         "--train-per-class", "3", "--val-per-class", "1", "--image-size", "40x32", "--seed", "7",
     ]  # fmt: skip
-    result = run_script(*command, returncode=None)
+    result = run_script(*command, check=False)
     assert result.returncode == 0, result.stderr
     assert "6 training and 2 validation images" in result.stdout
     files = relative_files(output)
     assert len(files) == 8 and files[0] == "train/class_000/class_000_00000.jpg"
     assert open_jpeg(output / files[0]).size == (40, 32)
 
-    result = run_script(*command, returncode=None)
+    result = run_script(*command, check=False)
     assert result.returncode != 0 and "not empty" in result.stderr
 
 
@@ -317,7 +317,7 @@ def test_retrieval_pictures_come_from_the_first_num_classes(tmp_path):
 def test_command_line_refuses_a_bad_class_count(tmp_path):
     output = tmp_path / "revisitop"
     command = ["tools/synthetic_data.py", "revisitop", "--output", str(output), "--num-classes", "1"]
-    result = run_script(*command, returncode=None)
+    result = run_script(*command, check=False)
     assert result.returncode == 2
     assert "--num-classes must be between 2 and 72, got 1" in result.stderr and "Traceback" not in result.stderr
     assert not output.exists()
