@@ -8,7 +8,7 @@ DEMO_BENCHMARKS = --dataset holidays ukbench copydays roxford5k --holidays-path 
 	--distractors-list $(DEMO)/bench/copydays/distractors.txt --num-distractors 40 \
 	--roxford5k-path $(DEMO)/bench/revisitop/roxford5k
 
-.PHONY: venv demo test lint gpu-check clean
+.PHONY: venv demo test test-quick lint gpu-check clean
 
 venv: $(VENV)/.installed
 
@@ -48,6 +48,9 @@ demo: venv
 
 test: venv
 	$(BIN)/python -m pytest
+
+test-quick: venv
+	$(BIN)/python -m pytest --quick
 
 lint: venv
 	$(BIN)/ruff check .

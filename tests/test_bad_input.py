@@ -34,7 +34,6 @@ from presets import RetrievalPresetEval
 from tools import synthetic_data
 from utils import UsageError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = (40, 30)
 
 

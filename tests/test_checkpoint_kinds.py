@@ -3,8 +3,6 @@ only its own recipe, and starting from another model's weights is its own flag (
 
 import hashlib
 import json
-import os
-import subprocess
 import sys
 
 import pytest
@@ -19,9 +17,11 @@ from multigrain.storage import checkpoint as checkpoint_module
 from multigrain.storage import model_files
 from multigrain.storage.checkpoint import checkpoint_kind, load_checkpoint
 from multigrain.storage.model_files import load_model
+from tests.scripts import run_script
 from tools.synthetic_data import make_imagefolder
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.slow  # training runs
+
 SMALL = "--model resnet18 --device cpu -j 0 --print-freq 1000 --train-crop-size 32 --val-resize-size 36".split()
 SMALL += ["--val-crop-size", "32"]
 
@@ -70,9 +70,9 @@ def test_an_ablation_in_the_same_folder_is_refused_and_nothing_is_overwritten(da
 
 
 def test_the_refusal_is_a_usage_error_without_traceback(data, trained):
-    command = [sys.executable, "train.py", "--data-path", str(data), "--output-dir", str(trained), *SMALL]
+    command = ["train.py", "--data-path", str(data), "--output-dir", str(trained), *SMALL]
     command += ["--epochs", "1", "-b", "6", "--classif-weight", "1"]
-    run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    run = run_script(*command, check=False)
     assert run.returncode == 2
     assert "--classif-weight: 0.5 → 1.0" in run.stderr and "Traceback" not in run.stderr
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import train
-from tests.conftest import ROOT
+from tests.scripts import ROOT
 
 README = Path(ROOT, "README.md")
 DOCUMENTS = [README, *sorted(Path(ROOT, "docs").glob("*.md"))]

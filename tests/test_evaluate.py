@@ -1,7 +1,5 @@
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -16,24 +14,11 @@ from multigrain.images.datasets import ImageList
 from multigrain.inference.retrieval_descriptors import retrieval_descriptors
 from multigrain.model import build_model, l2n
 from multigrain.storage.model_files import load_model
+from tests.scripts import ONE_THREAD, run_script
 from tools import synthetic_data
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INPUT_SIZE = 64
 BENCHMARKS = ("holidays", "ukbench", "copydays", "roxford5k", "rparis6k")
-
-
-def run_evaluate(args, nproc=None):
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    launcher = [sys.executable]
-    if nproc:
-        env["OMP_NUM_THREADS"] = "1"
-        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    run = subprocess.run(
-        [*launcher, "evaluate.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
-    )
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    return run
 
 
 def read_metrics(output_dir):
@@ -103,7 +88,7 @@ def evaluations(bench, trained_checkpoint, untrained_checkpoint, tmp_path_factor
             *benchmark_flags(root), "--output-dir", str(out), "--save-features", str(out / "features"),
         ]  # fmt: skip
         if name == "trained":
-            stdout = run_evaluate(argv).stdout
+            stdout = run_script("evaluate.py", *argv).stdout
         else:
             evaluate.main(evaluate.get_args_parser().parse_args(argv))
             stdout = None
@@ -309,8 +294,9 @@ def test_evaluation_from_saved_features_needs_no_model(evaluations, bench, tmp_p
 def test_two_process_extraction_equals_one_process(evaluations, bench, untrained_checkpoint, tmp_path):
     root, _ = bench
     datasets = ["holidays", "copydays", "roxford5k"]
-    run_evaluate(
-        [
+    run_script(
+        "evaluate.py",
+        *[
             "--resume",
             str(untrained_checkpoint),
             "--device",
@@ -328,6 +314,7 @@ def test_two_process_extraction_equals_one_process(evaluations, bench, untrained
             str(tmp_path),
         ],
         nproc=2,
+        env=ONE_THREAD,
     )
     single = evaluations["untrained"]["dir"] / "features"
     for name in datasets:

@@ -2,9 +2,6 @@
 
 import csv
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -13,18 +10,9 @@ import evaluate
 import whiten
 from multigrain.model import build_model, l2n
 from multigrain.whitening import fold_whitening
+from tests.scripts import run_script
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def run_evaluate(args, expect_success=True):
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    run = subprocess.run(
-        [sys.executable, "evaluate.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
-    )
-    if expect_success:
-        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    return run
+pytestmark = pytest.mark.slow  # the command line on a layout written by the command line
 
 
 def metrics_of(args):
@@ -36,8 +24,7 @@ def layout(tmp_path_factory):
     """The README's `python tools/synthetic_data.py disc21 --output DIR`: 60 references, 40 queries of which 30
     are edited copies, 40 training images."""
     root = tmp_path_factory.mktemp("disc21") / "disc21"
-    command = [sys.executable, "tools/synthetic_data.py", "disc21", "--output", str(root)]
-    run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    run = run_script("tools/synthetic_data.py", "disc21", "--output", root, check=False)
     assert run.returncode == 0, run.stderr
     assert "40 queries, 60 references, 40 training images" in run.stdout
     return root
@@ -59,7 +46,7 @@ def test_command_line_run_and_scoring_its_predictions_csv(layout, trained_checkp
     40 x 60 predictions: about 1.3 for random scores), and the predictions CSV it writes, scored on its own,
     gives the same metrics."""
     flags = ["--dataset", "disc21", "--input-size", "64", *CPU_FLAGS, "--disc21-path", str(layout)]
-    run_evaluate(["--resume", str(trained_checkpoint.path), *flags, "--output-dir", str(tmp_path / "trained")])
+    run_script("evaluate.py", "--resume", trained_checkpoint.path, *flags, "--output-dir", tmp_path / "trained")
     trained = json.loads((tmp_path / "trained" / "metrics.json").read_text())["results"]["disc21"]
     assert trained["muAP"] >= 5.0 and trained["recall@10"] >= 50.0, trained
 
@@ -79,8 +66,8 @@ def test_whitened_trained_model_beats_an_untrained_one(trained_checkpoint, untra
     whitened the same way. Measured (README): the trained model's μAP exceeds the best of 3 untrained
     networks by 24.5, 27.7 and 22.1 points on generator seeds 0 to 2."""
     layout = tmp_path / "disc21"
-    command = [sys.executable, "tools/synthetic_data.py", "disc21", "--output", str(layout), "--num-training", "200"]
-    assert subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300).returncode == 0
+    command = ["tools/synthetic_data.py", "disc21", "--output", str(layout), "--num-training", "200"]
+    assert run_script(*command, check=False).returncode == 0
     muap = {}
     for name, checkpoint in (("trained", trained_checkpoint.path), ("untrained", untrained_checkpoint)):
         whiten_argv = [
@@ -93,10 +80,9 @@ def test_whitened_trained_model_beats_an_untrained_one(trained_checkpoint, untra
             "--output-dir", str(tmp_path / name / "disc21"),
         ]  # fmt: skip
         if name == "trained":
-            env = dict(os.environ, PYTHONPATH=ROOT)
-            run = subprocess.run([sys.executable, "whiten.py", *whiten_argv], cwd=ROOT, env=env, capture_output=True)
+            run = run_script("whiten.py", *whiten_argv, check=False)
             assert run.returncode == 0, run.stderr[-3000:]
-            run_evaluate(evaluate_argv)
+            run_script("evaluate.py", *evaluate_argv)
             metrics = json.loads((tmp_path / name / "disc21" / "metrics.json").read_text())["results"]["disc21"]
             muap[name] = metrics["muAP"]
         else:  # in-process, to save two interpreter starts
@@ -140,7 +126,7 @@ def test_bad_inputs_are_usage_errors_naming_file_and_line(layout, tmp_path):
         metrics_of([*flags, "--disc21-ground-truth", str(ground_truth), "--disc21-predictions", str(ground_truth)])
     predictions = tmp_path / "predictions.csv"
     predictions.write_text("query_id,reference_id,score\nQ00001,R000002,-0.5\nQ00001,R000002,-0.7\n")
-    run = run_evaluate([*flags, "--disc21-predictions", str(predictions)], expect_success=False)
+    run = run_script("evaluate.py", *flags, "--disc21-predictions", predictions, check=False)
     assert run.returncode == 2 and "Traceback" not in run.stderr
     assert f"{predictions} line 3: the pair (Q00001, R000002) was already predicted on line 2" in run.stderr
 

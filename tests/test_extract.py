@@ -2,7 +2,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
@@ -14,10 +13,10 @@ import extract
 from multigrain.images.image_io import BadImageError
 from multigrain.model import build_model
 from multigrain.search.descriptor_files import DescriptorCollection, read_features
+from tests.scripts import ONE_THREAD, ROOT, run_script, script_command
 from tools import synthetic_data
 from utils import UsageError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INPUT_SIZE = 64
 
 
@@ -61,18 +60,11 @@ def run_extract(argv):
     return extract.main(extract.get_args_parser().parse_args(argv))
 
 
-def run_script(argv, nproc=None):
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
-    launcher = [sys.executable]
-    if nproc:
-        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    return [*launcher, "extract.py", *argv], env
-
-
 def folder_bytes(folder):
     return {name: (folder / name).read_bytes() for name in sorted(os.listdir(folder))}
 
 
+@pytest.mark.slow
 def test_descriptors_equal_those_of_evaluate(checkpoint, ukbench, tmp_path):
     evaluate_dir = tmp_path / "evaluate"
     evaluate.main(
@@ -100,12 +92,14 @@ def test_descriptors_equal_those_of_evaluate(checkpoint, ukbench, tmp_path):
     np.testing.assert_allclose(np.concatenate([part for _, part in shards.parts()]), expected[::-1], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_files_of_an_uninterrupted_run(checkpoint, ukbench, tmp_path):
     uninterrupted = tmp_path / "uninterrupted"
     run_extract(command(checkpoint, ukbench / "full", uninterrupted, "--shard-size", "2"))
 
     killed = tmp_path / "killed"
-    argv, env = run_script(command(checkpoint, ukbench / "full", killed, "--shard-size", "2"))
+    killed_argv = command(checkpoint, ukbench / "full", killed, "--shard-size", "2")
+    argv, env = script_command("extract.py", *killed_argv, env=ONE_THREAD)
     process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.time() + 120
     complete = 0
@@ -119,7 +113,7 @@ def test_killed_run_resumes_to_the_files_of_an_uninterrupted_run(checkpoint, ukb
     process.wait()
     assert 1 <= complete < 12, f"the run was not killed mid-way ({complete} of 12 shards complete)"
 
-    resumed = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    resumed = run_script("extract.py", *killed_argv, env=ONE_THREAD, check=False)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     done_before = int(resumed.stdout.split(" of 12 shards already complete")[0].split()[-1])
     assert done_before >= complete
@@ -134,6 +128,7 @@ def test_killed_run_resumes_to_the_files_of_an_uninterrupted_run(checkpoint, ukb
     assert folder_bytes(killed) == folder_bytes(uninterrupted)
 
 
+@pytest.mark.slow
 def test_bad_images_are_named_or_skipped_and_two_processes_equal_one(checkpoint, bad_folder, tmp_path):
     with pytest.raises(BadImageError, match="truncated.jpg"):
         run_extract(command(checkpoint, bad_folder, tmp_path / "stopped", "--shard-size", "4"))
@@ -158,8 +153,8 @@ def test_bad_images_are_named_or_skipped_and_two_processes_equal_one(checkpoint,
     np.testing.assert_allclose(skipped.sample(100), reference.sample(100), atol=1e-6)
 
     two = tmp_path / "two"
-    argv, env = run_script(command(checkpoint, bad_folder, two, "--shard-size", "4", "--skip-bad-images"), nproc=2)
-    run = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    two_argv = command(checkpoint, bad_folder, two, "--shard-size", "4", "--skip-bad-images")
+    run = run_script("extract.py", *two_argv, nproc=2, env=ONE_THREAD, check=False)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     # Same files; the descriptors up to float rounding, as each process batches its own share of the images.
     two_files, one_files = folder_bytes(two), folder_bytes(one)

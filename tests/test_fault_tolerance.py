@@ -2,7 +2,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -10,9 +9,10 @@ import torch
 
 import train
 from multigrain.storage.checkpoint import save_checkpoint
+from tests.scripts import ONE_THREAD, ROOT, script_command
 from tools.synthetic_data import make_imagefolder
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.slow  # training runs, killed workers
 SMALL = [
     "--model", "resnet18", "--device", "cpu", "-j", "0", "--print-freq", "1000", "--train-crop-size", "32",
     "--val-resize-size", "36", "--val-crop-size", "32",
@@ -51,12 +51,10 @@ def children_of(pid):
 
 def test_killed_worker_restarts_and_the_run_finishes_with_a_continuous_log(data, tmp_path):
     out = tmp_path / "run"
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        "--max-restarts=1", "train.py", "--data-path", str(data), "--output-dir", str(out), *SMALL, "-b", "3",
-        "--epochs", "4", "--lr", "0.01", "--epoch-len-factor", "6",
-    ]  # fmt: skip
+    cmd, env = script_command(
+        "train.py", "--data-path", data, "--output-dir", out, *SMALL, "-b", "3", "--epochs", "4", "--lr", "0.01",
+        "--epoch-len-factor", "6", nproc=2, torchrun_flags=["--standalone", "--max-restarts=1"], env=ONE_THREAD,
+    )  # fmt: skip
     torchrun = subprocess.Popen(
         cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
     )
@@ -111,8 +109,8 @@ save_checkpoint({"version": 2, "weights": torch.ones(64, 1024, 1024)}, sys.argv[
 def test_a_process_killed_while_saving_leaves_the_previous_checkpoint(tmp_path):
     path = tmp_path / "checkpoint.pth"
     save_checkpoint({"version": 1, "weights": torch.zeros(3)}, path)
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    saver = subprocess.Popen([sys.executable, "-c", SAVER, str(path)], cwd=ROOT, env=env)
+    command, env = script_command("-c", SAVER, path)
+    saver = subprocess.Popen(command, cwd=ROOT, env=env)
     deadline = time.time() + 60
     while not any(name.startswith(".tmp-") for name in os.listdir(tmp_path)):
         assert saver.poll() is None and time.time() < deadline, "the save never started"

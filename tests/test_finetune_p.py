@@ -4,12 +4,12 @@ import os
 
 import pytest
 import torch
-from test_extraction import ListDataset, mixed_size_images, tiny_model
 from torch.nn import functional as F
 
 import finetune_p
 from multigrain.inference.extraction import forward_by_size
 from multigrain.model import build_model
+from tests.multigrain.inference.test_extraction import ListDataset, mixed_size_images, tiny_model
 
 
 def finetune_args(**overrides):

@@ -2,9 +2,6 @@
 
 import argparse
 import math
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -21,9 +18,9 @@ import whiten
 from benchmarks import channels_last_compile, data_pipeline, retrieval, sampling_margin, step_overhead
 from multigrain.model import build_model
 from multigrain.storage.checkpoint import make_checkpoint
+from tests.scripts import run_script
 from tools.synthetic_data import make_imagefolder
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCHMARKS = (channels_last_compile, data_pipeline, retrieval, sampling_margin, step_overhead)
 
 
@@ -260,8 +257,7 @@ def test_the_model_to_read_is_checkpoint_and_resume_still_names_it(script):
 
 
 def test_a_bad_number_exits_with_code_2_before_anything_starts(tmp_path):
-    command = [sys.executable, "finetune_p.py", "--resume", str(tmp_path / "missing.pth"), "--lr", "nan"]
-    run = subprocess.run(command, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True)
+    run = run_script("finetune_p.py", "--resume", tmp_path / "missing.pth", "--lr", "nan", check=False)
     assert run.returncode == 2
     assert "finetune_p.py: error: argument --lr: must be a finite number > 0, got nan" in run.stderr
     assert "Traceback" not in run.stderr

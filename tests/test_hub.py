@@ -9,7 +9,8 @@ from PIL import Image
 
 from multigrain import load_model
 from multigrain.model import MultiGrainNet, build_model
-from tests.test_package import ROOT, readme_code
+from tests.scripts import ROOT
+from tests.test_package import readme_code
 
 
 @pytest.fixture(autouse=True)

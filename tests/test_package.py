@@ -16,9 +16,9 @@ from PIL import Image
 
 import multigrain
 from multigrain.images.image_io import BadImageError
+from tests.scripts import ROOT
 from tools.synthetic_data import make_variant, render_image
 
-ROOT = Path(__file__).resolve().parents[1]
 NOT_COPIED = shutil.ignore_patterns(".venv", ".git", "data", "output", "build", "*.egg-info", "__pycache__", ".*cache")
 
 
@@ -39,6 +39,7 @@ def write_readme_photos(folder):
     return [folder / "photos" / name for name in ("beach.jpg", "beach_copy.jpg", "city.png")]
 
 
+@pytest.mark.slow
 def test_pip_install_alone_and_the_readme_example_from_another_folder(tiny_whitened_checkpoint, tmp_path):
     source = tmp_path / "clone"
     shutil.copytree(ROOT, source, ignore=NOT_COPIED)

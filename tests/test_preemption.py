@@ -15,10 +15,12 @@ import train
 from multigrain.images.image_io import BadImageError
 from multigrain.storage.checkpoint import describe, load_checkpoint
 from multigrain.training.preemption import TrainingStopped
+from tests.scripts import ONE_THREAD, ROOT, script_command
 from tests.test_fault_tolerance import children_of, read_log
 from tools.synthetic_data import make_imagefolder
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.slow  # training runs stopped, killed and resumed
+
 SMALL = [
     "--model", "resnet18", "--device", "cpu", "--print-freq", "1000", "--train-crop-size", "32",
     "--val-resize-size", "36", "--val-crop-size", "32", "--lr", "0.02",
@@ -103,10 +105,7 @@ def test_a_run_stopped_by_signals_and_a_failed_validation_resumes_bit_for_bit(da
 
 
 def torchrun(*flags, nproc, log, extra=()):
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
-    command = [
-        sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", *extra, "train.py", *flags,
-    ]  # fmt: skip
+    command, env = script_command("train.py", *flags, nproc=nproc, torchrun_flags=extra, env=ONE_THREAD)
     return subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -222,7 +221,7 @@ def test_slurm_script_requeued_on_sigusr1_equals_two_torchrun_nodes(data, tmp_pa
 
     def sbatch():
         env = dict(
-            os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1", PATH=f"{bin_dir}:{os.environ['PATH']}",
+            os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", PATH=f"{bin_dir}:{os.environ['PATH']}",
             SLURM_JOB_ID="4242", SLURM_NTASKS="4", SLURM_JOB_NODELIST="node[01-02]", MASTER_PORT=str(free_port()),
         )  # fmt: skip
         command = ["bash", "slurm/train.sbatch", *common, "--output-dir", str(slurm_run)]
@@ -270,7 +269,7 @@ def test_slurm_script_requeued_on_sigusr1_equals_two_torchrun_nodes(data, tmp_pa
 def test_submitit_local_job_preempted_once_requeues_and_finishes(data, tmp_path, monkeypatch):
     import run_with_submitit
 
-    monkeypatch.setenv("PYTHONPATH", ROOT)  # the job's processes unpickle run_with_submitit.Trainer
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))  # the job's processes unpickle run_with_submitit.Trainer
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     out = tmp_path / "run"
     args = run_with_submitit.get_args_parser().parse_args(

@@ -1,15 +1,13 @@
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
 import train
+from tests.scripts import ONE_THREAD, run_script
 from tools.synthetic_data import make_imagefolder
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ["--model", "resnet18", "--device", "cpu", "-j", "0", "--print-freq", "1000"]
 
 
@@ -31,23 +29,6 @@ def tiny(tmp_path_factory):
     return root
 
 
-def run_script(args, nproc=None):
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
-    if nproc:
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            f"--nproc_per_node={nproc}",
-            "train.py",
-            *args,
-        ]
-    else:
-        cmd = [sys.executable, "train.py", *args]
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-
-
 def read_log(output_dir):
     with open(os.path.join(output_dir, "log.jsonl")) as f:
         return [json.loads(line) for line in f]
@@ -57,6 +38,7 @@ def parse(args):
     return train.get_args_parser().parse_args(args)
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_learns(five_classes, tmp_path):
     out = tmp_path / "run"
     args = [
@@ -64,7 +46,7 @@ def test_torchrun_two_processes_learns(five_classes, tmp_path):
         "--epochs", "4", "--lr", "0.01", "--lr-scheduler", "cosineannealinglr", "--lr-warmup-epochs", "1",
         "--lr-warmup-decay", "0.1",
     ]  # fmt: skip
-    run = run_script(args, nproc=2)
+    run = run_script("train.py", *args, nproc=2, env=ONE_THREAD, check=False)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "300 samples per epoch" in run.stdout  # 150 images x epoch-len-factor 2.0
 
@@ -81,19 +63,8 @@ def test_torchrun_two_processes_learns(five_classes, tmp_path):
     beta = checkpoint["criterion"]["margin_loss.beta"].item()
     assert beta != pytest.approx(1.2) and beta == pytest.approx(log[-1]["beta"])
 
-    test_only = run_script(
-        [
-            "--data-path",
-            str(five_classes),
-            *SMALL,
-            *size_flags(48),
-            "-b",
-            "16",
-            "--test-only",
-            "--resume",
-            str(out / "checkpoint.pth"),
-        ]
-    )
+    flags = [*SMALL, *size_flags(48), "-b", "16", "--test-only", "--resume", out / "checkpoint.pth"]
+    test_only = run_script("train.py", "--data-path", five_classes, *flags, env=ONE_THREAD, check=False)
     assert test_only.returncode == 0, test_only.stderr[-3000:]
     assert f"Acc@1 {log[-1]['val_acc1']:.3f}" in test_only.stdout
 
@@ -115,6 +86,7 @@ def assert_same_state(a, b):
     assert a["lr_scheduler"]["last_epoch"] == b["lr_scheduler"]["last_epoch"]
 
 
+@pytest.mark.slow
 def test_resume_gives_the_state_of_an_uninterrupted_run(tiny, tmp_path):
     common = ["--data-path", str(tiny), *SMALL, *size_flags(32), "-b", "6", "--lr", "0.02", "--lr-step-size", "1"]
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
@@ -136,6 +108,7 @@ def test_resume_gives_the_state_of_an_uninterrupted_run(tiny, tmp_path):
     assert straight_log[1]["train_loss"] == resumed_log[1]["train_loss"]
 
 
+@pytest.mark.slow
 def test_classification_only_with_bfloat16_autocast(tiny, tmp_path):
     args = parse(
         [
@@ -168,6 +141,7 @@ def test_classification_only_with_bfloat16_autocast(tiny, tmp_path):
     assert log[0]["beta"] == pytest.approx(1.2)  # λ = 1: beta gets no gradient
 
 
+@pytest.mark.slow
 def test_lambda_one_with_repeated_augmentation_and_p1(tiny, tmp_path):
     args = parse(
         [
@@ -218,14 +192,15 @@ def test_bad_flags_are_refused(tiny, flags, message, capsys):
 
 
 def test_bad_flags_exit_before_any_process_starts(tmp_path):
-    run = run_script(["--data-path", str(tmp_path), "--classif-weight", "2"])
+    run = run_script("train.py", "--data-path", tmp_path, "--classif-weight", "2", env=ONE_THREAD, check=False)
     assert run.returncode == 2
     assert "error: argument --classif-weight/--classify-weight: must be a finite number in [0, 1], got 2" in run.stderr
     assert "Traceback" not in run.stderr
-    missing = run_script(["--data-path", str(tmp_path / "nowhere")])
+    missing = run_script("train.py", "--data-path", tmp_path / "nowhere", env=ONE_THREAD, check=False)
     assert missing.returncode == 2 and "nowhere/train is not a folder" in missing.stderr
 
 
+@pytest.mark.slow
 def test_train_py_with_decode_once_and_channels_last(tmp_path):
     make_imagefolder(tmp_path / "data", num_classes=3, train_per_class=8, val_per_class=3, image_size=32, seed=1)
     flags = [

@@ -1,18 +1,14 @@
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
-from test_whitening import random_images
 
 import train
 import whiten
 from multigrain.storage.model_files import load_model
+from tests.multigrain.test_whitening import random_images
+from tests.scripts import ONE_THREAD, run_script
 from tools.synthetic_data import make_imagefolder
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_image_names_from_a_tree_or_a_list(tmp_path):
@@ -31,14 +27,7 @@ def test_image_names_from_a_tree_or_a_list(tmp_path):
         whiten.whitening_image_names(str(tmp_path), str(listing))
 
 
-def run_script(script, *args):
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
-    command = [sys.executable, script, *args]
-    run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    return run.stdout
-
-
+@pytest.mark.slow
 def test_train_finetune_p_whiten_chain(tmp_path):
     data, whitening_images = tmp_path / "data", tmp_path / "whiten_images"
     make_imagefolder(data, num_classes=3, train_per_class=8, val_per_class=4, image_size=32, seed=1)
@@ -68,6 +57,7 @@ def test_train_finetune_p_whiten_chain(tmp_path):
         "1000",
         "--lr",
         "0.01",
+        env=ONE_THREAD,
     )
     run_script(
         "finetune_p.py",
@@ -80,6 +70,7 @@ def test_train_finetune_p_whiten_chain(tmp_path):
         "--input-size",
         "32",
         *small,
+        env=ONE_THREAD,
     )
     out = run_script(
         "whiten.py",
@@ -92,7 +83,8 @@ def test_train_finetune_p_whiten_chain(tmp_path):
         "--input-size",
         "32",
         *small,
-    )
+        env=ONE_THREAD,
+    ).stdout
     assert "same top-5 classes: 100.00%" in out
 
     finetune_log = [

@@ -5,7 +5,6 @@ python tools/compare_metrics.py runs/a/metrics.json runs/b/metrics.json
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 
@@ -41,10 +40,15 @@ def compare_metrics(paths):
     return "\n".join([*descriptions, *lines])
 
 
-def main(argv=None):
+def get_args_parser():
     parser = argparse.ArgumentParser(description="evaluate.py results side by side")
     parser.add_argument("metrics", nargs="+", help="metrics.json files written by evaluate.py --output-dir")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main():
+    parser = get_args_parser()
+    args = parser.parse_args()
     try:
         print(compare_metrics(args.metrics))
     except (ValueError, KeyError) as e:
@@ -52,4 +56,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

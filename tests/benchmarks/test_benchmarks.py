@@ -3,9 +3,7 @@ asserted."""
 
 import argparse
 import math
-import os
 import re
-import subprocess
 import sys
 import time
 
@@ -24,8 +22,8 @@ from benchmarks import (
 )
 from benchmarks.timing import format_table, median_ratio, time_side_by_side
 from multigrain.margin_loss import MarginLoss
+from tests.scripts import ONE_THREAD, run_script
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_MODEL = ["--model", "resnet18", "--input-size", "32", "-b", "6", "--num-classes", "5"]
 
 
@@ -39,6 +37,7 @@ def test_time_side_by_side_calls_every_candidate_once_per_round():
     assert table[0].split() == ["x", "value"] and table[2].split() == ["a", "1"]
 
 
+@pytest.mark.slow
 def test_step_overhead(capsys):
     args = step_overhead.get_args_parser().parse_args([*TINY_MODEL, "--steps", "1", "--rounds", "1"])
     result = step_overhead.main(args)
@@ -46,6 +45,7 @@ def test_step_overhead(capsys):
     assert "MultiGrain (λ=0.5, reps=3)" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_checkpoint_cost_writes_a_mid_epoch_state(tmp_path, capsys):
     args = checkpoint_cost.get_args_parser().parse_args(
         [*TINY_MODEL, "--save-after", "3", "--steps-after", "1", "--output-dir", str(tmp_path)]
@@ -75,6 +75,7 @@ def test_data_pipeline_both_pipelines_give_the_same_number_of_samples():
     assert result["ratio"] > 0 and result["bound"] > 1
 
 
+@pytest.mark.slow
 def test_retrieval_batched_and_single_extraction_agree_and_search_runs():
     flags = [
         "--model", "resnet18", "--input-size", "40", "--num-groups", "2", "-b", "4", "-j", "0", "--rounds", "1",
@@ -87,6 +88,7 @@ def test_retrieval_batched_and_single_extraction_agree_and_search_runs():
     assert result["positions"]["same"]
 
 
+@pytest.mark.slow
 def test_channels_last_without_compile():
     flags = [*TINY_MODEL, "--variants", "eager", "channels-last", "--steps", "1", "--rounds", "1"]
     result = channels_last_compile.main(channels_last_compile.get_args_parser().parse_args(flags))
@@ -95,9 +97,8 @@ def test_channels_last_without_compile():
 
 
 def run_gpu_check_smoke(log_dir, parts):
-    command = [sys.executable, "-m", "benchmarks.gpu_check", "--device", "cpu", "--smoke", "--log-dir", str(log_dir)]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    run = subprocess.run([*command, "--parts", *parts], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    command = ["-m", "benchmarks.gpu_check", "--device", "cpu", "--smoke", "--log-dir", log_dir, "--parts", *parts]
+    run = run_script(*command, env=ONE_THREAD, check=False)
     assert run.returncode == 0, run.stdout[-5000:] + run.stderr[-3000:]
     summary = (log_dir / "summary.txt").read_text()
     for part in parts:
@@ -106,12 +107,14 @@ def run_gpu_check_smoke(log_dir, parts):
     return summary
 
 
+@pytest.mark.slow
 def test_gpu_check_smoke_runs_the_tests_and_the_training(tmp_path):
     summary = run_gpu_check_smoke(tmp_path, ["cuda-tests", "train"])
     assert re.search(r"^train +ok +\d+ img/s, 2x2 steps, loss [\d.]+ → [\d.]+", summary, re.MULTILINE), summary
     assert len((tmp_path / "train-log.jsonl").read_text().splitlines()) == 2
 
 
+@pytest.mark.slow
 def test_gpu_check_smoke_runs_the_benchmarks(tmp_path):
     run_gpu_check_smoke(tmp_path, ["step-overhead", "sampling-margin", "extraction", "channels-last"])
 

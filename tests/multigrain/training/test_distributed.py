@@ -2,7 +2,7 @@ import torch
 
 from multigrain.training import distributed
 
-# Several processes: tests/test_ddp_equivalence.py gathers through MultiGrainLoss under torchrun.
+# Several processes: tests/multigrain/test_ddp_equivalence.py gathers through MultiGrainLoss under torchrun.
 
 
 def test_without_a_process_group_this_is_the_main_process_of_one():

@@ -30,7 +30,7 @@ from tools.synthetic_data import make_imagefolder
 SMALL = ["--device", "cpu", "-j", "0", "--print-freq", "1000"]
 
 
-def run_script(script, *args):
+def run_inline(script, *args):
     """Runs script's main in this process (as its command line would), returning what it printed."""
     module = {"train.py": train, "finetune_p.py": finetune_p, "whiten.py": whiten, "evaluate.py": evaluate}[script]
     output = io.StringIO()
@@ -52,22 +52,23 @@ def gem_reference(net, x, p):
     return net.get_classifier()(GeM(p)(net.forward_features(x)))
 
 
+@pytest.mark.slow
 def test_timm_model_through_every_script(tmp_path):
     data, whitening_images = tmp_path / "data", tmp_path / "whiten_images"
     make_imagefolder(data, num_classes=3, train_per_class=4, val_per_class=2, image_size=(40, 32), seed=3)
     make_imagefolder(whitening_images, num_classes=4, train_per_class=4, val_per_class=1, image_size=24, seed=4)
     crop = ["--train-crop-size", "32", "--val-resize-size", "36", "--val-crop-size", "32"]
-    run_script("train.py", "--data-path", data, "--output-dir", tmp_path / "train", "--model", "timm:test_resnet",
+    run_inline("train.py", "--data-path", data, "--output-dir", tmp_path / "train", "--model", "timm:test_resnet",
                *SMALL, "--epochs", "1", "-b", "6", *crop)  # fmt: skip
     checkpoint = tmp_path / "train" / "checkpoint.pth"
     assert load_checkpoint(checkpoint)["args"]["model"] == "timm:test_resnet"
-    run_script("finetune_p.py", "--data-path", data, "--resume", checkpoint, "--output-dir", tmp_path / "p",
+    run_inline("finetune_p.py", "--data-path", data, "--resume", checkpoint, "--output-dir", tmp_path / "p",
                "--input-size", "40", "--images-per-class", "2", "-b", "2", *SMALL)  # fmt: skip
-    run_script("whiten.py", "--resume", tmp_path / "p" / "finetune_p.pth", "--whiten-path", whitening_images,
+    run_inline("whiten.py", "--resume", tmp_path / "p" / "finetune_p.pth", "--whiten-path", whitening_images,
                "--output-dir", tmp_path / "w", "--input-size", "32", "--shrinkage", "0.1", *SMALL)  # fmt: skip
     whitened = load_model(str(tmp_path / "w" / "whitened.pth"))
     assert whitened.whitening is not None and whitened.embedding_dim == 97  # [g; 1] of the 96-d g
-    out = run_script("evaluate.py", "--resume", tmp_path / "w" / "whitened.pth", "--dataset", "imagenet-val",
+    out = run_inline("evaluate.py", "--resume", tmp_path / "w" / "whitened.pth", "--dataset", "imagenet-val",
                      "--imagenet-path", data, "--input-size", "40", "--output-dir", tmp_path / "e", *SMALL)  # fmt: skip
     assert "Acc@1" in out
 
@@ -108,7 +109,7 @@ def test_weights_from_a_file_or_the_cache_and_refusals(tmp_path, monkeypatch):
     (tmp_path / "train" / "a").mkdir(parents=True)
     (tmp_path / "train" / "a" / "x.jpg").write_bytes(b"")
     with pytest.raises(utils.UsageError, match=r"timm has no model 'no_such_net'.*senet154, pnasnet5large"):
-        run_script("train.py", "--data-path", tmp_path, "--model", "timm:no_such_net", *SMALL)
+        run_inline("train.py", "--data-path", tmp_path, "--model", "timm:no_such_net", *SMALL)
 
 
 def test_finetune_p_from_a_pretrained_classifier(tmp_path):
@@ -118,17 +119,17 @@ def test_finetune_p_from_a_pretrained_classifier(tmp_path):
     weights = tmp_path / "test_resnet.pth"
     torch.save(timm.create_model("test_resnet", num_classes=3).state_dict(), weights)
     start = ["--data-path", data, "--model", "timm:test_resnet", "--weights", weights, "--input-size", "48", *SMALL]
-    run_script("finetune_p.py", *start, "--output-dir", tmp_path / "sgd", "-b", "2")
+    run_inline("finetune_p.py", *start, "--output-dir", tmp_path / "sgd", "-b", "2")
     record = load_checkpoint(tmp_path / "sgd" / "finetune_p.pth")["finetune_p"]
     assert record["initial_p"] == 1.0 and record["p"] != 1.0
-    out = run_script("finetune_p.py", *start, "--output-dir", tmp_path / "grid", "--p-grid", "1,1.6,3")
+    out = run_inline("finetune_p.py", *start, "--output-dir", tmp_path / "grid", "--p-grid", "1,1.6,3")
     assert "<- best" in out
     wrong = tmp_path / "wrong.pth"
     torch.save(timm.create_model("test_resnet", num_classes=5).state_dict(), wrong)
     with pytest.raises(utils.UsageError, match="classify 5 classes, --data-path .* has 3"):
-        run_script("finetune_p.py", *start[:4], "--weights", wrong, "--output-dir", tmp_path / "x", *SMALL)
+        run_inline("finetune_p.py", *start[:4], "--weights", wrong, "--output-dir", tmp_path / "x", *SMALL)
     with pytest.raises(utils.UsageError, match="exactly one of --checkpoint and --weights"):
-        run_script("finetune_p.py", "--data-path", data, "--output-dir", tmp_path / "y", *SMALL)
+        run_inline("finetune_p.py", "--data-path", data, "--output-dir", tmp_path / "y", *SMALL)
 
 
 def cadene_reference(net, p, relu):
@@ -182,6 +183,7 @@ def assert_cells_fail(net, x):
         net.features(x)
 
 
+@pytest.mark.slow
 def test_senet154_published_file_and_readme_commands(tmp_path):
     torch.manual_seed(0)
     net = randomize_batchnorm(pretrainedmodels.senet154(num_classes=1, pretrained=None))
@@ -193,16 +195,17 @@ def test_senet154_published_file_and_readme_commands(tmp_path):
     torch.save(net.state_dict(), weights)  # timm's legacy_senet154 has pretrainedmodels' keys
     data = tmp_path / "imagenet"
     make_imagefolder(data, num_classes=1, train_per_class=1, val_per_class=1, image_size=(48, 36), seed=6)
-    run_script("finetune_p.py", "--data-path", data, "--model", "senet154", "--weights", weights,
+    run_inline("finetune_p.py", "--data-path", data, "--model", "senet154", "--weights", weights,
                "--input-size", "40", "--output-dir", tmp_path / "senet154_s450", "--p-grid", "1.6",
                "--no-validate-first", *SMALL)  # fmt: skip
     record = load_checkpoint(tmp_path / "senet154_s450" / "finetune_p.pth")["finetune_p"]
     assert record["p"] == 1.6 and record["initial_p"] == 1.0
-    out = run_script("evaluate.py", "--resume", tmp_path / "senet154-finetune400.pth", "--dataset", "imagenet-val",
+    out = run_inline("evaluate.py", "--resume", tmp_path / "senet154-finetune400.pth", "--dataset", "imagenet-val",
                      "--imagenet-path", data, "--input-size", "40", "--output-dir", tmp_path / "e", *SMALL)  # fmt: skip
     assert "Acc@1" in out
 
 
+@pytest.mark.slow
 def test_pnasnet5large_published_file_at_any_size(tmp_path):
     # Sizes at which pretrainedmodels' PNASNet works (square 33 and 45 do).
     path = tmp_path / "pnasnet5large-finetune500.pth"
@@ -219,6 +222,7 @@ def test_pnasnet5large_published_file_at_any_size(tmp_path):
             torch.testing.assert_close(output, expected, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_nasnetamobile_published_file_in_every_script(tmp_path):
     # Sizes at which pretrainedmodels' NASNet works (square 33 and 64 do); at others its cells fail, and ours crop.
     path = tmp_path / "nasnetamobile-finetune350.pth"
@@ -234,27 +238,27 @@ def test_nasnetamobile_published_file_in_every_script(tmp_path):
     data, whitening_images = tmp_path / "data", tmp_path / "whiten_images"
     make_imagefolder(data, num_classes=2, train_per_class=2, val_per_class=1, image_size=(50, 40), seed=7)
     make_imagefolder(whitening_images, num_classes=3, train_per_class=1, val_per_class=1, image_size=40, seed=8)
-    out = run_script("evaluate.py", "--resume", path, "--dataset", "imagenet-val", "--imagenet-path", data,
+    out = run_inline("evaluate.py", "--resume", path, "--dataset", "imagenet-val", "--imagenet-path", data,
                      "--input-size", "44", "--output-dir", tmp_path / "e", *SMALL)  # fmt: skip
     assert "Acc@1" in out
     # train.py's --model is the recipe's (default resnet50): it names the architecture of the file.
     crop = ["--train-crop-size", "40", "--val-resize-size", "44", "--val-crop-size", "40"]
-    out = run_script("train.py", "--data-path", data, "--model", "nasnetamobile", "--resume", path, "--test-only",
+    out = run_inline("train.py", "--data-path", data, "--model", "nasnetamobile", "--resume", path, "--test-only",
                      *crop, *SMALL)  # fmt: skip
     assert "Acc@1" in out
-    run_script("train.py", "--data-path", data, "--model", "nasnetamobile", "--init-from", path, "--lr", "1e-4",
+    run_inline("train.py", "--data-path", data, "--model", "nasnetamobile", "--init-from", path, "--lr", "1e-4",
                "--output-dir", tmp_path / "train", "--epochs", "1", "-b", "4", *crop, *SMALL)  # fmt: skip
     assert load_checkpoint(tmp_path / "train" / "checkpoint.pth")["args"]["model"] == "nasnetamobile"
-    run_script("finetune_p.py", "--data-path", data, "--resume", path, "--output-dir", tmp_path / "p",
+    run_inline("finetune_p.py", "--data-path", data, "--resume", path, "--output-dir", tmp_path / "p",
                "--input-size", "44", "--p-grid", "2", "--no-validate-first", *SMALL)  # fmt: skip
-    run_script("whiten.py", "--resume", tmp_path / "p" / "finetune_p.pth", "--whiten-path", whitening_images,
+    run_inline("whiten.py", "--resume", tmp_path / "p" / "finetune_p.pth", "--whiten-path", whitening_images,
                "--output-dir", tmp_path / "w", "--input-size", "40", "--shrinkage", "0.1", *SMALL)  # fmt: skip
     whitened = load_model(str(tmp_path / "w" / "whitened.pth"))
     assert whitened.embedding_dim == 1057 and float(whitened.pool.p) == 2
     # The README's NASNet-A-Mobile command: p* from pretrainedmodels' ImageNet weights (here random).
     weights = tmp_path / "nasnetamobile-7e03cead.pth"
     torch.save(net.state_dict(), weights)
-    run_script("finetune_p.py", "--data-path", data, "--model", "nasnetamobile", "--weights", weights,
+    run_inline("finetune_p.py", "--data-path", data, "--model", "nasnetamobile", "--weights", weights,
                "--input-size", "44", "--output-dir", tmp_path / "nasnetamobile_s350", "--p-grid", "1.7",
                "--no-validate-first", *SMALL)  # fmt: skip
     assert load_checkpoint(tmp_path / "nasnetamobile_s350" / "finetune_p.pth")["finetune_p"]["p"] == 1.7
@@ -276,7 +280,7 @@ def test_nasnetamobile_refusals(tmp_path, monkeypatch):
     ):
         build_model("nasnetamobile")
     with pytest.raises(utils.UsageError, match="needs Cadene's pretrainedmodels"):
-        run_script("evaluate.py", "--resume", tmp_path / "nasnetamobile-finetune350.pth", "--dataset", "imagenet-val",
+        run_inline("evaluate.py", "--resume", tmp_path / "nasnetamobile-finetune350.pth", "--dataset", "imagenet-val",
                    "--imagenet-path", tmp_path, *SMALL)  # fmt: skip
 
 

@@ -1,6 +1,6 @@
 """Run under torchrun (gloo): R ranks x b images against one process on the concatenated batch.
 
-Usage: torchrun --nproc_per_node=R tests/ddp_equivalence_worker.py OUTPUT.pt
+Usage: torchrun --nproc_per_node=R -m tests.multigrain.ddp_equivalence_worker OUTPUT.pt
 Each rank takes its chunk of a fixed global batch, computes the MultiGrain loss with triplets from the
 gathered global batch, back-propagates through DDP and takes a few SGD steps. Rank 0 writes the first
 step's loss (averaged over ranks), margin loss and gradients and every rank's beta after the steps to OUTPUT.pt.

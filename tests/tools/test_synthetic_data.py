@@ -2,8 +2,6 @@ import argparse
 import io
 import pickle
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +10,8 @@ import torch
 from PIL import Image
 from torchvision import datasets, transforms
 
+from tests.scripts import run_script
 from tools import synthetic_data
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 class NoClassesUnpickler(pickle.Unpickler):
@@ -280,17 +277,17 @@ def test_bad_arguments_name_the_flag(tmp_path):
 def test_command_line(tmp_path):
     output = tmp_path / "imagenet"
     command = [
-        sys.executable, "tools/synthetic_data.py", "imagefolder", "--output", str(output), "--num-classes", "2",
+        "tools/synthetic_data.py", "imagefolder", "--output", str(output), "--num-classes", "2",
         "--train-per-class", "3", "--val-per-class", "1", "--image-size", "40x32", "--seed", "7",
     ]  # fmt: skip
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    result = run_script(*command, check=False)
     assert result.returncode == 0, result.stderr
     assert "6 training and 2 validation images" in result.stdout
     files = relative_files(output)
     assert len(files) == 8 and files[0] == "train/class_000/class_000_00000.jpg"
     assert open_jpeg(output / files[0]).size == (40, 32)
 
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    result = run_script(*command, check=False)
     assert result.returncode != 0 and "not empty" in result.stderr
 
 
@@ -319,8 +316,8 @@ def test_retrieval_pictures_come_from_the_first_num_classes(tmp_path):
 
 def test_command_line_refuses_a_bad_class_count(tmp_path):
     output = tmp_path / "revisitop"
-    command = [sys.executable, "tools/synthetic_data.py", "revisitop", "--output", str(output), "--num-classes", "1"]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    command = ["tools/synthetic_data.py", "revisitop", "--output", str(output), "--num-classes", "1"]
+    result = run_script(*command, check=False)
     assert result.returncode == 2
     assert "--num-classes must be between 2 and 72, got 1" in result.stderr and "Traceback" not in result.stderr
     assert not output.exists()

@@ -1,18 +1,10 @@
-import os
-import subprocess
-import sys
-
-import ddp_equivalence_worker as worker
 import pytest
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.multigrain import ddp_equivalence_worker as worker
+from tests.scripts import ONE_THREAD, run_script
 
-
-def torchrun(nproc, *args):
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+pytestmark = pytest.mark.slow  # torchrun
 
 
 def single_process_first_step():
@@ -27,7 +19,7 @@ def single_process_first_step():
 @pytest.mark.parametrize("nproc", [2, 3])
 def test_global_batch_loss_and_gradients_equal_one_process(tmp_path, nproc):
     out = tmp_path / "ddp.pt"
-    run = torchrun(nproc, "tests/ddp_equivalence_worker.py", str(out))
+    run = run_script("-m", worker.__name__, out, nproc=nproc, env=ONE_THREAD, check=False)
     assert run.returncode == 0, run.stdout + run.stderr
     ddp = torch.load(out, weights_only=True)
     losses, grads = single_process_first_step()

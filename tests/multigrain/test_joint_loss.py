@@ -1,11 +1,11 @@
 import pytest
 import torch
-from test_margin_loss import batch
 from torch.nn import functional as F
 
 from multigrain.distance_weighted_miner import DistanceWeightedMiner
 from multigrain.joint_loss import MultiGrainLoss
 from multigrain.margin_loss import MarginLoss
+from tests.multigrain.test_margin_loss import batch
 
 
 class ExplodingMiner(torch.nn.Module):
