@@ -11,10 +11,10 @@ import shlex
 from pathlib import Path
 
 import pytest
-import torch
 
 import train
 from tests.scripts import ROOT
+from tests.test_train import learning_rates
 
 README = Path(ROOT, "README.md")
 DOCUMENTS = [README, *sorted(Path(ROOT, "docs").glob("*.md"))]
@@ -251,19 +251,6 @@ def test_commands_parse_with_their_scripts_parsers(document):
     assert not refused, f"{relative(document)}:\n" + "\n".join(refused)
 
 
-def learning_rates(arguments):
-    """The rate of each epoch under the schedule train.py builds from the arguments."""
-    args = train.get_args_parser().parse_args(arguments)
-    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=args.lr)
-    scheduler = train.build_lr_scheduler(args, optimizer)
-    rates = []
-    for _ in range(args.epochs):
-        rates.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        scheduler.step()
-    return rates
-
-
 def test_the_readme_schedules_are_torchvisions_and_the_published_codes():
     """The README's first command keeps train.py's default schedule, which drops at epochs 30, 60, 90 (StepLR(30)),
     and its second drops after them, as the published code did (`epoch > drop`): 31/30/30/29 epochs."""
@@ -277,7 +264,7 @@ def test_the_readme_schedules_are_torchvisions_and_the_published_codes():
         defaults.lr_gamma,
         defaults.lr_warmup_epochs,
     )
-    assert learning_rates(default) == pytest.approx([0.2 * 0.1 ** (epoch // 30) for epoch in range(120)], rel=1e-9)
+    assert learning_rates(parsed) == pytest.approx([0.2 * 0.1 ** (epoch // 30) for epoch in range(120)], rel=1e-9)
     published_rates = [0.2 * 0.1 ** sum(epoch > drop for drop in (30, 60, 90)) for epoch in range(120)]
-    assert learning_rates(published) == pytest.approx(published_rates, rel=1e-9)
+    assert learning_rates(train.get_args_parser().parse_args(published)) == pytest.approx(published_rates, rel=1e-9)
     assert [published_rates.count(0.2 * 0.1**drops) for drops in range(4)] == [31, 30, 30, 29]

@@ -257,6 +257,18 @@ def test_the_recipe_is_derived_from_the_recipe_groups():
     assert train.recipe().of(args, world_size=4)["global_batch_size"] == 128
 
 
+def learning_rates(args):
+    """The rate of each epoch under the schedule train.py builds from `args`."""
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=args.lr)
+    lr_scheduler = train.build_lr_scheduler(args, optimizer)
+    rates = []
+    for _ in range(args.epochs):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        lr_scheduler.step()
+    return rates
+
+
 @pytest.mark.parametrize(
     "flags,epochs_per_rate",
     [
@@ -268,13 +280,7 @@ def test_the_recipe_is_derived_from_the_recipe_groups():
 def test_the_learning_rate_of_every_epoch(tiny, flags, epochs_per_rate):
     args = parse(["--data-path", str(tiny), *flags])
     train.check_args(args)
-    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=args.lr)
-    lr_scheduler = train.build_lr_scheduler(args, optimizer)
-    rates = []
-    for _ in range(args.epochs):
-        rates.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        lr_scheduler.step()
+    rates = learning_rates(args)
     expected = [rate for rate, epochs in zip([0.2, 0.02, 0.002, 0.0002], epochs_per_rate) for _ in range(epochs)]
     assert len(rates) == len(expected) == 120
     for epoch, (rate, expected_rate) in enumerate(zip(rates, expected)):
