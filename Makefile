@@ -30,7 +30,7 @@ demo: venv
 	$(BIN)/python tools/synthetic_data.py imagefolder --output $(DEMO)/whiten_images --num-classes 72 --train-per-class 10 \
 		--val-per-class 1 --image-size 80x60 --seed 1
 	$(BIN)/python whiten.py --checkpoint $(DEMO)/finetune_p/finetune_p.pth --whiten-path $(DEMO)/whiten_images \
-		--output-dir $(DEMO)/whiten --device cpu --input-size 96 -j 1
+		--output-dir $(DEMO)/whiten --device cpu -j 1
 	$(BIN)/python train.py --test-only --resume $(DEMO)/whiten/whitened.pth --model resnet18 \
 		--data-path $(DEMO)/imagenet --device cpu -j 1 --val-resize-size 73 --val-crop-size 64
 	$(BIN)/python tools/synthetic_data.py all --output $(DEMO)/bench
@@ -41,7 +41,7 @@ demo: venv
 	$(BIN)/python tools/compare_metrics.py $(DEMO)/evaluate/metrics.json $(DEMO)/evaluate_final/metrics.json
 	$(BIN)/python tools/synthetic_data.py duplicates --output $(DEMO)/duplicates
 	$(BIN)/python extract.py --checkpoint $(DEMO)/whiten/whitened.pth --images $(DEMO)/duplicates/images \
-		--output-dir $(DEMO)/duplicates/descriptors --device cpu -j 1 --input-size 96 --shard-size 50
+		--output-dir $(DEMO)/duplicates/descriptors --device cpu -j 1 --shard-size 50
 	$(BIN)/python search.py --dedup --database $(DEMO)/duplicates/descriptors -k 5 \
 		--known-duplicates $(DEMO)/duplicates/duplicates.csv --precision-target 0.9 \
 		--output-dir $(DEMO)/duplicates/search

@@ -47,9 +47,8 @@ def dataset_path_flag(name):
 @utils.usage_check
 def check_args(args):
     """Refuses inconsistent flags, folders and checkpoints before any process group starts; returns the
-    ModelFile of --checkpoint, read once (None with --load-features)."""
-    if args.multiscale and args.input_size < 2:
-        raise ValueError(f"--multiscale needs --input-size >= 2 for its scale s/2, got {args.input_size}")
+    ModelFile of --checkpoint, read once (None with --load-features). Without --input-size, the checkpoint's s* is
+    used (flags.checkpoint_input_size), and said."""
     for name in args.dataset:
         path = getattr(args, dataset_path_flag(name))
         if not path:
@@ -110,6 +109,9 @@ def check_args(args):
     if args.load_features:
         return None
     model_file = open_model(args.checkpoint, model_name=args.model)
+    utils.print_at_launch(flags.checkpoint_input_size(args, model_file))
+    if args.multiscale and args.input_size < 2:
+        raise ValueError(f"--multiscale needs --input-size >= 2 for its scale s/2, got {args.input_size}")
     if "imagenet-val" in args.dataset:
         classes = utils.check_image_folder(os.path.join(args.imagenet_path, "val"), "--imagenet-path")
         model_file.check_num_classes(len(classes), f"--imagenet-path {args.imagenet_path}")

@@ -1,12 +1,16 @@
-"""Export of a MultiGrain model for inference: torch.export (.pt2) or ONNX (.onnx), dynamic batch, height, width.
+"""Export of a MultiGrain model for inference: torch.export (.pt2) or ONNX (.onnx), dynamic batch, height, width;
+or its weights and config for sharing (.safetensors).
 
     python export.py --checkpoint whitened.pth --output multigrain.pt2
     python export.py --checkpoint whitened.pth --output multigrain.onnx   # needs onnx and onnxscript
+    python export.py --checkpoint whitened.pth --output multigrain.safetensors   # needs safetensors
 
 The exported program takes a normalised (N, 3, H, W) float32 batch (multigrain.eval_transform) and returns
 (logits, descriptors), as MultiGrainNet does: the trunk, GeM with the checkpoint's p, its whitening and its
-classifier. Before the file is written, its outputs are compared with the model's on two inputs of different
-aspect ratios (ONNX: when onnxruntime is installed).
+classifier. The safetensors file holds the weights and a small JSON config (architecture, class names, input
+size s*: multigrain.storage.safetensors_file), no pickle; load_model and every script read it back. Before the
+file is written, its outputs are compared with the model's on two inputs of different aspect ratios (ONNX: when
+onnxruntime is installed; safetensors: the model read back from the file).
 """
 
 import importlib.util
@@ -17,9 +21,13 @@ import torch
 import flags
 import utils
 from multigrain.storage.atomic_write import atomic_path
+from multigrain.storage.checkpoint import code_version
 from multigrain.storage.model_files import model_settings, open_model
+from multigrain.storage.safetensors_file import save_safetensors
 
-FORMATS = {".pt2": "torch.export", ".onnx": "ONNX"}
+FORMATS = {".pt2": "torch.export", ".onnx": "ONNX", ".safetensors": "safetensors"}
+# The optional packages each format needs, and the extra that installs them.
+FORMAT_PACKAGES = {".onnx": (("onnx", "onnxscript"), "onnx"), ".safetensors": (("safetensors",), "safetensors")}
 # The traced example and the two inputs the exported program is checked on: batch, height, width all differ.
 EXAMPLE_SHAPE = (2, 3, 128, 96)
 CHECK_SHAPES = ((1, 3, 96, 128), (3, 3, 80, 64))
@@ -74,21 +82,34 @@ def check_args(args):
     """Refuses a bad --output or --checkpoint before anything is exported; returns the ModelFile of --checkpoint."""
     extension = os.path.splitext(args.output)[1]
     if extension not in FORMATS:
-        raise ValueError(f"--output {args.output} must end with {' or '.join(FORMATS)} (the format to write)")
-    if extension == ".onnx":
-        missing = [name for name in ("onnx", "onnxscript") if importlib.util.find_spec(name) is None]
+        *others, last = FORMATS
+        raise ValueError(f"--output {args.output} must end with {', '.join(others)} or {last} (the format to write)")
+    if extension in FORMAT_PACKAGES:
+        packages, extra = FORMAT_PACKAGES[extension]
+        missing = [name for name in packages if importlib.util.find_spec(name) is None]
         if missing:
             raise ValueError(
-                f"--output {args.output} needs the packages {', '.join(missing)}: pip install 'multigrain[onnx]'"
+                f"--output {args.output} needs the packages {', '.join(missing)}: pip install 'multigrain[{extra}]'"
             )
     if os.path.isdir(args.output):
         raise ValueError(f"--output {args.output} is a folder")
     return open_model(args.checkpoint, model_name=args.model)
 
 
+def write_safetensors(model, architecture, source, path):
+    """The model's weights and config (its class names and input size) in the safetensors file `path`, read back
+    by open_model and compared with the model."""
+    save_safetensors(
+        path, model.state_dict(), architecture=architecture, class_names=model.class_names,
+        input_size=model.input_size, source=source, code_version=code_version(),
+    )  # fmt: skip
+    check_same_outputs(model, open_model(path).model(), "safetensors file read back")
+
+
 def main(args):
     model_file = check_args(args)
     name, model = model_file.architecture, model_file.model()
+    source = {"kind": model_file.kind, "file": os.path.basename(model_file.path)}
     del model_file
     extension = os.path.splitext(args.output)[1]
     with atomic_path(args.output, "exported model") as tmp_path:
@@ -96,20 +117,29 @@ def main(args):
             program = export_program(model)
             check_same_outputs(model, program.module(), "torch.export program")
             torch.export.save(program, tmp_path)
+        elif extension == ".safetensors":
+            write_safetensors(model, name, source, tmp_path)
         else:
             write_onnx(model, tmp_path)
             if importlib.util.find_spec("onnxruntime") is not None:
                 check_same_outputs(model, onnx_runner(tmp_path), "ONNX file (onnxruntime)")
             else:
                 print("onnxruntime is not installed: the ONNX file is not checked against the model")
-    print(f"{name} ({model_settings(model)}) exported to {args.output}")
+    classes = f"{len(model.class_names)} class names" if model.class_names else "no class names"
+    size = f"input size {model.input_size}" if model.input_size else "no input size"
+    print(f"{name} ({model_settings(model)}; {classes}, {size}) exported to {args.output}")
 
 
 def get_args_parser(add_help=True):
-    parser = flags.script_parser("MultiGrain: export a model for inference (torch.export or ONNX)", add_help)
+    parser = flags.script_parser(
+        "MultiGrain: export a model for inference (torch.export, ONNX) or for sharing (safetensors)", add_help
+    )
     flags.add_checkpoint(parser, "the model to export")
     parser.add_argument(
-        "--output", required=True, help="file to write: .pt2 (torch.export.save) or .onnx (ONNX, dynamo exporter)"
+        "--output",
+        required=True,
+        help="file to write: .pt2 (torch.export.save), .onnx (ONNX, dynamo exporter) or .safetensors (weights and "
+        "config)",
     )
     return parser
 

@@ -8,7 +8,8 @@ paths relative to --root, one a line. The descriptors (float32) and the image na
 format of `evaluate.py --save-features`, one pair of files per --shard-size images: descriptors-00000.npy
 and descriptors-00000.txt, ..., and manifest.json says what was extracted, how, and which shards are
 complete. Running the same command again continues where a killed run stopped; search.py reads the folder.
-Under torchrun every process extracts its share of each shard.
+Under torchrun every process extracts its share of each shard. Without --input-size, the images are resized to
+the s* the checkpoint stores (finetune_p.py's, whiten.py's), else to 500; the manifest records the size used.
 """
 
 import datetime
@@ -124,15 +125,17 @@ def differences(field, old, new):
 @utils.usage_check
 def check_args(args):
     """Refuses bad flags, inputs, checkpoints and an --output-dir of another extraction before any process
-    group starts; returns (paths, names, the ModelFile of --checkpoint, manifest or None)."""
-    if args.multiscale and args.input_size < 2:
-        raise ValueError(f"--multiscale needs --input-size >= 2 for its scale s/2, got {args.input_size}")
+    group starts; returns (paths, names, the ModelFile of --checkpoint, manifest or None). Without --input-size,
+    the checkpoint's s* is used (flags.checkpoint_input_size), and said."""
     if not os.path.isfile(args.checkpoint):
         raise ValueError(f"--checkpoint {args.checkpoint} is not a file")
     if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
         raise ValueError(f"--output-dir {args.output_dir} is not a folder")
     paths, names = read_image_list(args)
     model_file = open_model(args.checkpoint, model_name=args.model)
+    utils.print_at_launch(flags.checkpoint_input_size(args, model_file))
+    if args.multiscale and args.input_size < 2:
+        raise ValueError(f"--multiscale needs --input-size >= 2 for its scale s/2, got {args.input_size}")
     manifest = read_manifest(args, settings(args, names))
     return paths, names, model_file, manifest
 

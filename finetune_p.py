@@ -12,8 +12,10 @@ Only p is learned: the model stays in eval mode (BatchNorm statistics frozen), S
 cross-entropy, one pass over the first --images-per-class training images of each class, resized so
 that their largest side is s*, without crop. A pretrained classifier starts from --pooling-exponent
 (1: the average pooling it was trained with). With --p-grid, p is chosen by cross-validation on the same
-images instead. The checkpoint holds the model with the new p; a whitened model loses its whitening,
-which is specific to p and s*: run whiten.py on the result.
+images instead. The checkpoint holds the model with the new p and its s* (`input_size`, the default input
+size of the scripts that read it), and the class names of its source (else the class folders of --data-path,
+which the classifier was validated on); a whitened model loses its whitening, which is specific to p and s*:
+run whiten.py on the result.
 """
 
 import argparse
@@ -200,13 +202,13 @@ def main(args):
     subset, val = load_data(args)
     if model_file is None:
         print(f"Fine-tuning p of --model {args.model} with --weights {args.weights}")
-        name, source = args.model, {"weights": args.weights}
+        name, source, class_names = args.model, {"weights": args.weights}, None
         model = pretrained_classifier(args)
     else:
         print(f"Fine-tuning p of {model_file.description}")
         if model_file.whitened:
             print(f"{args.checkpoint} is whitened: fine-tuning p on the unwhitened model (re-run whiten.py afterwards)")
-        name, source = model_file.architecture, model_file.source
+        name, source, class_names = model_file.architecture, model_file.source, model_file.class_names
         model = model_file.model(device, unwhitened=True)
     del model_file
     initial_p = float(model.pool.p)
@@ -230,9 +232,11 @@ def main(args):
     utils.append_json_line(log_path, record)
     path = os.path.join(args.output_dir, FILE_NAMES["finetune_p"])
     args_record = {**vars(args), "model": name}
-    save_checkpoint(
-        make_checkpoint("finetune_p", model.state_dict(), args_record, source=source, finetune_p=record), path
-    )
+    checkpoint = make_checkpoint(
+        "finetune_p", model.state_dict(), args_record, source=source, finetune_p=record,
+        input_size=args.input_size, class_names=class_names or val.classes,
+    )  # fmt: skip
+    save_checkpoint(checkpoint, path)
     print(f"p* = {p:.4f} at input size {args.input_size}; model in {path}")
     return record
 
@@ -260,7 +264,9 @@ def get_args_parser(add_help=True):
         help="starting p with --weights (default 1: the average pooling the classifier was trained with)",
     )
     flags.add_device(parser)
-    flags.add_input_size(parser, help="test resolution s*: largest image side, no crop")
+    flags.add_input_size(
+        parser, default=flags.DEFAULT_INPUT_SIZE, help="test resolution s*: largest image side, no crop"
+    )
     parser.add_argument(
         "--images-per-class",
         default=50,

@@ -15,6 +15,9 @@ import math
 import torch
 from torchvision.transforms.functional import InterpolationMode
 
+from multigrain.model import DEFAULT_INPUT_SIZE
+from multigrain.storage.checkpoint import SCRIPTS
+
 
 def _interval(low, high, low_open=False, high_open=False):
     if high is None:
@@ -145,8 +148,11 @@ def add_seed(parser, help):
 # --- the input images ---------------------------------------------------------------------------------------
 
 
-def add_input_size(parser, help="test resolution s: images are resized to largest side s, no crop"):
-    parser.add_argument("--input-size", default=500, type=int_in(1), help=help)
+def add_input_size(parser, *, default=None, help="test resolution s: images are resized to largest side s, no crop"):
+    """--input-size; without a default, checkpoint_input_size gives it after the checkpoint is read."""
+    if default is None:
+        help += f" (default: the checkpoint's s*, else {DEFAULT_INPUT_SIZE})"
+    parser.add_argument("--input-size", default=default, type=int_in(1), help=help)
 
 
 def add_multiscale(parser):
@@ -240,6 +246,19 @@ def add_chunk_size(parser, help="queries and database rows scored at a time"):
 
 
 # --- the flags as the package's arguments -------------------------------------------------------------------
+
+
+def checkpoint_input_size(args, model_file):
+    """--input-size when it was not given: the s* that --checkpoint stores (model_file: its ModelFile), else
+    DEFAULT_INPUT_SIZE. Sets args.input_size; returns the line that says where it came from (None when given)."""
+    if args.input_size is not None:
+        return None
+    if model_file.input_size is None:
+        args.input_size = DEFAULT_INPUT_SIZE
+        return f"--input-size {args.input_size}, the default: {model_file.path} stores no s*"
+    args.input_size = model_file.input_size
+    made_by = f"{SCRIPTS[model_file.kind]}'s" if model_file.kind in SCRIPTS else "its"
+    return f"--input-size {args.input_size} from {model_file.path} ({made_by} s*)"
 
 
 def amp_dtype(args):

@@ -4,7 +4,8 @@
                            checkpoint="https://.../whitened.pth")
 
 `checkpoint` is a file or an http(s):// or file:// URL, downloaded once into torch.hub's cache; every file
-is read by the project's safe loader (weights_only=True, or tensors only for the published files).
+is read by the project's safe loader (weights_only=True, or tensors only for the published files), export.py's
+safetensors files too. The model carries the class names and input size s* its file stores (load_model).
 """
 
 import multigrain as _multigrain

@@ -312,6 +312,7 @@ def train(args, start, stop_signals):
         criterion=criterion, optimizer=optimizer, lr_scheduler=lr_scheduler, scaler=scaler, requeue=args.requeue,
         generator=sampling_generator, seed=args.seed, epochs=args.epochs, stop_signals=stop_signals,
         schedule=preemption.CheckpointSchedule(args.checkpoint_every_minutes, args.checkpoint_every_iters),
+        extra={"class_names": list(classes)},
     )  # fmt: skip
     start_epoch = args.start_epoch
     if start and start.resumed:

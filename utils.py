@@ -237,6 +237,13 @@ def run_script(main, parser):
         sys.exit(e.exit_code)
 
 
+def print_at_launch(message):
+    """Prints `message` (nothing for None) once per launch, before any process group exists: from the process of
+    rank 0 under torchrun or SLURM."""
+    if message is not None and os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0":
+        print(message, flush=True)
+
+
 def launch_world_size() -> int:
     """The number of processes the launcher started (torchrun's WORLD_SIZE, SLURM's SLURM_NTASKS), before
     any process group exists."""

@@ -6,7 +6,9 @@
 Pooled vectors g of the whitening images (largest side --input-size, no crop) give the whitening
 (multigrain/whitening.py): the retrieval descriptor becomes l2n((x − m)·P) with x = l2n([g; 1]), and
 the classifier is rewritten to read (x − m)·P, which leaves every top-k prediction unchanged. The
-checkpoint loads in evaluate.py, finetune_p.py and train.py --test-only.
+checkpoint loads in evaluate.py, finetune_p.py and train.py --test-only; it stores its input size s*
+(`input_size`: without --input-size, that of --checkpoint, e.g. finetune_p.py's s*, else 500) and the class
+names of --checkpoint.
 """
 
 import os
@@ -78,7 +80,9 @@ def check_args(args):
         raise ValueError(f"--whiten-list {args.whiten_list} is not a file")
     check_output_dir(args.output_dir, "whiten")
     utils.check_writable_folder(args.output_dir, "--output-dir")
-    return open_model(args.checkpoint, model_name=args.model)
+    model_file = open_model(args.checkpoint, model_name=args.model)
+    utils.print_at_launch(flags.checkpoint_input_size(args, model_file))
+    return model_file
 
 
 @torch.no_grad()
@@ -107,7 +111,7 @@ def main(args):
     os.makedirs(args.output_dir, exist_ok=True)
 
     print(f"Whitening {model_file.description}{' (replacing its whitening)' if model_file.whitened else ''}")
-    name, source = model_file.architecture, model_file.source
+    name, source, class_names = model_file.architecture, model_file.source, model_file.class_names
     model = model_file.model(device, unwhitened=True)
     del model_file
 
@@ -163,7 +167,11 @@ def main(args):
     utils.append_json_line(os.path.join(args.output_dir, LOG_NAMES["whiten"]), record)
     path = os.path.join(args.output_dir, FILE_NAMES["whiten"])
     args_record = {**vars(args), "model": name}
-    save_checkpoint(make_checkpoint("whiten", model.state_dict(), args_record, source=source, whitening=record), path)
+    checkpoint = make_checkpoint(
+        "whiten", model.state_dict(), args_record, source=source, whitening=record,
+        input_size=args.input_size, class_names=class_names,
+    )  # fmt: skip
+    save_checkpoint(checkpoint, path)
     print(f"Whitened model saved in {path}")
     return record
 

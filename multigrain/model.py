@@ -10,6 +10,8 @@ from .timm_backbones import APPENDIX_E, build_timm_trunk, is_timm_name, timm_nam
 # Families whose torchvision head is "global pool -> (dropout) -> one Linear", so that the Linear can
 # read the GeM vector directly.
 SUPPORTED_PREFIXES = ("resnet", "resnext", "wide_resnet", "regnet_", "efficientnet_")
+# The test resolution (largest image side) when neither the caller nor the model file gives one: the paper's s*.
+DEFAULT_INPUT_SIZE = 500
 
 
 def l2n(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -35,6 +37,10 @@ class MultiGrainNet(nn.Module):
     `whitening.pca.pca_m` and `whitening.pca.pca_P` (renamed by multigrain.storage.checkpoint).
     Setting `descriptor_dim` to D makes the descriptor l2n(embedding[:D]), the first D whitened components
     (largest variance first), while the classifier still reads the whole embedding.
+
+    `class_names` (the classifier's classes in index order) and `input_size` (the test resolution s* the model
+    was made for) are what its model file says about it (multigrain.storage.model_files sets them; None when
+    unknown): plain attributes, not in the state_dict.
     """
 
     def __init__(
@@ -47,6 +53,8 @@ class MultiGrainNet(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.classifier = classifier
         self.descriptor_dim = None
+        self.class_names = None
+        self.input_size = None
 
     @property
     def embedding_dim(self) -> int:

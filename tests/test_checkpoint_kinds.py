@@ -57,6 +57,7 @@ def test_training_checkpoint_says_what_it_is(trained):
     assert checkpoint["epoch"] == 0 and checkpoint["args"]["model"] == "resnet18"
     assert checkpoint["code_version"] == checkpoint_module.code_version() != ""
     assert checkpoint["recipe"]["classif_weight"] == 0.5 and checkpoint["recipe"]["global_batch_size"] == 6
+    assert checkpoint["class_names"] == ["class_000", "class_001", "class_002"]  # the ImageFolder's classes
 
 
 def test_an_ablation_in_the_same_folder_is_refused_and_nothing_is_overwritten(data, trained):

@@ -13,6 +13,7 @@ from multigrain.evaluation.retrieval_metrics import copydays_map, holidays_map, 
 from multigrain.images.datasets import ImageList
 from multigrain.inference.retrieval_descriptors import retrieval_descriptors
 from multigrain.model import build_model, l2n
+from multigrain.storage.checkpoint import make_checkpoint, save_checkpoint
 from multigrain.storage.model_files import load_model
 from tests.scripts import ONE_THREAD, run_script
 from tools import synthetic_data
@@ -378,6 +379,27 @@ def test_pooling_exponent_flag_overrides_the_checkpoint(untrained_checkpoint, be
     with_p1 = evaluate.main(args)
     record = read_metrics(tmp_path)
     assert "p=1," in record["description"] and record["results"] == {"ukbench": with_p1["ukbench"]}
+
+
+def test_input_size_defaults_to_the_checkpoints_s_star_and_says_so(untrained_checkpoint, bench, tmp_path, capsys):
+    root, _ = bench
+    finetuned = tmp_path / "finetune_p.pth"
+    state = torch.load(untrained_checkpoint, weights_only=True)["model"]
+    save_checkpoint(make_checkpoint("finetune_p", state, {"model": "resnet18"}, input_size=32), finetuned)
+    common = ["--device", "cpu", "-j", "0", "--dataset", "ukbench", "--ukbench-path", str(root / "ukbench")]
+
+    def evaluate_with(model, output_dir, *flags):
+        argv = ["--checkpoint", str(model), *common, "--output-dir", str(tmp_path / output_dir), *flags]
+        results = evaluate.main(evaluate.get_args_parser().parse_args(argv))
+        return capsys.readouterr().out, read_metrics(tmp_path / output_dir), results
+
+    out, record, from_checkpoint = evaluate_with(finetuned, "default")
+    assert f"--input-size 32 from {finetuned} (finetune_p.py's s*)" in out
+    assert "input size 32," in record["description"] and record["args"]["input_size"] == 32
+    out, record, explicit = evaluate_with(untrained_checkpoint, "explicit", "--input-size", "32")  # the same weights
+    assert "--input-size 32 from" not in out and from_checkpoint == explicit
+    out, record, _ = evaluate_with(finetuned, "flag wins", "--input-size", "40")
+    assert "--input-size 40" not in out.split("Namespace")[0] and "input size 40," in record["description"]
 
 
 @pytest.mark.parametrize(

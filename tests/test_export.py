@@ -51,6 +51,21 @@ def test_onnx_command(tiny_whitened_checkpoint, tmp_path):
     assert_same_outputs(export.onnx_runner(str(output)), load_model(tiny_whitened_checkpoint))
 
 
+def test_safetensors_command_reads_back_to_the_same_model(tiny_whitened_checkpoint, tmp_path, capsys):
+    checkpoint = torch.load(tiny_whitened_checkpoint, weights_only=True)
+    names = ["tench", "goldfish", "great white shark", "tiger shark", "hammerhead"]
+    source = tmp_path / "whitened.pth"
+    torch.save({**checkpoint, "class_names": names, "input_size": 96}, source)
+    output = tmp_path / "multigrain.safetensors"
+    run_export("--checkpoint", source, "--output", output)
+    assert "resnet18 (p=3, whitening yes; 5 class names, input size 96) exported to" in capsys.readouterr().out
+    model, exported = load_model(source), load_model(output)
+    assert (exported.class_names, exported.input_size) == (names, 96)
+    assert exported.whitening is not None and float(exported.pool.p) == 3.0
+    assert_same_outputs(exported, model)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["multigrain.safetensors", "whitened.pth"]
+
+
 def test_torch_jit_script_of_the_whitened_model(tiny_whitened_checkpoint):
     model = load_model(tiny_whitened_checkpoint)
     scripted = torch.jit.script(model)
@@ -58,7 +73,7 @@ def test_torch_jit_script_of_the_whitened_model(tiny_whitened_checkpoint):
 
 
 def test_bad_arguments(tiny_whitened_checkpoint, tmp_path, monkeypatch):
-    with pytest.raises(utils.UsageError, match=r"--output .*model\.zip must end with \.pt2 or \.onnx"):
+    with pytest.raises(utils.UsageError, match=r"--output .*model\.zip must end with \.pt2, \.onnx or \.safetensors"):
         run_export("--resume", tiny_whitened_checkpoint, "--output", tmp_path / "model.zip")
     with pytest.raises(utils.UsageError, match="checkpoint .*missing.pth does not exist"):
         run_export("--resume", tmp_path / "missing.pth", "--output", tmp_path / "model.pt2")
@@ -71,4 +86,9 @@ def test_bad_arguments(tiny_whitened_checkpoint, tmp_path, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "onnxscript" else find_spec(name))
     with pytest.raises(utils.UsageError, match=r"needs the packages onnxscript: pip install 'multigrain\[onnx\]'"):
         run_export("--resume", tiny_whitened_checkpoint, "--output", tmp_path / "model.onnx")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "safetensors" else find_spec(name))
+    with pytest.raises(
+        utils.UsageError, match=r"needs the packages safetensors: pip install 'multigrain\[safetensors\]'"
+    ):
+        run_export("--resume", tiny_whitened_checkpoint, "--output", tmp_path / "model.safetensors")
     assert [path.name for path in tmp_path.iterdir()] == ["folder.pt2"]

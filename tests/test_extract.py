@@ -13,6 +13,7 @@ import extract
 from multigrain.images.image_io import BadImageError
 from multigrain.model import build_model
 from multigrain.search.descriptor_files import DescriptorCollection, read_features
+from multigrain.storage.checkpoint import make_checkpoint, save_checkpoint
 from tests.scripts import ONE_THREAD, ROOT, run_script, script_command
 from tools import synthetic_data
 from utils import UsageError
@@ -126,6 +127,44 @@ def test_killed_run_resumes_to_the_files_of_an_uninterrupted_run(checkpoint, ukb
         (tmp_path / "short.txt").write_text("\n".join(f"full/ukbench{i:05d}.jpg" for i in range(9)))
         run_extract(command(checkpoint, tmp_path / "short.txt", killed, "--root", str(ukbench), "--shard-size", "2"))
     assert folder_bytes(killed) == folder_bytes(uninterrupted)
+
+
+def test_input_size_defaults_to_the_checkpoints_s_star_and_says_so(checkpoint, ukbench, tmp_path, capsys, monkeypatch):
+    """The case of issue 21: a model whitened at s* was extracted at 500 without a word. Now at s*, said, and
+    recorded in the manifest; --input-size still wins; a file without s* gives 500, said too."""
+    whitened = tmp_path / "whitened.pth"
+    state = torch.load(checkpoint, weights_only=True)["model"]
+    save_checkpoint(make_checkpoint("whiten", state, {"model": "resnet18"}, input_size=48), whitened)
+    (tmp_path / "two.txt").write_text("full/ukbench00000.jpg\nfull/ukbench00005.jpg\n")
+
+    def extract_with(model, output_dir, *flags):
+        run_extract([
+            "--checkpoint", str(model), "--images", str(tmp_path / "two.txt"), "--root", str(ukbench),
+            "--output-dir", str(tmp_path / output_dir), "--device", "cpu", "-j", "0", *flags,
+        ])  # fmt: skip
+        manifest = json.loads((tmp_path / output_dir / "manifest.json").read_text())
+        return (
+            capsys.readouterr().out,
+            manifest["extraction"]["input_size"],
+            read_features(tmp_path / output_dir / "descriptors-00000.npy")[0],
+        )
+
+    out, size, default = extract_with(whitened, "default")
+    assert f"--input-size 48 from {whitened} (whiten.py's s*)" in out and size == 48
+    out, size, explicit = extract_with(checkpoint, "explicit", "--input-size", "48")  # the same weights
+    assert "--input-size 48 from" not in out and size == 48
+    np.testing.assert_array_equal(default, explicit)
+    out, size, _ = extract_with(whitened, "flag wins", "--input-size", "40")
+    assert "--input-size" not in out.split("Namespace")[0] and size == 40
+    out, size, _ = extract_with(checkpoint, "no s*")
+    assert f"--input-size 500, the default: {checkpoint} stores no s*" in out and size == 500
+
+    # Under torchrun or SLURM only the first process says it.
+    monkeypatch.setenv("RANK", "1")
+    argv = ["--checkpoint", str(whitened), "--images", str(tmp_path / "two.txt"), "--root", str(ukbench)]
+    args = extract.get_args_parser().parse_args([*argv, "--output-dir", str(tmp_path / "rank1")])
+    extract.check_args(args)
+    assert args.input_size == 48 and capsys.readouterr().out == ""
 
 
 @pytest.mark.slow

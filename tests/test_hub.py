@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+import export
 from multigrain import load_model
 from multigrain.model import MultiGrainNet, build_model
 from tests.scripts import ROOT
@@ -44,6 +45,19 @@ def test_file_url_is_downloaded_once_and_loaded_as_stored(tiny_whitened_checkpoi
     served.unlink()
     again = hub_load("multigrain", checkpoint=served.as_uri(), architecture="resnet18")  # from the cache
     assert all(torch.equal(value, expected[key]) for key, value in again.state_dict().items())
+
+
+def test_safetensors_file_through_a_url(tiny_whitened_checkpoint, tmp_path, torch_home):
+    checkpoint = torch.load(tiny_whitened_checkpoint, weights_only=True)
+    source = tmp_path / "whitened.pth"
+    torch.save({**checkpoint, "class_names": list("abcde"), "input_size": 80}, source)
+    served = tmp_path / "served" / "multigrain.safetensors"
+    export.main(export.get_args_parser().parse_args(["--checkpoint", str(source), "--output", str(served)]))
+    model = hub_load("multigrain", checkpoint=served.as_uri())
+    assert (torch_home / "hub" / "checkpoints" / "multigrain.safetensors").is_file()
+    assert model.class_names == list("abcde") and model.input_size == 80 and not model.training
+    expected = load_model(source).state_dict()
+    assert all(torch.equal(value, expected[key]) for key, value in model.state_dict().items())
 
 
 def test_readme_example(tiny_whitened_checkpoint, tmp_path, monkeypatch):

@@ -80,12 +80,11 @@ def test_train_finetune_p_whiten_chain(tmp_path):
         str(whitening_images),
         "--output-dir",
         str(tmp_path / "whiten"),
-        "--input-size",
-        "32",
         *small,
         env=ONE_THREAD,
     ).stdout
     assert "same top-5 classes: 100.00%" in out
+    assert f"--input-size 32 from {tmp_path / 'finetune' / 'finetune_p.pth'} (finetune_p.py's s*)" in out
 
     finetune_log = [
         json.loads(line) for line in (tmp_path / "finetune" / "finetune_p_log.jsonl").read_text().splitlines()
@@ -104,6 +103,20 @@ def test_train_finetune_p_whiten_chain(tmp_path):
         logits, _ = finetuned(images)
         new_logits, _ = whitened(images)
     assert torch.equal(logits.topk(3).indices, new_logits.topk(3).indices)
+
+    # Each file says how to use it: the class names of train.py's ImageFolder, carried over; s* = 32.
+    class_names = ["class_000", "class_001", "class_002"]
+    assert load_model(str(tmp_path / "train" / "checkpoint.pth")).class_names == class_names
+    assert (finetuned.class_names, finetuned.input_size) == (class_names, 32)
+    assert (whitened.class_names, whitened.input_size) == (class_names, 32)
+    # The case of issue 21: extract.py on the whitened model, without --input-size, extracts at its s*, and says so.
+    out = run_script(
+        "extract.py", "--checkpoint", tmp_path / "whiten" / "whitened.pth", "--images", data / "val",
+        "--output-dir", tmp_path / "descriptors", *small, env=ONE_THREAD,
+    ).stdout  # fmt: skip
+    assert f"--input-size 32 from {tmp_path / 'whiten' / 'whitened.pth'} (whiten.py's s*)" in out
+    manifest = json.loads((tmp_path / "descriptors" / "manifest.json").read_text())
+    assert manifest["extraction"]["input_size"] == 32
 
     # At 32 x 32, the validation crop of train.py sees the images finetune_p validated on.
     args = [

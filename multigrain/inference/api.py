@@ -2,6 +2,7 @@
 
 Images are PIL images or image file paths of any sizes; they are resized to largest side `input_size`
 without a crop (eval_transform), and images of identical size run as one batch (multigrain.inference.extraction).
+`input_size` defaults to the model's own (`model.input_size`: the s* its file stores, see load_model), else 500.
 """
 
 import os
@@ -12,6 +13,7 @@ from PIL import Image
 
 from ..images.image_io import load_rgb, to_rgb
 from ..images.transforms import RetrievalPresetEval
+from ..model import DEFAULT_INPUT_SIZE
 from .extraction import extract_descriptors
 
 
@@ -49,6 +51,8 @@ class _TransformedImages(torch.utils.data.Dataset):
 
 
 def _run(model, images, input_size, output, batch_size, amp_dtype):
+    if input_size is None:
+        input_size = getattr(model, "input_size", None) or DEFAULT_INPUT_SIZE
     device = next(model.parameters()).device
     return extract_descriptors(
         model,
@@ -60,16 +64,18 @@ def _run(model, images, input_size, output, batch_size, amp_dtype):
     )
 
 
-def descriptors(model, images, input_size: int, *, batch_size: int = 32, amp_dtype=None) -> torch.Tensor:
+def descriptors(model, images, input_size: int | None = None, *, batch_size: int = 32, amp_dtype=None) -> torch.Tensor:
     """The retrieval descriptors l2n(e) of `images`: a float32 (N, D) CPU tensor, one unit row per image,
-    in order. `model` is a MultiGrainNet in eval mode (load_model), on the device to run on; `amp_dtype`
-    (e.g. torch.float16) runs the trunk under autocast."""
+    in order. `model` is a MultiGrainNet in eval mode (load_model), on the device to run on; `input_size`
+    defaults to model.input_size, else 500; `amp_dtype` (e.g. torch.float16) runs the trunk under autocast."""
     return _run(model, images, input_size, "descriptor", batch_size, amp_dtype)
 
 
-def classify(model, images, input_size: int, *, top_k: int = 5, batch_size: int = 32, amp_dtype=None):
-    """The `top_k` most probable classes of each image: (probabilities, class indices), two (N, top_k)
-    tensors, most probable first. Class indices are those of the training ImageFolder (sorted class names).
+def classify(model, images, input_size: int | None = None, *, top_k: int = 5, batch_size: int = 32, amp_dtype=None):
+    """The `top_k` most probable classes of each image, most probable first: (probabilities, classes), with
+    probabilities an (N, top_k) tensor and classes their names, N lists of top_k strings, when the model knows
+    them (`model.class_names`, which load_model sets from the file), else an (N, top_k) tensor of class indices,
+    those of the training ImageFolder (sorted class folder names). `input_size` as for descriptors.
 
     Classifying needs the images, not their descriptors: the classifier reads the embedding (g, or e once
     whitened) whose norm the descriptor l2n(·) has lost, and through the classifier's bias that norm
@@ -78,7 +84,11 @@ def classify(model, images, input_size: int, *, top_k: int = 5, batch_size: int 
     logits = _run(model, images, input_size, "logits", batch_size, amp_dtype)
     if not 1 <= top_k <= logits.shape[1]:
         raise ValueError(f"top_k must be between 1 and the {logits.shape[1]} classes of the model, got {top_k}")
-    return logits.softmax(dim=1).topk(top_k, dim=1)
+    probabilities, indices = logits.softmax(dim=1).topk(top_k, dim=1)
+    names = getattr(model, "class_names", None)
+    if names is None:
+        return probabilities, indices
+    return probabilities, [[names[index] for index in row] for row in indices.tolist()]
 
 
 def compare(descriptors_a, descriptors_b) -> torch.Tensor:

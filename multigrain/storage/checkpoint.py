@@ -9,14 +9,18 @@ A checkpoint of this project is a plain dict that says what it is:
   (whiten.py's whitened model);
 - `model`: the MultiGrainNet's state_dict; `args`: the arguments of the command that wrote it, with
   `args["model"]` naming the architecture; `code_version`: the git commit of the code (or "unknown");
-- `source`: for finetune_p and whiten, the checkpoint they started from.
+- `source`: for finetune_p and whiten, the checkpoint they started from;
+- what the model file says about its use (multigrain.storage.model_files): `class_names`, the classifier's classes
+  in index order (train.py's ImageFolder classes, carried over by finetune_p and whiten), and for finetune_p and
+  whiten `input_size`, the test resolution s* they were made for. Files written before these entries have none.
 
 The published MultiGrain files (joint_1B_1.0.pth ..., ResNet-50) are recognised too ("published"): a
 dict whose `model_state` entry has the same `features.*`, `pool.p`, `classifier.*` keys, possibly
 behind a `module.` prefix, and for whitened models `whitening.pca.pca_m`, `whitening.pca.pca_P` with a
 classifier of width 2049 that reads the whitened vector; so are the published appendix-E files
 (senet154, pnasnet5large on timm; nasnetamobile on pretrainedmodels), told by their keys. The model of
-any of them is opened by multigrain.storage.model_files.
+any of them is opened by multigrain.storage.model_files. So is export.py's safetensors file ("safetensors":
+multigrain.storage.safetensors_file), which load_checkpoint tells by its header.
 """
 
 import functools
@@ -28,6 +32,7 @@ import torch
 
 from .atomic_write import remove_stale_temporary_files, write_atomic
 from .safe_pickle import not_loaded_objects, tensors_only_pickle
+from .safetensors_file import is_safetensors, read_safetensors
 
 # The file each script writes in its --output-dir.
 FILE_NAMES = {"train": "checkpoint.pth", "finetune_p": "finetune_p.pth", "whiten": "whitened.pth"}
@@ -39,6 +44,7 @@ KIND_DESCRIPTIONS = {
     "whiten": "a whitened model of whiten.py",
     "published": "a published MultiGrain model",
     "model": "a MultiGrain model",
+    "safetensors": "a safetensors model file of export.py",
 }
 PUBLISHED_WHITENING_KEYS = {"whitening.pca.pca_m": "whitening.mean", "whitening.pca.pca_P": "whitening.projection"}
 
@@ -98,13 +104,16 @@ def _load_published_checkpoint(path):
 
 
 def load_checkpoint(path):
-    """A checkpoint file read with weights_only=True (plain containers and tensors only).
+    """A checkpoint file read with weights_only=True (plain containers and tensors only), or a safetensors file
+    (read_safetensors).
 
     Published MultiGrain files that weights_only refuses are read again with a loader that builds
     tensors and containers only and drops the entries holding anything else (_load_published_checkpoint).
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if is_safetensors(path):
+        return read_safetensors(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:

@@ -1,10 +1,11 @@
 """The model of a checkpoint file: what every script and `multigrain.load_model` read a model from.
 
 open_model reads a checkpoint of any kind (train.py's training state, finetune_p.py's and whiten.py's models,
-a published MultiGrain file) once, checks it (a state_dict of finite tensors, the architecture) and gives a
-ModelFile: what the file is (kind, architecture, p, whitening, source), the check of its number of classes,
-and the MultiGrainNet it builds. A script opens it in its check_args, before any process group starts, and
-builds the model in main.
+a published MultiGrain file, export.py's safetensors file) once, checks it (a state_dict of finite tensors, the
+architecture, the class names and input size it stores) and gives a ModelFile: what the file is (kind,
+architecture, p, whitening, source), what it says about its use (class names, input size s*), the check of
+its number of classes, and the MultiGrainNet it builds. A script opens it in its check_args, before any process
+group starts, and builds the model in main.
 """
 
 import dataclasses
@@ -62,6 +63,18 @@ class ModelFile:
         return self.state["classifier.weight"].shape[0]
 
     @property
+    def class_names(self) -> list | None:
+        """The names of the classifier's classes in index order (train.py's ImageFolder classes); None for files
+        that do not store them (published files, checkpoints written before they did)."""
+        return self.checkpoint.get("class_names")
+
+    @property
+    def input_size(self) -> int | None:
+        """The test resolution s* (largest image side) the model was made for: finetune_p.py's p* and whiten.py's
+        whitening store it; None for the other files."""
+        return self.checkpoint.get("input_size")
+
+    @property
     def source(self) -> dict:
         """The `source` entry of a checkpoint made from this model."""
         return {"path": os.path.abspath(self.path), "kind": self.kind}
@@ -80,7 +93,7 @@ class ModelFile:
     def model(self, device="cpu", *, unwhitened=False, pooling_exponent=None) -> MultiGrainNet:
         """The MultiGrainNet, in eval mode on `device`, with its weights, p and whitening as stored;
         `unwhitened` gives the model before its whitening (the classifier reads g again), `pooling_exponent`
-        replaces p."""
+        replaces p. The model carries the file's class_names and input_size as attributes."""
         num_classes, classifier_width = self.state["classifier.weight"].shape
         model = build_model(self.architecture, num_classes=num_classes, pooling_exponent=self.p)
         if self.whitened:
@@ -94,6 +107,7 @@ class ModelFile:
             remove_whitening(model)
         if pooling_exponent is not None:
             model.pool.set_p(pooling_exponent)
+        model.class_names, model.input_size = self.class_names, self.input_size
         return model.to(device).eval()
 
 
@@ -122,6 +136,20 @@ def architecture_name(checkpoint, kind, path, model_name=None) -> str:
     return name
 
 
+def check_usage_entries(checkpoint, num_classes, path):
+    """Refuses `class_names` that are not one string per class and an `input_size` that is not a positive
+    integer (both may be absent or None)."""
+    names = checkpoint.get("class_names")
+    if names is not None:
+        if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+            raise ValueError(f"{path}: its class_names entry is not a list of strings")
+        if len(names) != num_classes:
+            raise ValueError(f"{path}: its class_names entry has {len(names)} names for {num_classes} classes")
+    size = checkpoint.get("input_size")
+    if size is not None and (type(size) is not int or size < 1):
+        raise ValueError(f"{path}: its input_size entry is {size!r}, not a positive integer")
+
+
 def open_model(path, *, model_name=None) -> ModelFile:
     """The model file `path`, read once and checked: a ValueError (or the FileNotFoundError, RuntimeError of
     load_checkpoint) says what is wrong with it. `model_name` (--model) names the architecture of checkpoints
@@ -131,6 +159,7 @@ def open_model(path, *, model_name=None) -> ModelFile:
     state = model_state_dict(checkpoint, path)
     if ("whitening.mean" in state) != ("whitening.projection" in state):
         raise ValueError(f"{path} has only one of whitening.mean and whitening.projection")
+    check_usage_entries(checkpoint, state["classifier.weight"].shape[0], path)
     kind = checkpoint_kind(checkpoint)
     return ModelFile(path, checkpoint, kind, architecture_name(checkpoint, kind, path, model_name), state)
 
@@ -158,7 +187,9 @@ def checkpoint_file(path_or_url) -> str:
 
 def load_model(path_or_url, *, model_name=None, device="cpu") -> MultiGrainNet:
     """The MultiGrainNet stored in a checkpoint file or URL (see checkpoint_file): any checkpoint of this
-    project or a published file, in eval mode, with its pooling exponent and whitening as stored.
+    project, a published file or export.py's safetensors file, in eval mode, with its pooling exponent and
+    whitening as stored, and the `class_names` and `input_size` the file stores as attributes (None when it
+    does not: descriptors and classify then use input size 500 and class indices).
 
     The architecture is the checkpoint's `args["model"]` (resnet50 for the published files, which do
     not name it); `model_name` names it for checkpoints that do not, and must agree with it otherwise.

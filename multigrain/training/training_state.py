@@ -2,7 +2,8 @@
 an epoch, and its stop on a signal.
 
     state = TrainingState(output_dir, vars(args), recipe, model=..., criterion=..., optimizer=..., lr_scheduler=...,
-                          scaler=..., generator=..., seed=..., epochs=..., stop_signals=signals)
+                          scaler=..., generator=..., seed=..., epochs=..., stop_signals=signals,
+                          extra={"class_names": classes})
     start_epoch = state.restore(checkpoint, path)  # a run continued; a new one starts at epoch 0
     for epoch in range(start_epoch, epochs):
         first_step, train_metrics = state.begin_epoch(epoch, steps, metric_logger)
@@ -16,9 +17,9 @@ The checkpoint (<output_dir>/checkpoint.pth, kind "train" of multigrain.storage.
 criterion), the optimizer, scheduler and gradient scaler, `epoch` (the last finished one), `in_epoch` (the
 half-finished epoch: None, or its iterations done with each process's random states and meters, or its
 `train_metrics` when only its validation is left), the recipe and its allowed changes, and `log`: one record per
-finished epoch, which <output_dir>/log.jsonl mirrors. A stop signal (StopSignals) is acted on after a step, after
-the training of an epoch and after its validation, by every process at the same point: the state is saved, then
-TrainingStopped is raised.
+finished epoch, which <output_dir>/log.jsonl mirrors; and the `extra` entries (train.py's `class_names`). A stop
+signal (StopSignals) is acted on after a step, after the training of an epoch and after its validation, by every
+process at the same point: the state is saved, then TrainingStopped is raised.
 """
 
 import os
@@ -63,12 +64,12 @@ class TrainingState:
     (None without one) are saved and restored; `generator` is the sampling generator, seeded per epoch from `seed` as
     the global random streams are. A signal that `stop_signals` records stops the run; after `epochs` epochs the run
     is over and ends without stopping. `schedule` says when a checkpoint is due within an epoch; `requeue` requeues
-    the SLURM job on preemption.REQUEUE_SIGNAL.
+    the SLURM job on preemption.REQUEUE_SIGNAL. `extra` holds more entries stored as they are with every save.
     """
 
     def __init__(
         self, output_dir, args, recipe, *, model, criterion, optimizer, lr_scheduler, scaler=None, generator, seed,
-        epochs, stop_signals=None, schedule=None, requeue=False,
+        epochs, stop_signals=None, schedule=None, requeue=False, extra=None,
     ):  # fmt: skip
         self.path = os.path.join(output_dir, FILE_NAMES["train"]) if output_dir else None
         self.log_path = os.path.join(output_dir, LOG_NAMES["train"]) if output_dir else None
@@ -77,7 +78,7 @@ class TrainingState:
         self.scaler, self.generator, self.seed, self.epochs = scaler, generator, seed, epochs
         self.stop_signals = stop_signals or preemption.StopSignals(())
         self.schedule = schedule or preemption.CheckpointSchedule()
-        self.requeue = requeue
+        self.requeue, self.extra = requeue, dict(extra or {})
         self.in_epoch = None  # the half-finished epoch of a restored state, continued by the next begin_epoch
         self.epoch = self.steps = self.epoch_start = None  # the current epoch, set by begin_epoch
 
@@ -185,6 +186,7 @@ class TrainingState:
                 recipe=self.recipe,
                 recipe_changes=self.recipe_changes,
                 log=self.history,
+                **self.extra,
             )
             save_checkpoint(checkpoint, self.path)
         self.schedule.saved()
