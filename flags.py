@@ -239,6 +239,25 @@ def add_chunk_size(parser, help="queries and database rows scored at a time"):
     parser.add_argument("--chunk-size", default=4096, type=int_in(1), help=help)
 
 
+def add_saved_index(parser):
+    parser.add_argument(
+        "--index",
+        default=None,
+        metavar="FILE",
+        help="a saved faiss index of the collection: read when FILE exists (refused if the collection changed "
+        "since), else built with --faiss-index and saved there",
+    )
+
+
+def add_report_limit(parser, what):
+    parser.add_argument(
+        "--report-limit",
+        default=200,
+        type=int_in(0),
+        help=f"{what} shown in report.html, with thumbnails; 0: no report",
+    )
+
+
 # --- the flags as the package's arguments -------------------------------------------------------------------
 
 
