@@ -239,14 +239,21 @@ def add_chunk_size(parser, help="queries and database rows scored at a time"):
     parser.add_argument("--chunk-size", default=4096, type=int_in(1), help=help)
 
 
-def add_saved_index(parser):
-    parser.add_argument(
-        "--index",
-        default=None,
-        metavar="FILE",
-        help="a saved faiss index of the collection: read when FILE exists (refused if the collection changed "
-        "since), else built with --faiss-index and saved there",
-    )
+def add_neighbours(parser, *, default, help):
+    parser.add_argument("-k", default=default, type=int_in(1), help=help)
+
+
+def add_threshold(parser, *, help, required=False):
+    """--threshold: a score, the inner product of two normalised descriptors, in [-1, 1]."""
+    parser.add_argument("--threshold", default=None, required=required, type=float_in(-1, 1), help=help)
+
+
+def add_saved_index(parser, help):
+    parser.add_argument("--index", default=None, metavar="FILE", help=help)
+
+
+def add_nprobe(parser, help):
+    parser.add_argument("--nprobe", default=None, type=int_in(1), help=help)
 
 
 def add_report_limit(parser, what):

@@ -78,7 +78,7 @@ def check_args(args):
         raise ValueError(f"{what} is more than the {len(database)} images of --database {args.database}")
     if args.index and os.path.isfile(args.index):
         saved_index.check_index(args.index, database, "--database", args.faiss_index)
-    images = CollectionImages(database, "--database")
+    images = CollectionImages.of_collection(database, "--database")
     if args.keep in ("largest", "oldest") and images.root is None:
         raise ValueError(f"--keep {args.keep} reads the image files, but {images.unreachable}: use --keep first")
     if args.keep_in:
@@ -135,7 +135,7 @@ def write_neighbours(queries, database, images, searcher, args):
         summary = [f"The {args.k} nearest of {len(queries)} queries among the {len(database)} images of --database."]
         if len(queries) > len(shown):
             summary.append(f"The report shows the first {len(shown)} queries: {path.name} lists them all.")
-        query_images = CollectionImages(queries, "--queries")
+        query_images = CollectionImages.of_collection(queries, "--queries")
         path = report.write_neighbours_report(
             args.output_dir, query_images, images, shown, summary, title="Nearest neighbours"
         )
@@ -344,12 +344,8 @@ def get_args_parser(add_help=True):
     parser.add_argument("--database", required=True, help="descriptors: extract.py folder, NAME.npy, or a folder")
     parser.add_argument("--queries", default=None, help="query descriptors (same forms as --database)")
     parser.add_argument("--dedup", action="store_true", help="near-duplicate pairs and groups within --database")
-    parser.add_argument(
-        "-k", default=10, type=flags.int_in(1), help="neighbours per query (with --dedup: per image, itself excluded)"
-    )
-    parser.add_argument(
-        "--threshold", default=None, type=flags.float_in(-1, 1), help="--dedup: keep pairs with score >= this"
-    )
+    flags.add_neighbours(parser, default=10, help="neighbours per query (with --dedup: per image, itself excluded)")
+    flags.add_threshold(parser, help="--dedup: keep pairs with score >= this")
     parser.add_argument(
         "--known-duplicates", default=None, help="--dedup: CSV of known duplicate pairs (columns image1,image2)"
     )
@@ -373,8 +369,12 @@ def get_args_parser(add_help=True):
         type=flags.int_in(1),
         help="--faiss-index: database descriptors drawn to train it",
     )
-    parser.add_argument("--nprobe", default=None, type=flags.int_in(1), help="--faiss-index IVF: lists visited")
-    flags.add_saved_index(parser)
+    flags.add_nprobe(parser, "--faiss-index IVF: lists visited")
+    flags.add_saved_index(
+        parser,
+        "a saved faiss index of --database: read when FILE exists (refused if the collection changed since), else "
+        "built with --faiss-index and saved there",
+    )
     parser.add_argument(
         "--keep",
         default=None,

@@ -68,28 +68,30 @@ class ImageFacts(NamedTuple):
 
 
 class CollectionImages:
-    """The image file of each row of a DescriptorCollection.
+    """The image file of each of `names` (relative to the folder `root`), and the [bytes, mtime_ns] `recorded` of
+    each when it was described (None if unknown).
 
-    `root` is the images folder; None when the collection records none (a NAME.npy of evaluate.py) or when the
-    folder is not there, and `unreachable` then says why.
+    `root` is None when the images are not reachable (a NAME.npy of evaluate.py records no folder; the folder may be
+    gone): `unreachable` then says why.
     """
 
-    def __init__(self, collection, flag):
-        self.names = collection.names
-        self.root, self.unreachable, self.recorded = None, None, None
+    def __init__(self, names, root=None, *, unreachable=None, recorded=None):
+        self.names, self.root, self.unreachable, self.recorded = names, root, unreachable, recorded
+
+    @classmethod
+    def of_collection(cls, collection, flag):
+        """The images of a DescriptorCollection (named by its flag in the messages)."""
         folder = collection.arrays[0].parent
         manifest = read_manifest(folder)
         if manifest is None or "input" not in manifest:
-            self.unreachable = f"{flag} {folder} records no images folder (the folders of extract.py do)"
-            return
+            unreachable = f"{flag} {folder} records no images folder (the folders of extract.py do)"
+            return cls(collection.names, unreachable=unreachable)
         root = images_folder(manifest)
         if not root.is_dir():
-            self.unreachable = f"the images folder of {flag} {folder}, {root}, is not there"
-            return
-        self.root = root
+            return cls(collection.names, unreachable=f"the images folder of {flag} {folder}, {root}, is not there")
         stats = [file_stats_path(array.parent, array.stem) for array in collection.arrays]
-        if all(path.is_file() for path in stats):
-            self.recorded = np.concatenate([np.load(path) for path in stats])
+        recorded = np.concatenate([np.load(path) for path in stats]) if all(p.is_file() for p in stats) else None
+        return cls(collection.names, root, recorded=recorded)
 
     def path(self, row):
         return self.root / self.names[row]
