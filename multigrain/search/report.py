@@ -223,11 +223,12 @@ def group_section(group, gallery, decisions):
     )
     hidden = len(group.pairs) - min(len(pairs), PAIRS_PER_GROUP)
     hidden = f'<p class="more">and {hidden} more pairs: see pairs.csv</p>' if hidden > 0 else ""
+    if table:
+        table = f'<table class="pairs"><tr><th>pair</th><th>score</th><th></th></tr>{table}</table>'
     return (
         f'<section class="group" id="group-{group.number}" data-images="{len(group.rows)}">'
         f"<h2>Group {group.number}: {len(group.rows)} images</h2>"
-        f'<div class="images">{"".join(figures)}</div>{more}'
-        f'<table class="pairs"><tr><th>pair</th><th>score</th><th></th></tr>{table}</table>{hidden}</section>'
+        f'<div class="images">{"".join(figures)}</div>{more}{table}{hidden}</section>'
     )
 
 
