@@ -289,9 +289,9 @@ def duplicate_groups(num_rows, firsts, seconds):
     graph = scipy.sparse.coo_matrix((np.ones(len(firsts)), (firsts, seconds)), shape=(num_rows, num_rows))
     _, labels = scipy.sparse.csgraph.connected_components(graph, directed=False)
     sizes = np.bincount(labels)
-    rows_of = {}
+    rows_of, label_of = {}, labels.tolist()
     for row in np.flatnonzero(sizes[labels] >= 2).tolist():
-        rows_of.setdefault(labels[row], []).append(row)
+        rows_of.setdefault(label_of[row], []).append(row)
     return list(enumerate(rows_of.values(), 1)), labels
 
 

@@ -15,7 +15,7 @@ from tests import browser
 AWKWARD_NAMES = [
     "plain.jpg",
     "comma, and space.jpg",
-    'quote " and \'single\'.jpg',
+    "quote \" and 'single'.jpg",
     "new\nline.jpg",
     "<b>tag</b> & ampersand.jpg",
     "folder/&amp;.jpg",
