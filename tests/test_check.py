@@ -118,3 +118,23 @@ def test_bad_inputs_are_refused_by_name(collection, tmp_path, change, extra, mes
     finally:
         if change == "moved":
             os.rename(tmp_path / "away.pth", model)
+
+
+def test_a_list_of_images_is_checked_through_a_saved_index(collection):
+    root, _, photos, folder = collection
+    index = root / "collection.index.npz"
+    search.main(search.get_args_parser().parse_args(
+        ["--dedup", "--database", str(folder), "-k", "1", "--faiss-index", "Flat", "--index", str(index),
+         "--report-limit", "0", "--output-dir", str(root / "flat")]))  # fmt: skip
+    (root / "new.txt").write_text(f"{NAMES[3]}\n{NAMES[1]}\n")
+    argv = ["--collection", str(folder), "--images", str(root / "new.txt"), "--root", str(photos), "--threshold",
+            "0.5", "-k", "3", "--index", str(index), "--output-dir", str(root / "listed"), "--device", "cpu", "-j",
+            "0"]  # fmt: skip
+    result = check.main(check.get_args_parser().parse_args(argv))
+    assert [image for image, _ in result["results"]] == [NAMES[3], NAMES[1]]
+    rows = read_csv(root / "listed" / "matches.csv")
+    assert [(row["image"], row["match"]) for row in rows if row["rank"] == "1"] == [
+        (NAMES[3], NAMES[3]),
+        (NAMES[1], NAMES[1]),
+    ]
+    assert all(int(row["rank"]) <= 3 for row in rows)

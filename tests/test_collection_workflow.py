@@ -1,6 +1,6 @@
 """A collection of synthetic photos with planted copies goes through the workflow of docs/own_images.md: extract,
-near-duplicates with their report (looked at in Chromium) and keep list, a saved index, new images checked against
-the saved collection, then added to it; every result equal to that of a run from scratch."""
+near-duplicates with their report (looked at in Chromium), keep list and saved index, new images checked against the
+saved collection, then added to it; every result equal to that of a run from scratch."""
 
 import csv
 import shutil
@@ -67,10 +67,11 @@ def test_a_collection_through_the_whole_workflow(tmp_path, capsys):
     extract.main(extract.get_args_parser().parse_args(
         ["--checkpoint", str(model), "--images", str(photos), "--output-dir", str(collection), "--shard-size", "16",
          *COMMON]))  # fmt: skip
-    dedup = tmp_path / "dedup"
+    dedup, index = tmp_path / "dedup", tmp_path / "collection.index.npz"
     result = search.main(search.get_args_parser().parse_args(
         ["--dedup", "--database", str(collection), "-k", "4", "--known-duplicates", str(tmp_path / "known.csv"),
-         "--precision-target", "0.9", "--keep", "largest", "--keep-in", "a", "--output-dir", str(dedup)]))  # fmt: skip
+         "--precision-target", "0.9", "--keep", "largest", "--keep-in", "a", "--faiss-index", "Flat", "--index",
+         str(index), "--output-dir", str(dedup)]))  # fmt: skip
     assert result["precision"] >= 0.9 and result["recall"] >= 0.5, result
     threshold = result["threshold"] - 1e-4  # not the score of a pair: float rounding cannot move a pair across it
     groups = groups_of(dedup / "groups.csv")
@@ -102,11 +103,7 @@ def test_a_collection_through_the_whole_workflow(tmp_path, capsys):
     picture = browser.screenshot(dedup / "report.html", tmp_path / "report.png")
     assert browser.colourful_pixels(picture) > 20000  # the thumbnails of the synthetic photos are drawn
 
-    # A saved index of the collection; the new images checked against it.
-    index = tmp_path / "collection.index.npz"
-    search.main(search.get_args_parser().parse_args(
-        ["--dedup", "--database", str(collection), "-k", "4", "--threshold", str(threshold), "--faiss-index", "Flat",
-         "--index", str(index), "--output-dir", str(tmp_path / "flat")]))  # fmt: skip
+    # The new images checked against the saved collection and its saved index.
     checked = tmp_path / "checked"
     run = run_script("check.py", "--collection", collection, "--images", incoming, "--threshold", threshold,
                      "--index", index, "--output-dir", checked, "--device", "cpu", "-j", "0")  # fmt: skip

@@ -197,6 +197,13 @@ def test_a_saved_index_is_read_until_the_collection_changes(descriptors, capsys)
     _, scores = brute_force(queries, database, 5)  # a Flat index searches exactly
     np.testing.assert_allclose(np.array([float(row["score"]) for row in rows]).reshape(40, 5), scores, atol=2e-6)
 
+    ivf = root / "ivf.index.npz"  # an IVF index read with its --nprobe: every list visited, the same neighbours
+    run_search([*common, "--faiss-index", "IVF8,Flat", "--nprobe", "8", "--index", str(ivf), "--output-dir",
+                str(root / "ivf_built")])  # fmt: skip
+    run_search([*common, "--index", str(ivf), "--nprobe", "8", "--output-dir", str(root / "ivf_read")])
+    assert read_csv(root / "ivf_read" / "neighbours.csv") == read_csv(root / "ivf_built" / "neighbours.csv")
+    ivf_scores = [float(row["score"]) for row in read_csv(root / "ivf_read" / "neighbours.csv")]
+    np.testing.assert_allclose(np.array(ivf_scores).reshape(40, 5), scores, atol=2e-6)
     out = ["--output-dir", str(root / "out")]
     with pytest.raises(UsageError, match=re.escape("is a 'Flat' index, not --faiss-index 'IVF8,Flat'")):
         run_search([*common, "--faiss-index", "IVF8,Flat", "--index", str(index), *out])
