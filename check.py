@@ -149,13 +149,7 @@ def main(args):
 def get_args_parser(add_help=True):
     parser = flags.script_parser("Which images are already in an extract.py collection: their matches in it", add_help)
     parser.add_argument("--collection", required=True, help="the collection: a folder of extract.py")
-    parser.add_argument(
-        "--images",
-        required=True,
-        help="the images to check: a folder (its image files, sub-folders included) or a list file of paths "
-        "relative to --root",
-    )
-    parser.add_argument("--root", default=None, help="the folder the paths of a list file --images are relative to")
+    flags.add_image_list(parser, "the images to check")
     flags.add_threshold(parser, required=True, help="a match has a score >= this (the cosine of the descriptors)")
     flags.add_neighbours(parser, default=5, help="matches kept per image at most (its nearest)")
     flags.add_output_dir(parser, "where queries.npy/.txt, matches.csv and report.html are written", required=True)

@@ -33,6 +33,7 @@ from multigrain.images.image_lists import images_root, names_sha256, read_image_
 from multigrain.inference.retrieval_descriptors import retrieval_descriptors
 from multigrain.search import additions
 from multigrain.search.collection_images import save_file_stats
+from multigrain.search.collection_settings import differences
 from multigrain.search.descriptor_files import MANIFEST, save_features, write_json
 from multigrain.storage.file_hash import file_sha256
 from multigrain.storage.model_files import model_settings, open_model
@@ -91,15 +92,6 @@ def read_manifest(args, expected):
                 f"resume it with its own command{what_to_do}, or choose another --output-dir"
             )
     return manifest
-
-
-def differences(field, old, new):
-    """(field.path, (old value, new value)) of every leaf where two nested dicts differ."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        for key in sorted(old.keys() | new.keys()):
-            yield from differences(f"{field}.{key}", old.get(key), new.get(key))
-    elif old != new:
-        yield field, (old, new)
 
 
 @utils.usage_check
@@ -236,12 +228,7 @@ def main(args):
 def get_args_parser(add_help=True):
     parser = flags.script_parser("MultiGrain descriptors of a folder or list of images, in resumable shards", add_help)
     flags.add_checkpoint(parser, "the model to extract descriptors with")
-    parser.add_argument(
-        "--images",
-        required=True,
-        help="a folder (its image files, sub-folders included) or a list file of paths relative to --root",
-    )
-    parser.add_argument("--root", default=None, help="the folder the paths of a list file --images are relative to")
+    flags.add_image_list(parser, "the images")
     flags.add_output_dir(parser, "where the shards and manifest.json are written", required=True)
     parser.add_argument(
         "--add",

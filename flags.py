@@ -145,6 +145,16 @@ def add_seed(parser, help):
 # --- the input images ---------------------------------------------------------------------------------------
 
 
+def add_image_list(parser, what):
+    """--images and --root, as multigrain.images.image_lists.read_image_list reads them."""
+    parser.add_argument(
+        "--images",
+        required=True,
+        help=f"{what}: a folder (its image files, sub-folders included) or a list file of paths relative to --root",
+    )
+    parser.add_argument("--root", default=None, help="the folder the paths of a list file --images are relative to")
+
+
 def add_input_size(parser, help="test resolution s: images are resized to largest side s, no crop"):
     parser.add_argument("--input-size", default=500, type=int_in(1), help=help)
 

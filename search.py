@@ -34,7 +34,8 @@ import scipy.sparse.csgraph
 import flags
 import utils
 from multigrain.search import keep, report, saved_index
-from multigrain.search.collection_images import CollectionImages
+from multigrain.search.collection_images import CollectionImages, read_manifest
+from multigrain.search.collection_settings import settings_differences
 from multigrain.search.descriptor_files import DescriptorCollection
 from multigrain.search.searcher import Searcher
 
@@ -67,6 +68,8 @@ def check_args(args):
         raise ValueError(f"--output-dir {args.output_dir} is not a folder")
     database = DescriptorCollection(args.database, "--database")
     queries = DescriptorCollection(args.queries, "--queries") if args.queries else None
+    if queries is not None:
+        check_same_settings(queries, database, args)
     if queries is not None and queries.dim != database.dim:
         raise ValueError(
             f"--queries {args.queries} holds {queries.dim}-d descriptors, "
@@ -89,6 +92,17 @@ def check_args(args):
                 f"write it, relative to the images folder, e.g. {database.names[0].rpartition('/')[0] or '.'})"
             )
     return queries, database, images
+
+
+def check_same_settings(queries, database, args):
+    """Refuses the descriptors of two extract.py collections made by other models or with other settings."""
+    manifests = [read_manifest(collection.arrays[0].parent) for collection in (queries, database)]
+    if all(manifest is not None and "extraction" in manifest for manifest in manifests):
+        for field, (query_value, database_value) in settings_differences(*manifests):
+            raise ValueError(
+                f"--queries {args.queries} was extracted with {field} = {query_value}, --database {args.database} "
+                f"with {database_value}: descriptors compare only when made by the same model and settings"
+            )
 
 
 def make_searcher(database, args):

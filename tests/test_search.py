@@ -3,6 +3,7 @@ import json
 import os
 import re
 import time
+import xml.etree.ElementTree as ElementTree
 
 import numpy as np
 import pytest
@@ -83,6 +84,12 @@ def test_nearest_neighbours_equal_a_brute_force_search(descriptors, engine):
     np.testing.assert_allclose(found, scores, atol=2e-6)
     if engine[0] == "--search":  # exact: the same images, ties included
         assert [row["match"] for row in rows] == [db_names[i] for i in indices.reshape(-1)]
+    # The report: each query with its neighbours, without thumbnails (the collections record no images folder).
+    page = ElementTree.fromstring((out / "report.html").read_text())
+    sections = [section for section in page.iter("section") if section.get("class") == "query"]
+    assert [section.get("data-matches") for section in sections] == ["5"] * 40
+    notices = [p.text for p in page.iter("p") if p.get("class") == "notice"]
+    assert notices[0].startswith("No thumbnails: --queries") and not list(page.iter("img"))
 
 
 def test_threshold_for_precision_is_the_lowest_that_reaches_the_target():
@@ -245,3 +252,19 @@ def test_a_report_of_100k_groups_stays_small_and_quick(tmp_path, capsys):
     assert len(pages) == 200 // 50 and len(thumbnails) == 400 and size < 3e6
     assert "shows the 200 largest of the 100000 groups" in pages[0].read_text()
     assert seconds < 120
+
+
+def test_descriptors_of_other_models_or_settings_are_not_compared(descriptors):
+    root, queries, database, db_names, query_names = descriptors
+    settings = {"model": {"sha256": "0" * 64, "pooling_exponent": None, "checkpoint": "/a.pth"}}
+    for folder, rows, names, input_size in (("q", queries, query_names, 64), ("db", database, db_names, 72)):
+        write_shards(root / folder, rows, names, 100)
+        manifest = json.loads((root / folder / MANIFEST).read_text())
+        extraction = {"input_size": input_size, "multiscale": False, "interpolation": "bilinear", "amp": None}
+        write_json(root / folder / MANIFEST, {**manifest, **settings, "extraction": extraction})
+    argv = ["--queries", str(root / "q"), "--database", str(root / "db"), "--output-dir", str(root / "out")]
+    with pytest.raises(UsageError, match=f"--queries {root / 'q'} was extracted with extraction.input_size = 64, "):
+        run_search(argv)
+    manifest = json.loads((root / "db" / MANIFEST).read_text())
+    write_json(root / "db" / MANIFEST, {**manifest, "extraction": {**manifest["extraction"], "input_size": 64}})
+    run_search(argv)  # the same model and settings: the checkpoint may have moved
