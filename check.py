@@ -142,7 +142,11 @@ def main(args):
             summary,
             title="Images already in the collection",
         )
+        if database_images.root is None:
+            print(f"the report has no thumbnails of the collection's images: {database_images.unreachable}")
         print(f"report: {report_path}")
+    else:
+        report.remove_report(args.output_dir)
     return {"matched": matched, "results": [(names[query], matches) for query, matches in results]}
 
 

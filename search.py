@@ -153,7 +153,9 @@ def write_neighbours(queries, database, images, searcher, args):
         path = report.write_neighbours_report(
             args.output_dir, query_images, images, shown, summary, title="Nearest neighbours"
         )
-        print(f"report: {path}")
+        print_report(path, query_images, images)
+    else:
+        report.remove_report(args.output_dir)
 
 
 def nearest_pairs(database, searcher, args):
@@ -293,8 +295,17 @@ def deduplicate(database, images, searcher, args):
             decisions=decisions,
             missed=missed[: args.report_limit],
         )
-        print(f"report: {path}")
+        print_report(path, images)
+    else:
+        report.remove_report(args.output_dir)
     return result
+
+
+def print_report(path, *collections_images):
+    for images in collections_images:
+        if images.root is None:
+            print(f"the report has no thumbnails: {images.unreachable}")
+    print(f"report: {path}")
 
 
 def duplicate_groups(num_rows, firsts, seconds):

@@ -11,6 +11,7 @@ hold them all.
 """
 
 import html
+import re
 import shutil
 from pathlib import Path
 from typing import NamedTuple
@@ -141,13 +142,18 @@ class Gallery:
         return lines
 
 
-def start_output(output_dir):
-    """Removes the pages and thumbnails of an earlier report in `output_dir`."""
+def remove_report(output_dir):
+    """Removes the pages and thumbnails of an earlier report in `output_dir` (they would show other results)."""
     output_dir = Path(output_dir)
-    for page in output_dir.glob("report-*.html"):
-        page.unlink()
+    for page in output_dir.glob("report*.html"):
+        if re.fullmatch(r"report(-\d+)?\.html", page.name):
+            page.unlink()
     shutil.rmtree(output_dir / THUMBNAILS, ignore_errors=True)
-    (output_dir / THUMBNAILS).mkdir(parents=True)
+
+
+def start_output(output_dir):
+    remove_report(output_dir)
+    (Path(output_dir) / THUMBNAILS).mkdir(parents=True)
 
 
 def page_name(number):

@@ -141,9 +141,12 @@ def test_a_second_report_leaves_nothing_of_the_first(tmp_path):
     report.write_dedup_report(tmp_path / "out", images, many, [])
     assert sorted(path.name for path in (tmp_path / "out").glob("report*.html")) == ["report-2.html", "report.html"]
     assert "report-2.html" in (tmp_path / "out" / "report.html").read_text()
+    (tmp_path / "out" / "report-notes.html").write_text("a file of the user's")
     report.write_dedup_report(tmp_path / "out", images, many[:1], [])
-    assert sorted(path.name for path in (tmp_path / "out").glob("report*.html")) == ["report.html"]
+    assert sorted(path.name for path in (tmp_path / "out").glob("report*.html")) == ["report-notes.html", "report.html"]
     assert len(os.listdir(tmp_path / "out" / report.THUMBNAILS)) == 2
+    report.remove_report(tmp_path / "out")
+    assert os.listdir(tmp_path / "out") == ["report-notes.html"]
 
 
 @pytest.mark.parametrize("name", ["x\x1b[31m.jpg", "tab\there.jpg"])
