@@ -134,7 +134,7 @@ def main(args):
             summary.append(f"The report shows {args.report_limit} of the {len(shown)} images: the best matches first")
         images = CollectionImages(names, images_root(args.images, args.root))
         database_images = CollectionImages.of_collection(collection, "--collection")
-        report_path = report.write_neighbours_report(
+        written = report.write_neighbours_report(
             args.output_dir,
             images,
             database_images,
@@ -142,9 +142,9 @@ def main(args):
             summary,
             title="Images already in the collection",
         )
-        if database_images.root is None:
-            print(f"the report has no thumbnails of the collection's images: {database_images.unreachable}")
-        print(f"report: {report_path}")
+        for notice in written.notices:
+            print(f"report: {notice}")
+        print(f"report: {written.path}")
     else:
         report.remove_report(args.output_dir)
     return {"matched": matched, "results": [(names[query], matches) for query, matches in results]}

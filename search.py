@@ -150,10 +150,11 @@ def write_neighbours(queries, database, images, searcher, args):
         if len(queries) > len(shown):
             summary.append(f"The report shows the first {len(shown)} queries: {path.name} lists them all.")
         query_images = CollectionImages.of_collection(queries, "--queries")
-        path = report.write_neighbours_report(
-            args.output_dir, query_images, images, shown, summary, title="Nearest neighbours"
+        print_report(
+            report.write_neighbours_report(
+                args.output_dir, query_images, images, shown, summary, title="Nearest neighbours"
+            )
         )
-        print_report(path, query_images, images)
     else:
         report.remove_report(args.output_dir)
 
@@ -287,7 +288,7 @@ def deduplicate(database, images, searcher, args):
             summary.append(f"The report shows the {len(shown)} largest of the {len(groups)} groups: see groups.csv")
         if len(missed) > args.report_limit:
             summary.append(f"It shows {args.report_limit} of the {len(missed)} known pairs not found")
-        path = report.write_dedup_report(
+        written = report.write_dedup_report(
             args.output_dir,
             images,
             report_groups(shown, labels, firsts, seconds, scores, pair_known),
@@ -295,17 +296,17 @@ def deduplicate(database, images, searcher, args):
             decisions=decisions,
             missed=missed[: args.report_limit],
         )
-        print_report(path, images)
+        print_report(written)
     else:
         report.remove_report(args.output_dir)
     return result
 
 
-def print_report(path, *collections_images):
-    for images in collections_images:
-        if images.root is None:
-            print(f"the report has no thumbnails: {images.unreachable}")
-    print(f"report: {path}")
+def print_report(written):
+    """What report.html says of its images (none reachable, some gone or changed), then where it is."""
+    for notice in written.notices:
+        print(f"report: {notice}")
+    print(f"report: {written.path}")
 
 
 def duplicate_groups(num_rows, firsts, seconds):

@@ -160,9 +160,16 @@ def page_name(number):
     return REPORT if number == 1 else f"report-{number}.html"
 
 
+class Written(NamedTuple):
+    """A report written: the path of its first page, and its notices (no thumbnails, images gone or changed)."""
+
+    path: Path
+    notices: list
+
+
 def write_pages(output_dir, title, summary, sections, galleries):
     """Writes the sections (HTML strings) PAGE_SIZE a page under the title and summary (plain text lines); the
-    galleries' notices go under the summary. Returns the path of the first page."""
+    galleries' notices go under the summary. Returns the report Written."""
     pages = [sections[start : start + PAGE_SIZE] for start in range(0, len(sections), PAGE_SIZE)] or [[]]
     notices = [line for gallery in galleries for line in gallery.notices()]
     for number, page in enumerate(pages, 1):
@@ -187,7 +194,7 @@ def write_pages(output_dir, title, summary, sections, galleries):
             f"<body>{body}</body></html>\n"
         )
         write_atomic(Path(output_dir) / page_name(number), lambda f, text=document: f.write(text.encode()), "report")
-    return Path(output_dir) / REPORT
+    return Written(Path(output_dir) / REPORT, notices)
 
 
 class DuplicateGroup(NamedTuple):
@@ -248,7 +255,7 @@ def missed_section(first, second, score, gallery):
 def write_dedup_report(output_dir, images, groups, summary, *, decisions=None, missed=()):
     """report.html of search.py --dedup: the groups (DuplicateGroups, in the order to show), then the known pairs not
     found ((row1, row2, score)), under the summary (plain text lines); `decisions` ({row: keep.Decision}) marks
-    what to keep. `images`: the CollectionImages of the database. Returns the path of the first page."""
+    what to keep. `images`: the CollectionImages of the database. Returns the report Written."""
     start_output(output_dir)
     gallery = Gallery(output_dir, images, "d")
     sections = [group_section(group, gallery, decisions) for group in groups]
@@ -271,7 +278,7 @@ def query_section(number, query, matches, query_gallery, database_gallery):
 
 def write_neighbours_report(output_dir, query_images, database_images, results, summary, *, title):
     """report.html of the nearest neighbours of queries: `results`, (query row, [(database row, score, rank)]) in
-    the order to show, under the title and summary (plain text lines). Returns the path of the first page."""
+    the order to show, under the title and summary (plain text lines). Returns the report Written."""
     start_output(output_dir)
     query_gallery = Gallery(output_dir, query_images, "q")
     database_gallery = Gallery(output_dir, database_images, "d")

@@ -56,7 +56,7 @@ def test_every_name_is_escaped_in_the_page_and_exact_in_the_keep_list(tmp_path):
         ["summary with <angle> & ampersand"],
         decisions={decision.row: decision for decision in decisions},
         missed=[(6, 0, 0.5)],
-    )
+    ).path
     text = page.read_text(encoding="utf-8")
     tree = parse(page)
     shown_rows = [0, 1, 2, 3, 4, 5, 6, 6, 0]  # the groups, then the pair not found
@@ -87,7 +87,7 @@ def test_the_page_shows_in_chromium_what_it_holds(tmp_path):
     write_images(tmp_path / "images", AWKWARD_NAMES, size=(120, 90))
     images = CollectionImages(AWKWARD_NAMES, tmp_path / "images")
     groups = [report.DuplicateGroup(1, [0, 1, 2], [(0, 1, 0.9, True)]), report.DuplicateGroup(2, [4, 6], [])]
-    page = report.write_dedup_report(tmp_path / "out", images, groups, ["two groups"], missed=[(3, 5, 0.4)])
+    page = report.write_dedup_report(tmp_path / "out", images, groups, ["two groups"], missed=[(3, 5, 0.4)]).path
     shutil.move(tmp_path / "images", tmp_path / "moved")  # the page must not need the images
 
     dom = browser.dump_dom(page)
@@ -113,14 +113,16 @@ def test_a_report_without_the_images_says_why_and_marks_gone_and_changed_files(t
     groups = [report.DuplicateGroup(1, [0, 1, 2], [])]
 
     unreachable = CollectionImages(names, unreachable="--database x.npy records no images folder")
-    page = report.write_dedup_report(tmp_path / "none", unreachable, groups, [])
+    written = report.write_dedup_report(tmp_path / "none", unreachable, groups, [])
+    assert written.notices == ["No thumbnails: --database x.npy records no images folder."]
+    page = written.path
     tree = parse(page)
     assert not list(tree.iter("img")) and not os.listdir(tmp_path / "none" / report.THUMBNAILS)
     notices = [p.text for p in tree.iter("p") if p.get("class") == "notice"]
     assert notices == ["No thumbnails: --database x.npy records no images folder."]
 
     images = CollectionImages(names, tmp_path / "images", recorded=recorded)
-    tree = parse(report.write_dedup_report(tmp_path / "marked", images, groups, []))
+    tree = parse(report.write_dedup_report(tmp_path / "marked", images, groups, []).path)
     assert len(list(tree.iter("img"))) == 2
     assert [span.text for span in tree.iter("span") if span.get("class") == "state"] == [
         "gone",
