@@ -43,7 +43,7 @@ demo: venv
 	$(BIN)/python extract.py --checkpoint $(DEMO)/whiten/whitened.pth --images $(DEMO)/duplicates/images \
 		--output-dir $(DEMO)/duplicates/descriptors --device cpu -j 1 --shard-size 50
 	$(BIN)/python search.py --dedup --database $(DEMO)/duplicates/descriptors -k 5 \
-		--known-duplicates $(DEMO)/duplicates/duplicates.csv --precision-target 0.9 \
+		--known-duplicates $(DEMO)/duplicates/duplicates.csv --precision-target 0.9 --keep largest \
 		--output-dir $(DEMO)/duplicates/search
 
 test: venv

@@ -10,10 +10,15 @@ and descriptors-00000.txt, ..., and manifest.json says what was extracted, how, 
 complete. Running the same command again continues where a killed run stopped; search.py reads the folder.
 Under torchrun every process extracts its share of each shard. Without --input-size, the images are resized to
 the s* the checkpoint stores (finetune_p.py's, whiten.py's), else to 500; the manifest records the size used.
+
+    python extract.py --checkpoint whitened.pth --images photos/ --output-dir descriptors/ --input-size 500 --add
+
+--add describes the images of --images that the collection does not describe yet, in new shards (see
+multigrain/search/additions.py); next to each shard, descriptors-00000.files.npy records the size and time of its
+image files, which tells an image changed since it was described.
 """
 
 import datetime
-import hashlib
 import json
 import os
 import time
@@ -24,49 +29,19 @@ import torch
 
 import flags
 import utils
-from multigrain.images.datasets import ImageList, SkipBadImages, list_image_files
+from multigrain.images.datasets import ImageList, SkipBadImages
+from multigrain.images.image_lists import images_root, names_sha256, read_image_list
 from multigrain.inference.retrieval_descriptors import retrieval_descriptors
+from multigrain.search import additions
+from multigrain.search.collection_images import save_file_stats
+from multigrain.search.collection_settings import differences
 from multigrain.search.descriptor_files import MANIFEST, save_features, write_json
+from multigrain.storage.file_hash import file_sha256
 from multigrain.storage.model_files import model_settings, open_model
 from multigrain.training import distributed
 
 FORMAT = "multigrain extract.py descriptors, version 1"
 BAD_IMAGES = "bad_images.txt"
-
-
-def read_image_list(args):
-    """(paths, names): the images of --images, named by their path relative to the folder or --root."""
-    images = Path(args.images)
-    if images.is_dir():
-        if args.root:
-            raise ValueError(f"--root is for a list file; --images {images} is a folder")
-        names = list_image_files(images, recursive=True)
-        if not names:
-            raise ValueError(f"--images {images} holds no image file")
-        return [images / name for name in names], names
-    if not images.is_file():
-        raise ValueError(f"--images {images} does not exist")
-    if not args.root:
-        raise ValueError(f"--images {images} is a list file: pass the folder its paths are relative to with --root")
-    if not os.path.isdir(args.root):
-        raise ValueError(f"--root {args.root} is not a folder")
-    names = [line.strip() for line in images.read_text().splitlines() if line.strip()]
-    if not names:
-        raise ValueError(f"--images {images} lists no image")
-    seen = set()
-    for line, name in enumerate(names, 1):
-        if name in seen:
-            raise ValueError(f"--images {images}: {name} is listed twice (line {line})")
-        seen.add(name)
-    return [Path(args.root) / name for name in names], names
-
-
-def file_sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def settings(args, names):
@@ -77,7 +52,7 @@ def settings(args, names):
             "images": os.path.abspath(args.images),
             "root": os.path.abspath(args.root) if args.root else None,
             "count": len(names),
-            "names_sha256": hashlib.sha256("".join(f"{name}\n" for name in names).encode()).hexdigest(),
+            "names_sha256": names_sha256(names),
         },
         "model": {
             "checkpoint": os.path.abspath(args.checkpoint),
@@ -95,9 +70,13 @@ def settings(args, names):
     }
 
 
+# What an --add command may have of its own: its images, and the size of its shards.
+ADDITION_SETTINGS = ("input", "shard_size")
+
+
 def read_manifest(args, expected):
     """The manifest of an earlier run of the same command in --output-dir, None if there is none; a run
-    with other settings is refused, naming what differs."""
+    with other settings is refused, naming what differs (with --add, only the model and extraction settings)."""
     path = Path(args.output_dir) / MANIFEST
     if not path.is_file():
         if any(Path(args.output_dir).glob("descriptors-*")):
@@ -105,53 +84,47 @@ def read_manifest(args, expected):
         return None
     manifest = json.loads(path.read_text())
     for key, value in expected.items():
+        if args.add and key in ADDITION_SETTINGS:
+            continue
         for field, (old, new) in differences(key, manifest.get(key), value):
+            what_to_do = "" if args.add else " (or add the new images of a grown folder with --add)"
             raise ValueError(
                 f"--output-dir {args.output_dir} holds an extraction with {field} = {old}, this command has {new}: "
-                "resume it with its own command, or choose another --output-dir"
+                f"resume it with its own command{what_to_do}, or choose another --output-dir"
             )
     return manifest
-
-
-def differences(field, old, new):
-    """(field.path, (old value, new value)) of every leaf where two nested dicts differ."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        for key in sorted(old.keys() | new.keys()):
-            yield from differences(f"{field}.{key}", old.get(key), new.get(key))
-    elif old != new:
-        yield field, (old, new)
 
 
 @utils.usage_check
 def check_args(args):
     """Refuses bad flags, inputs, checkpoints and an --output-dir of another extraction before any process
-    group starts; returns (paths, names, the ModelFile of --checkpoint, manifest or None). Without --input-size,
-    the checkpoint's s* is used (flags.checkpoint_input_size), and said."""
+    group starts; returns (paths, names, the ModelFile of --checkpoint, manifest or None, the Addition of --add
+    or None). Without --input-size, the checkpoint's s* is used (flags.checkpoint_input_size), and said."""
     if not os.path.isfile(args.checkpoint):
         raise ValueError(f"--checkpoint {args.checkpoint} is not a file")
     if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
         raise ValueError(f"--output-dir {args.output_dir} is not a folder")
-    paths, names = read_image_list(args)
+    paths, names = read_image_list(args.images, args.root)
     model_file = open_model(args.checkpoint, model_name=args.model)
     utils.print_at_launch(flags.checkpoint_input_size(args, model_file))
     if args.multiscale and args.input_size < 2:
         raise ValueError(f"--multiscale needs --input-size >= 2 for its scale s/2, got {args.input_size}")
     manifest = read_manifest(args, settings(args, names))
-    return paths, names, model_file, manifest
+    addition = None
+    if args.add:
+        if manifest is None:
+            raise ValueError(f"--add: --output-dir {args.output_dir} holds no collection: run without --add first")
+        root = images_root(args.images, args.root)
+        addition = additions.plan_addition(Path(args.output_dir), manifest, paths, names, root)
+    return paths, names, model_file, manifest, addition
 
 
 def new_manifest(args, names, dim):
-    shards = [
-        {"stem": f"descriptors-{index:05d}", "first": first, "images": min(args.shard_size, len(names) - first)}
-        for index, first in enumerate(range(0, len(names), args.shard_size))
-    ]
-    for shard in shards:
-        shard.update(complete=False, descriptors=0, bad_images=[])
-    return {**settings(args, names), "dim": dim, "shards": shards}
+    return {**settings(args, names), "dim": dim, "shards": additions.plan_shards(len(names), args.shard_size)}
 
 
 def extract_shard(model, shard, paths, names, device, args):
-    """(descriptors, names, bad image names) of one shard's images."""
+    """(descriptors, names, paths, bad image names) of one shard's images."""
     first, count = shard["first"], shard["images"]
     images = ImageList(paths[first : first + count], names[first : first + count])
     skipped = [] if args.skip_bad_images else None
@@ -162,14 +135,39 @@ def extract_shard(model, shard, paths, names, device, args):
     kept = [index for index in range(count) if index not in bad]
     descriptors = descriptors[kept]
     kept_names = [names[first + index] for index in kept]
+    kept_paths = [paths[first + index] for index in kept]
     finite = np.isfinite(descriptors).all(axis=1)
     if not finite.all():
         raise FloatingPointError(f"the descriptor of {kept_names[int(np.argmin(finite))]} is not finite")
-    return descriptors, kept_names, [names[first + index] for index in sorted(bad)]
+    return descriptors, kept_names, kept_paths, [names[first + index] for index in sorted(bad)]
+
+
+def begin_addition(args, manifest, addition):
+    """The shards of the new images of --add (those of its unfinished run if any), or None if there is none."""
+    folder = Path(args.output_dir)
+    if addition.vanished:
+        distributed.print_main(
+            f"{len(addition.vanished)} images of the collection are gone ({additions.quoted(addition.vanished)}): "
+            "their descriptors stay, and searches may name them; extract the folder into a new --output-dir to "
+            "leave them out"
+        )
+    if not addition.names:
+        distributed.print_main(f"no new image in --images {args.images}: the collection in {folder} describes all")
+        return None
+    shards, replaced = additions.begin_addition(manifest, addition, args.shard_size)
+    if distributed.is_main_process():
+        for stem in replaced:
+            for path in additions.shard_files(folder, stem):
+                path.unlink(missing_ok=True)
+        if replaced:
+            print(f"an unfinished addition of other images was replaced ({len(replaced)} shards)")
+        write_json(folder / MANIFEST, manifest)
+    distributed.print_main(f"adding {len(addition.names)} new images to the collection in {folder}")
+    return shards
 
 
 def main(args):
-    paths, names, model_file, manifest = check_args(args)
+    paths, names, model_file, manifest, addition = check_args(args)
     utils.init_distributed_mode(args)
     distributed.print_main(args)
     device = torch.device(args.device)
@@ -188,6 +186,10 @@ def main(args):
         for unfinished in Path(args.output_dir).glob(".tmp-*"):  # a file a killed run was writing
             unfinished.unlink()
     shards = manifest["shards"]
+    if addition is not None:
+        paths, names, shards = addition.paths, addition.names, begin_addition(args, manifest, addition)
+        if shards is None:
+            return manifest
     todo = [shard for shard in shards if not shard["complete"]]
     remaining = sum(shard["images"] for shard in todo)
     distributed.print_main(
@@ -195,9 +197,10 @@ def main(args):
     )
     start, extracted = time.time(), 0
     for shard in todo:
-        descriptors, kept_names, bad = extract_shard(model, shard, paths, names, device, args)
+        descriptors, kept_names, kept_paths, bad = extract_shard(model, shard, paths, names, device, args)
         if distributed.is_main_process():
             save_features(args.output_dir, shard["stem"], descriptors, kept_names)
+            save_file_stats(args.output_dir, shard["stem"], kept_paths)
             shard.update(complete=True, descriptors=len(kept_names), bad_images=bad)
             write_json(Path(args.output_dir) / MANIFEST, manifest)
         extracted += shard["images"]
@@ -209,6 +212,11 @@ def main(args):
         )
     if not distributed.is_main_process():
         return None
+    if addition is not None:
+        additions.finish_addition(manifest)
+        write_json(Path(args.output_dir) / MANIFEST, manifest)
+        print(f"added {sum(shard['descriptors'] for shard in shards)} descriptors in {len(shards)} new shards")
+    shards = manifest["shards"]
     bad = [name for shard in shards for name in shard["bad_images"]]
     if args.skip_bad_images:
         lines = "".join(f"{name}\n" for name in bad)
@@ -222,13 +230,13 @@ def main(args):
 def get_args_parser(add_help=True):
     parser = flags.script_parser("MultiGrain descriptors of a folder or list of images, in resumable shards", add_help)
     flags.add_checkpoint(parser, "the model to extract descriptors with")
-    parser.add_argument(
-        "--images",
-        required=True,
-        help="a folder (its image files, sub-folders included) or a list file of paths relative to --root",
-    )
-    parser.add_argument("--root", default=None, help="the folder the paths of a list file --images are relative to")
+    flags.add_image_list(parser, "the images")
     flags.add_output_dir(parser, "where the shards and manifest.json are written", required=True)
+    parser.add_argument(
+        "--add",
+        action="store_true",
+        help="add the images of --images that the collection in --output-dir does not describe yet",
+    )
     parser.add_argument(
         "--shard-size", default=10000, type=flags.int_in(1), help="images per shard (descriptors-NNNNN.npy/.txt)"
     )

@@ -148,6 +148,16 @@ def add_seed(parser, help):
 # --- the input images ---------------------------------------------------------------------------------------
 
 
+def add_image_list(parser, what):
+    """--images and --root, as multigrain.images.image_lists.read_image_list reads them."""
+    parser.add_argument(
+        "--images",
+        required=True,
+        help=f"{what}: a folder (its image files, sub-folders included) or a list file of paths relative to --root",
+    )
+    parser.add_argument("--root", default=None, help="the folder the paths of a list file --images are relative to")
+
+
 def add_input_size(parser, *, default=None, help="test resolution s: images are resized to largest side s, no crop"):
     """--input-size; without a default, checkpoint_input_size gives it after the checkpoint is read."""
     if default is None:
@@ -243,6 +253,32 @@ def add_search(parser):
 
 def add_chunk_size(parser, help="queries and database rows scored at a time"):
     parser.add_argument("--chunk-size", default=4096, type=int_in(1), help=help)
+
+
+def add_neighbours(parser, *, default, help):
+    parser.add_argument("-k", default=default, type=int_in(1), help=help)
+
+
+def add_threshold(parser, *, help, required=False):
+    """--threshold: a score, the inner product of two normalised descriptors, in [-1, 1]."""
+    parser.add_argument("--threshold", default=None, required=required, type=float_in(-1, 1), help=help)
+
+
+def add_saved_index(parser, help):
+    parser.add_argument("--index", default=None, metavar="FILE", help=help)
+
+
+def add_nprobe(parser, help):
+    parser.add_argument("--nprobe", default=None, type=int_in(1), help=help)
+
+
+def add_report_limit(parser, what):
+    parser.add_argument(
+        "--report-limit",
+        default=200,
+        type=int_in(0),
+        help=f"{what} shown in report.html, with thumbnails; 0: no report",
+    )
 
 
 # --- the flags as the package's arguments -------------------------------------------------------------------

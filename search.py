@@ -11,7 +11,16 @@ is exact, in chunks, on --device (torch) or with faiss when installed, reading t
 time; --faiss-index builds an approximate faiss index instead, for collections beyond exact search.
 
 Outputs in --output-dir: neighbours.csv (query, match, score, rank), or with --dedup pairs.csv (image1,
-image2, score) and groups.csv (group, size, image): the groups are the connected components of the pairs.
+image2, score) and groups.csv (group, size, image): the groups are the connected components of the pairs. With
+--keep, keep.csv keeps one image of each group by a rule and lists the others for removal (nothing is deleted).
+report.html shows the groups (largest first) or the queries with thumbnails (multigrain/search/report.py).
+
+    python search.py --dedup --database descriptors/ --threshold 0.8 --keep largest --output-dir duplicates/
+    python search.py --queries new/ --database descriptors/ --faiss-index IVF1024,Flat --index descriptors.index.npz \
+        --output-dir results/
+
+--index FILE saves the faiss index built from --database in FILE, and later searches read it from there while the
+collection has not changed (multigrain/search/saved_index.py).
 """
 
 import csv
@@ -21,12 +30,14 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse
 import scipy.sparse.csgraph
-import torch
 
 import flags
 import utils
+from multigrain.search import keep, report, saved_index
+from multigrain.search.collection_images import CollectionImages, read_manifest
+from multigrain.search.collection_settings import settings_differences
 from multigrain.search.descriptor_files import DescriptorCollection
-from multigrain.search.nn_search import approximate_index, knn_parts
+from multigrain.search.searcher import Searcher
 
 
 @utils.usage_check
@@ -43,14 +54,22 @@ def check_args(args):
         raise ValueError("--threshold and --known-duplicates are for --dedup")
     if args.known_duplicates and not os.path.isfile(args.known_duplicates):
         raise ValueError(f"--known-duplicates {args.known_duplicates} is not a file")
-    if args.nprobe is not None and not args.faiss_index:
+    if args.nprobe is not None and not (args.faiss_index or args.index):
         raise ValueError("--nprobe is for an approximate --faiss-index")
-    if args.faiss_index and args.search == "torch":
+    if (args.faiss_index or args.index) and args.search == "torch":
         raise ValueError("--faiss-index searches with faiss: drop --search torch")
+    if args.index and not args.faiss_index and not os.path.isfile(args.index):
+        raise ValueError(f"--index {args.index} does not exist: build it with --faiss-index FACTORY")
+    if (args.keep or args.keep_in) and not args.dedup:
+        raise ValueError("--keep and --keep-in are for --dedup")
+    if args.keep_in and not args.keep:
+        raise ValueError("--keep-in needs a --keep rule to choose among the images of its folder")
     if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
         raise ValueError(f"--output-dir {args.output_dir} is not a folder")
     database = DescriptorCollection(args.database, "--database")
     queries = DescriptorCollection(args.queries, "--queries") if args.queries else None
+    if queries is not None:
+        check_same_settings(queries, database, args)
     if queries is not None and queries.dim != database.dim:
         raise ValueError(
             f"--queries {args.queries} holds {queries.dim}-d descriptors, "
@@ -60,43 +79,84 @@ def check_args(args):
     if neighbours > len(database):
         what = f"-k {args.k} + the image itself" if args.dedup else f"-k {args.k}"
         raise ValueError(f"{what} is more than the {len(database)} images of --database {args.database}")
-    return queries, database
+    if args.index and os.path.isfile(args.index):
+        saved_index.check_index(args.index, database, "--database", args.faiss_index)
+    images = CollectionImages.of_collection(database, "--database")
+    if args.keep in ("largest", "oldest") and images.root is None:
+        raise ValueError(f"--keep {args.keep} reads the image files, but {images.unreachable}: use --keep first")
+    if args.keep_in:
+        args.keep_in = keep.normalised_folder(args.keep_in)
+        if not any(keep.in_folder(name, args.keep_in) for name in database.names):
+            raise ValueError(
+                f"--keep-in {args.keep_in}: no image of --database is in that folder (give it as the image names "
+                f"write it, relative to the images folder, e.g. {database.names[0].rpartition('/')[0] or '.'})"
+            )
+    return queries, database, images
 
 
-class Searcher:
-    """The k nearest database rows of query rows: exact (torch or faiss) or through an approximate index."""
-
-    def __init__(self, database, args):
-        self.database, self.args, self.index = database, args, None
-        self.device = torch.device(args.device)
-        if args.faiss_index:
-            sample = database.sample(args.faiss_train_size)
-            print(f"training the faiss index {args.faiss_index} on {len(sample)} of {len(database)} descriptors")
-            self.index = approximate_index(args.faiss_index, sample, database.parts(), args.nprobe)
-
-    def search(self, queries, k):
-        """(scores, indices) numpy arrays, best first; an approximate index may give fewer than k (index -1)."""
-        if self.index is not None:
-            return self.index.search(np.ascontiguousarray(queries), k)
-        use_faiss = flags.SEARCH_BACKENDS[self.args.search]
-        scores, indices = knn_parts(
-            torch.from_numpy(queries).to(self.device), self.database.parts(), k, self.args.chunk_size, use_faiss
-        )
-        return scores.cpu().numpy(), indices.cpu().numpy()
+def check_same_settings(queries, database, args):
+    """Refuses the descriptors of two extract.py collections made by other models or with other settings."""
+    manifests = [read_manifest(collection.arrays[0].parent) for collection in (queries, database)]
+    if all(manifest is not None and "extraction" in manifest for manifest in manifests):
+        for field, (query_value, database_value) in settings_differences(*manifests):
+            raise ValueError(
+                f"--queries {args.queries} was extracted with {field} = {query_value}, --database {args.database} "
+                f"with {database_value}: descriptors compare only when made by the same model and settings"
+            )
 
 
-def write_neighbours(queries, database, searcher, args):
+def make_searcher(database, args):
+    """The Searcher of --database: exact, or through the faiss index of --faiss-index, built (and saved in --index)
+    or read from --index."""
+    index = None
+    if args.index and os.path.isfile(args.index):
+        print(f"searching with the saved index {args.index}")
+        index = saved_index.load_index(args.index, args.nprobe)
+    elif args.faiss_index:
+        print(f"training the faiss index {args.faiss_index} on {min(args.faiss_train_size, len(database))} of "
+              f"{len(database)} descriptors")  # fmt: skip
+        index = saved_index.build_index(database, args.faiss_index, args.faiss_train_size, args.nprobe)
+        if args.index:
+            saved_index.save_index(args.index, index, args.faiss_index, database)
+            print(f"saved the index in {args.index}: later searches of the same collection read it")
+    use_faiss = flags.SEARCH_BACKENDS[args.search]
+    return Searcher(database, device=args.device, use_faiss=use_faiss, chunk_size=args.chunk_size, index=index)
+
+
+def csv_file(path):
+    """A CSV file to write, in which a name that is not UTF-8 is written as its bytes."""
+    return open(path, "w", newline="", encoding="utf-8", errors="surrogateescape")
+
+
+def write_neighbours(queries, database, images, searcher, args):
     path = Path(args.output_dir) / "neighbours.csv"
-    with open(path, "w", newline="") as f:
+    shown = []  # the report's (query, [(row, score, rank)])
+    with csv_file(path) as f:
         writer = csv.writer(f)
         writer.writerow(["query", "match", "score", "rank"])
         for offset, part in queries.parts():
             scores, indices = searcher.search(part, args.k)
             for row in range(len(part)):
+                matches = []
                 for rank, (score, index) in enumerate(zip(scores[row], indices[row]), 1):
                     if index >= 0:
                         writer.writerow([queries.names[offset + row], database.names[index], f"{score:.6f}", rank])
+                        matches.append((int(index), float(score), rank))
+                if len(shown) < args.report_limit:
+                    shown.append((offset + row, matches))
     print(f"the {args.k} nearest of {len(queries)} queries among {len(database)} images: {path}")
+    if args.report_limit:
+        summary = [f"The {args.k} nearest of {len(queries)} queries among the {len(database)} images of --database."]
+        if len(queries) > len(shown):
+            summary.append(f"The report shows the first {len(shown)} queries: {path.name} lists them all.")
+        query_images = CollectionImages.of_collection(queries, "--queries")
+        print_report(
+            report.write_neighbours_report(
+                args.output_dir, query_images, images, shown, summary, title="Nearest neighbours"
+            )
+        )
+    else:
+        report.remove_report(args.output_dir)
 
 
 def nearest_pairs(database, searcher, args):
@@ -122,7 +182,7 @@ def nearest_pairs(database, searcher, args):
 def read_known_duplicates(path, names):
     """The set of (first, second) row pairs, first < second, of a CSV with columns image1, image2."""
     rows = {name: row for row, name in enumerate(names)}
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
         reader = csv.DictReader(f)
         if not reader.fieldnames or not {"image1", "image2"} <= set(reader.fieldnames):
             raise utils.UsageError(f"--known-duplicates {path} needs the columns image1,image2 (a header line)")
@@ -154,7 +214,7 @@ def threshold_for_precision(scores, is_known, target):
     return threshold, float(precisions.max(initial=0.0))
 
 
-def deduplicate(database, searcher, args):
+def deduplicate(database, images, searcher, args):
     firsts, seconds, scores = nearest_pairs(database, searcher, args)
     known = read_known_duplicates(args.known_duplicates, database.names) if args.known_duplicates else None
     is_known = None
@@ -171,58 +231,137 @@ def deduplicate(database, searcher, args):
         print(f"threshold {threshold:.6f}: the lowest with precision >= {args.precision_target} on the known pairs")
     kept = scores >= threshold if threshold is not None else np.ones(len(scores), dtype=bool)
     firsts, seconds, scores = firsts[kept], seconds[kept], scores[kept]
+    pair_known = is_known[kept] if known is not None else None
 
     order = np.lexsort((seconds, firsts, -scores))
     pairs_path = Path(args.output_dir) / "pairs.csv"
-    with open(pairs_path, "w", newline="") as f:
+    with csv_file(pairs_path) as f:
         writer = csv.writer(f)
         writer.writerow(["image1", "image2", "score"])
         for index in order:
             writer.writerow([database.names[firsts[index]], database.names[seconds[index]], f"{scores[index]:.6f}"])
 
-    graph = scipy.sparse.coo_matrix((np.ones(len(firsts)), (firsts, seconds)), shape=(len(database), len(database)))
-    _, labels = scipy.sparse.csgraph.connected_components(graph, directed=False)
-    sizes = np.bincount(labels)
-    members = np.flatnonzero(sizes[labels] >= 2)
-    # Groups are numbered in the order of their first image, and their images listed together.
-    first_rows = {}
-    for row in members:
-        first_rows.setdefault(labels[row], row)
-    numbers = {label: number for number, label in enumerate(sorted(first_rows, key=first_rows.get), 1)}
-    members = sorted(members, key=lambda row: (numbers[labels[row]], row))
+    groups, labels = duplicate_groups(len(database), firsts, seconds)
+    members = sum(len(rows) for _, rows in groups)
     groups_path = Path(args.output_dir) / "groups.csv"
-    with open(groups_path, "w", newline="") as f:
+    with csv_file(groups_path) as f:
         writer = csv.writer(f)
         writer.writerow(["group", "size", "image"])
-        for row in members:
-            writer.writerow([numbers[labels[row]], sizes[labels[row]], database.names[row]])
-    shown = [number for number in range(1, len(numbers) + 1)][: args.print_groups]
-    for number in shown:
-        images = [database.names[row] for row in members if numbers[labels[row]] == number]
-        print(f"group {number} ({len(images)} images): {' '.join(images)}")
-    if len(numbers) > len(shown):
-        print(f"... {len(numbers) - len(shown)} more groups in {groups_path}")
+        for number, rows in groups:
+            writer.writerows([number, len(rows), database.names[row]] for row in rows)
+    for number, rows in groups[: args.print_groups]:
+        print(f"group {number} ({len(rows)} images): {' '.join(database.names[row] for row in rows)}")
+    if len(groups) > args.print_groups:
+        print(f"... {len(groups) - args.print_groups} more groups in {groups_path}")
     selection = f"score >= {threshold:.6f}" if threshold is not None else "no threshold"
-    print(
+    summary = [
         f"{len(firsts)} pairs among the {args.k} nearest of each of {len(database)} images ({selection}): "
-        f"{pairs_path}; {len(numbers)} groups of {len(members)} images: {groups_path}"
-    )
+        f"{pairs_path}; {len(groups)} groups of {members} images: {groups_path}"
+    ]
+    print(summary[0])
+    result = {"threshold": threshold, "pairs": len(firsts)}
+    missed = []
     if known is not None:
-        found_known = int(is_known[kept].sum())
+        found_known = int(pair_known.sum())
         precision = found_known / max(len(firsts), 1)
         recall = found_known / len(known)
-        print(f"against {len(known)} known duplicate pairs: precision {precision:.3f}, recall {recall:.3f}")
-        return {"threshold": threshold, "pairs": len(firsts), "precision": precision, "recall": recall}
-    return {"threshold": threshold, "pairs": len(firsts)}
+        summary.append(f"against {len(known)} known duplicate pairs: precision {precision:.3f}, recall {recall:.3f}")
+        print(summary[-1])
+        result.update(precision=precision, recall=recall)
+        missed = missed_pairs(database, known, firsts, seconds)
+        summary.append(f"{found_known} known pairs found (marked known), {len(missed)} not found (listed last)")
+    decisions = None
+    keep_path = Path(args.output_dir) / "keep.csv"
+    if args.keep:
+        decisions = write_keep_list(keep_path, groups, images, args)
+        removed = sum(decision.decision == "remove" for decision in decisions.values())
+        summary.append(
+            f"keep list (--keep {args.keep}): one image kept in each group, {removed} listed for removal in "
+            f"{keep_path}; nothing was deleted"
+        )
+        print(summary[-1])
+    elif keep_path.exists():
+        keep_path.unlink()  # an earlier run's list, of other groups
+    if args.report_limit:
+        shown = sorted(groups, key=lambda group: (-len(group[1]), group[0]))[: args.report_limit]
+        if len(groups) > len(shown):
+            summary.append(f"The report shows the {len(shown)} largest of the {len(groups)} groups: see groups.csv")
+        if len(missed) > args.report_limit:
+            summary.append(f"It shows {args.report_limit} of the {len(missed)} known pairs not found")
+        written = report.write_dedup_report(
+            args.output_dir,
+            images,
+            report_groups(shown, labels, firsts, seconds, scores, pair_known),
+            summary,
+            decisions=decisions,
+            missed=missed[: args.report_limit],
+        )
+        print_report(written)
+    else:
+        report.remove_report(args.output_dir)
+    return result
+
+
+def print_report(written):
+    """What report.html says of its images (none reachable, some gone or changed), then where it is."""
+    for notice in written.notices:
+        print(f"report: {notice}")
+    print(f"report: {written.path}")
+
+
+def duplicate_groups(num_rows, firsts, seconds):
+    """([(number, rows)], component label of each row): the connected components of the pairs that hold two images
+    or more, numbered in the order of their first image, their rows in order."""
+    graph = scipy.sparse.coo_matrix((np.ones(len(firsts)), (firsts, seconds)), shape=(num_rows, num_rows))
+    _, labels = scipy.sparse.csgraph.connected_components(graph, directed=False)
+    sizes = np.bincount(labels)
+    rows_of, label_of = {}, labels.tolist()
+    for row in np.flatnonzero(sizes[labels] >= 2).tolist():
+        rows_of.setdefault(label_of[row], []).append(row)
+    return list(enumerate(rows_of.values(), 1)), labels
+
+
+def report_groups(groups, labels, firsts, seconds, scores, pair_known):
+    """The DuplicateGroups of `groups` ((number, rows) pairs), with their pairs."""
+    number_of = {labels[rows[0]]: number for number, rows in groups}
+    pairs = {number: [] for number, _ in groups}
+    for index in np.flatnonzero(np.isin(labels[firsts], list(number_of))).tolist():
+        known = bool(pair_known[index]) if pair_known is not None else None
+        pair = (int(firsts[index]), int(seconds[index]), float(scores[index]), known)
+        pairs[number_of[labels[firsts[index]]]].append(pair)
+    return [report.DuplicateGroup(number, rows, pairs[number]) for number, rows in groups]
+
+
+def missed_pairs(database, known, firsts, seconds):
+    """The known pairs not found, (row1, row2, score), most similar first."""
+    missed = np.array(sorted(known - set(zip(firsts.tolist(), seconds.tolist()))), dtype=np.int64).reshape(-1, 2)
+    rows = np.unique(missed)
+    descriptors = np.empty((len(rows), database.dim), dtype=np.float64)
+    for offset, part in database.parts():
+        inside = (rows >= offset) & (rows < offset + len(part))
+        descriptors[inside] = part[rows[inside] - offset]
+    first, second = (descriptors[np.searchsorted(rows, missed[:, column])] for column in (0, 1))
+    scores = np.einsum("pd,pd->p", first, second).astype(np.float32)  # as the search scores pairs
+    order = np.lexsort((missed[:, 1], missed[:, 0], -scores))
+    return [(int(missed[i, 0]), int(missed[i, 1]), float(scores[i])) for i in order]
+
+
+def write_keep_list(path, groups, images, args):
+    """keep.csv of --keep and --keep-in; returns {row: keep.Decision}."""
+    rows = [row for _, group_rows in groups for row in group_rows]
+    facts = images.facts(rows, pixels=args.keep == "largest") if args.keep != "first" else None
+    decisions = keep.decide(groups, images.names, args.keep, facts, args.keep_in)
+    keep.write_decisions(path, decisions, images.names)
+    return {decision.row: decision for decision in decisions}
 
 
 def main(args):
-    queries, database = check_args(args)
+    queries, database, images = check_args(args)
     os.makedirs(args.output_dir, exist_ok=True)
-    searcher = Searcher(database, args)
+    searcher = make_searcher(database, args)
     if args.dedup:
-        return deduplicate(database, searcher, args)
-    write_neighbours(queries, database, searcher, args)
+        return deduplicate(database, images, searcher, args)
+    write_neighbours(queries, database, images, searcher, args)
     return None
 
 
@@ -231,12 +370,8 @@ def get_args_parser(add_help=True):
     parser.add_argument("--database", required=True, help="descriptors: extract.py folder, NAME.npy, or a folder")
     parser.add_argument("--queries", default=None, help="query descriptors (same forms as --database)")
     parser.add_argument("--dedup", action="store_true", help="near-duplicate pairs and groups within --database")
-    parser.add_argument(
-        "-k", default=10, type=flags.int_in(1), help="neighbours per query (with --dedup: per image, itself excluded)"
-    )
-    parser.add_argument(
-        "--threshold", default=None, type=flags.float_in(-1, 1), help="--dedup: keep pairs with score >= this"
-    )
+    flags.add_neighbours(parser, default=10, help="neighbours per query (with --dedup: per image, itself excluded)")
+    flags.add_threshold(parser, help="--dedup: keep pairs with score >= this")
     parser.add_argument(
         "--known-duplicates", default=None, help="--dedup: CSV of known duplicate pairs (columns image1,image2)"
     )
@@ -260,7 +395,25 @@ def get_args_parser(add_help=True):
         type=flags.int_in(1),
         help="--faiss-index: database descriptors drawn to train it",
     )
-    parser.add_argument("--nprobe", default=None, type=flags.int_in(1), help="--faiss-index IVF: lists visited")
+    flags.add_nprobe(parser, "--faiss-index IVF: lists visited")
+    flags.add_saved_index(
+        parser,
+        "a saved faiss index of --database: read when FILE exists (refused if the collection changed since), else "
+        "built with --faiss-index and saved there",
+    )
+    parser.add_argument(
+        "--keep",
+        default=None,
+        choices=keep.RULES,
+        help="--dedup: keep one image of each group by this rule; keep.csv lists the others for removal",
+    )
+    parser.add_argument(
+        "--keep-in",
+        default=None,
+        metavar="FOLDER",
+        help="--dedup --keep: keep an image of this folder (as the image names write it) when a group has one",
+    )
+    flags.add_report_limit(parser, "groups (largest first) or queries")
     flags.add_device(parser, default="cpu", help="where the exact torch search runs: cpu or cuda")
     flags.add_chunk_size(parser)
     return parser

@@ -225,3 +225,112 @@ def test_bad_inputs_are_refused_by_name(flags, message, checkpoint, tmp_path):
         extract.check_args(extract.get_args_parser().parse_args(argv))
     assert message.format(tmp=tmp_path) in str(error.value)
     assert not (tmp_path / "out").exists()
+
+
+def copy_images(source, names, target):
+    for name in names:
+        (target / name).parent.mkdir(parents=True, exist_ok=True)
+        (target / name).write_bytes((source / os.path.basename(name)).read_bytes())
+
+
+def descriptors_by_name(folder):
+    collection = DescriptorCollection(folder, "--database")
+    return dict(zip(collection.names, np.concatenate([part for _, part in collection.parts()])))
+
+
+@pytest.mark.slow
+def test_add_describes_only_the_new_images_as_a_full_extraction_would(checkpoint, ukbench, tmp_path, capsys):
+    names = sorted(os.listdir(ukbench / "full"))
+    photos, collection = tmp_path / "photos", tmp_path / "collection"
+    copy_images(ukbench / "full", names[:14], photos)
+    run_extract(command(checkpoint, photos, collection, "--shard-size", "4"))
+    before = DescriptorCollection(collection, "--database").names
+    copy_images(ukbench / "full", [f"new/{name}" for name in names[14:]], photos)
+
+    capsys.readouterr()
+    run_extract(command(checkpoint, photos, collection, "--shard-size", "4", "--add"))
+    assert "adding 10 new images to the collection" in capsys.readouterr().out
+    manifest = json.loads((collection / "manifest.json").read_text())
+    assert "adding" not in manifest and len(manifest["shards"]) == 4 + 3
+    (addition,) = manifest["additions"]
+    assert addition["images"] == addition["descriptors"] == 10
+    assert addition["shards"] == ["descriptors-00004", "descriptors-00005", "descriptors-00006"]
+    assert DescriptorCollection(collection, "--database").names == before + [f"new/{name}" for name in names[14:]]
+    run_extract(command(checkpoint, photos, tmp_path / "scratch", "--shard-size", "100"))
+    grown, scratch = descriptors_by_name(collection), descriptors_by_name(tmp_path / "scratch")
+    assert grown.keys() == scratch.keys()
+    for name in scratch:
+        np.testing.assert_allclose(grown[name], scratch[name], atol=1e-6)
+
+    # Nothing new: nothing written. Other settings, or another images folder, are refused naming what differs.
+    files = folder_bytes(collection)
+    run_extract(command(checkpoint, photos, collection, "--add"))
+    assert f"no new image in --images {photos}" in capsys.readouterr().out
+    with pytest.raises(UsageError, match="extraction.input_size = 64, this command has 72"):
+        run_extract(command(checkpoint, photos, collection, "--add", "--input-size", "72"))
+    with pytest.raises(UsageError, match=f"named relative to {photos}, this command's relative to {photos / 'new'}"):
+        run_extract(command(checkpoint, photos / "new", collection, "--add"))
+    with pytest.raises(UsageError, match="holds no collection: run without --add first"):
+        run_extract(command(checkpoint, photos, tmp_path / "nothing", "--add"))
+    assert folder_bytes(collection) == files
+
+    # An image gone is named and its descriptor stays; one changed since it was described is refused by name.
+    (photos / names[0]).unlink()
+    run_extract(command(checkpoint, photos, collection, "--add"))
+    assert f"1 images of the collection are gone ({names[0]})" in capsys.readouterr().out
+    (photos / names[1]).write_bytes((ukbench / "full" / names[2]).read_bytes())
+    with pytest.raises(
+        UsageError, match=f"1 images of the collection in .* changed since they were described \\({names[1]}\\)"
+    ):
+        run_extract(command(checkpoint, photos, collection, "--add"))
+    assert folder_bytes(collection) == files
+
+
+def collection_record(folder):
+    """What two runs that end alike have in common: the descriptors, names, image files and manifest, but times."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for addition in manifest.get("additions", []):
+        del addition["started"], addition["finished"]
+    files = {name: data for name, data in folder_bytes(folder).items() if name != "manifest.json"}
+    return manifest, files
+
+
+@pytest.mark.slow
+def test_a_killed_addition_leaves_the_collection_as_it_was_and_resumes(checkpoint, ukbench, tmp_path):
+    names = sorted(os.listdir(ukbench / "full"))
+    photos, killed, uninterrupted = tmp_path / "photos", tmp_path / "killed", tmp_path / "uninterrupted"
+    copy_images(ukbench / "full", names[:6], photos)
+    for collection in (killed, uninterrupted):
+        run_extract(command(checkpoint, photos, collection, "--shard-size", "2"))
+    before = folder_bytes(killed)
+    copy_images(ukbench / "full", [f"new/{name}" for name in names[6:20]], photos)
+
+    argv, env = script_command("extract.py", *command(checkpoint, photos, killed, "--shard-size", "2", "--add"),
+                               env=ONE_THREAD)  # fmt: skip
+    process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline, complete = time.time() + 120, 0
+    while time.time() < deadline and process.poll() is None:
+        adding = json.loads((killed / "manifest.json").read_text()).get("adding")
+        complete = sum(shard["complete"] for shard in adding["shards"]) if adding else 0
+        if complete:
+            break
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    manifest = json.loads((killed / "manifest.json").read_text())
+    assert 1 <= complete < 7 and "adding" in manifest, f"the addition was not killed mid-way ({complete} of 7 shards)"
+    # The collection reads as it was: the shards of the addition are not part of it yet.
+    assert DescriptorCollection(killed, "--database").names == names[:6]
+    assert manifest["shards"] == json.loads(before["manifest.json"])["shards"]
+    assert {name: before[name] for name in before if name != "manifest.json"} == {
+        name: data for name, data in folder_bytes(killed).items() if name in before and name != "manifest.json"
+    }
+
+    resumed = run_script(
+        "extract.py", *command(checkpoint, photos, killed, "--shard-size", "2", "--add"), env=ONE_THREAD
+    )
+    done_before = int(resumed.stdout.split(" of 7 shards already complete")[0].split()[-1])
+    assert done_before >= complete
+    run_extract(command(checkpoint, photos, uninterrupted, "--shard-size", "2", "--add"))
+    assert collection_record(killed) == collection_record(uninterrupted)
+    assert DescriptorCollection(killed, "--database").names == names[:6] + [f"new/{name}" for name in names[6:20]]

@@ -1,9 +1,14 @@
 import csv
+import json
 import os
+import re
+import time
+import xml.etree.ElementTree as ElementTree
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import extract
 import search
@@ -79,6 +84,12 @@ def test_nearest_neighbours_equal_a_brute_force_search(descriptors, engine):
     np.testing.assert_allclose(found, scores, atol=2e-6)
     if engine[0] == "--search":  # exact: the same images, ties included
         assert [row["match"] for row in rows] == [db_names[i] for i in indices.reshape(-1)]
+    # The report: each query with its neighbours, without thumbnails (the collections record no images folder).
+    page = ElementTree.fromstring((out / "report.html").read_text())
+    sections = [section for section in page.iter("section") if section.get("class") == "query"]
+    assert [section.get("data-matches") for section in sections] == ["5"] * 40
+    notices = [p.text for p in page.iter("p") if p.get("class") == "notice"]
+    assert notices[0].startswith("No thumbnails: --queries") and not list(page.iter("img"))
 
 
 def test_threshold_for_precision_is_the_lowest_that_reaches_the_target():
@@ -169,3 +180,91 @@ def test_search_benchmark_measures_exact_and_approximate_search(capsys):
     assert set(result["exact"]["times"]) == {"faiss IndexFlatIP", "knn, torch", "knn, faiss + rescoring"}
     assert result["approximate"][16]["recall"] == 1.0 and 0 < result["approximate"][1]["recall"] <= 1.0
     assert "time / faiss flat (median)" in capsys.readouterr().out
+
+
+def add_shard(folder, stem, descriptors, names):
+    """One more complete shard at the end of a folder that write_shards wrote."""
+    save_features(folder, stem, descriptors, names)
+    manifest = json.loads((folder / MANIFEST).read_text())
+    manifest["shards"].append({"stem": stem, "complete": True})
+    write_json(folder / MANIFEST, manifest)
+
+
+def test_a_saved_index_is_read_until_the_collection_changes(descriptors, capsys):
+    pytest.importorskip("faiss")
+    root, queries, database, db_names, _ = descriptors
+    index = root / "database.index.npz"
+    common = ["--queries", str(root / "queries" / "queries.npy"), "--database", str(root / "database"), "-k", "5"]
+    run_search([*common, "--faiss-index", "Flat", "--index", str(index), "--output-dir", str(root / "built")])
+    assert f"saved the index in {index}" in capsys.readouterr().out
+    run_search([*common, "--index", str(index), "--output-dir", str(root / "read")])
+    assert f"searching with the saved index {index}" in capsys.readouterr().out
+    rows = read_csv(root / "read" / "neighbours.csv")
+    assert rows == read_csv(root / "built" / "neighbours.csv")
+    _, scores = brute_force(queries, database, 5)  # a Flat index searches exactly
+    np.testing.assert_allclose(np.array([float(row["score"]) for row in rows]).reshape(40, 5), scores, atol=2e-6)
+
+    ivf = root / "ivf.index.npz"  # an IVF index read with its --nprobe: every list visited, the same neighbours
+    run_search([*common, "--faiss-index", "IVF8,Flat", "--nprobe", "8", "--index", str(ivf), "--output-dir",
+                str(root / "ivf_built")])  # fmt: skip
+    run_search([*common, "--index", str(ivf), "--nprobe", "8", "--output-dir", str(root / "ivf_read")])
+    assert read_csv(root / "ivf_read" / "neighbours.csv") == read_csv(root / "ivf_built" / "neighbours.csv")
+    ivf_scores = [float(row["score"]) for row in read_csv(root / "ivf_read" / "neighbours.csv")]
+    np.testing.assert_allclose(np.array(ivf_scores).reshape(40, 5), scores, atol=2e-6)
+    out = ["--output-dir", str(root / "out")]
+    with pytest.raises(UsageError, match=re.escape("is a 'Flat' index, not --faiss-index 'IVF8,Flat'")):
+        run_search([*common, "--faiss-index", "IVF8,Flat", "--index", str(index), *out])
+    with pytest.raises(UsageError, match="missing.npz does not exist: build it with --faiss-index FACTORY"):
+        run_search([*common, "--index", str(root / "missing.npz"), *out])
+    add_shard(root / "database", "descriptors-00005", database[:20], [f"new/{i}.jpg" for i in range(20)])
+    with pytest.raises(UsageError, match=re.escape("as it was before: 20 images were added to it since (descrip")):
+        run_search([*common, "--index", str(index), *out])
+    save_features(root / "database", "descriptors-00001", database[70:140], db_names[70:140])
+    with pytest.raises(UsageError, match="descriptors-00001.npy was written again since. Build a new index"):
+        run_search([*common, "--index", str(index), *out])
+
+
+@pytest.mark.slow
+def test_a_report_of_100k_groups_stays_small_and_quick(tmp_path, capsys):
+    pytest.importorskip("faiss")
+    rng = np.random.default_rng(0)
+    unique = rng.standard_normal((100_000, 16)).astype(np.float32)
+    unique /= np.linalg.norm(unique, axis=1, keepdims=True)
+    names = [f"g{row // 2:06d}_{row % 2}.jpg" for row in range(200_000)]
+    write_shards(tmp_path / "database", np.repeat(unique, 2, axis=0), names, 50_000)
+    manifest = json.loads((tmp_path / "database" / MANIFEST).read_text())
+    write_json(
+        tmp_path / "database" / MANIFEST, {**manifest, "input": {"images": str(tmp_path / "images"), "root": None}}
+    )
+    os.makedirs(tmp_path / "images")
+    for name in names[:400]:  # the images of the groups shown; the others need not exist
+        Image.new("RGB", (32, 24), (200, 30, 30)).save(tmp_path / "images" / name)
+    start = time.time()
+    run_search(["--dedup", "--database", str(tmp_path / "database"), "-k", "1", "--threshold", "0.999",
+                "--faiss-index", "IVF256,Flat", "--keep", "first", "--output-dir", str(tmp_path / "out")])  # fmt: skip
+    seconds = time.time() - start
+    out = capsys.readouterr().out
+    assert "100000 groups of 200000 images" in out and "report: " in out
+    pages = sorted((tmp_path / "out").glob("report*.html"))
+    thumbnails = list((tmp_path / "out" / "report_thumbnails").iterdir())
+    size = sum(path.stat().st_size for path in [*pages, *thumbnails])
+    print(f"100k groups: search.py --dedup {seconds:.1f} s; report {len(pages)} pages, {size / 1e6:.2f} MB")
+    assert len(pages) == 200 // 50 and len(thumbnails) == 400 and size < 3e6
+    assert "shows the 200 largest of the 100000 groups" in pages[0].read_text()
+    assert seconds < 120
+
+
+def test_descriptors_of_other_models_or_settings_are_not_compared(descriptors):
+    root, queries, database, db_names, query_names = descriptors
+    settings = {"model": {"sha256": "0" * 64, "pooling_exponent": None, "checkpoint": "/a.pth"}}
+    for folder, rows, names, input_size in (("q", queries, query_names, 64), ("db", database, db_names, 72)):
+        write_shards(root / folder, rows, names, 100)
+        manifest = json.loads((root / folder / MANIFEST).read_text())
+        extraction = {"input_size": input_size, "multiscale": False, "interpolation": "bilinear", "amp": None}
+        write_json(root / folder / MANIFEST, {**manifest, **settings, "extraction": extraction})
+    argv = ["--queries", str(root / "q"), "--database", str(root / "db"), "--output-dir", str(root / "out")]
+    with pytest.raises(UsageError, match=f"--queries {root / 'q'} was extracted with extraction.input_size = 64, "):
+        run_search(argv)
+    manifest = json.loads((root / "db" / MANIFEST).read_text())
+    write_json(root / "db" / MANIFEST, {**manifest, "extraction": {**manifest["extraction"], "input_size": 64}})
+    run_search(argv)  # the same model and settings: the checkpoint may have moved

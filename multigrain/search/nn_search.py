@@ -82,7 +82,7 @@ def approximate_index(factory: str, training_rows, database_parts, nprobe: int |
     trained on `training_rows` (a float32 sample of the database) and filled part by part. Search it
     with `index.search(queries, k)`; its scores and ranking are approximate. `nprobe` sets the number
     of inverted lists an IVF index visits per query."""
-    faiss = _import_faiss(True, torch.device("cpu"))
+    faiss = faiss_module()
     training_rows = np.ascontiguousarray(training_rows, dtype=np.float32)
     try:
         index = faiss.index_factory(training_rows.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
@@ -92,12 +92,22 @@ def approximate_index(factory: str, training_rows, database_parts, nprobe: int |
         index.train(training_rows)
     for _, part in database_parts:
         index.add(np.ascontiguousarray(part, dtype=np.float32))
+    set_nprobe(index, nprobe, f"the index {factory!r}")
+    return index
+
+
+def set_nprobe(index, nprobe, what):
+    """Sets the number of inverted lists an IVF faiss index visits per query (nothing when nprobe is None)."""
     if nprobe is not None:
         try:
-            faiss.ParameterSpace().set_index_parameter(index, "nprobe", nprobe)
+            faiss_module().ParameterSpace().set_index_parameter(index, "nprobe", nprobe)
         except RuntimeError:
-            raise ValueError(f"the index {factory!r} has no nprobe (it is not an IVF index)") from None
-    return index
+            raise ValueError(f"{what} has no nprobe (it is not an IVF index)") from None
+
+
+def faiss_module():
+    """faiss, or an ImportError that says how to install it."""
+    return _import_faiss(True, torch.device("cpu"))
 
 
 def _torch_search(queries, database, k, chunk_size):
