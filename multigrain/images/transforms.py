@@ -34,14 +34,21 @@ class Lighting(nn.Module):
         self.register_buffer("eigval", torch.tensor(eigval, dtype=torch.float32), persistent=False)
         self.register_buffer("eigvec", torch.tensor(eigvec, dtype=torch.float32), persistent=False)
 
+    def draw(self) -> torch.Tensor:
+        """The alphas of one image, (3,): Normal(0, alphastd) from torch's global generator."""
+        return torch.randn(3) * self.alphastd
+
+    def apply(self, img: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        """The noise of `alpha` (..., 3) on `img` (..., 3, H, W): one image or a batch, each with its alphas."""
+        rgb = (alpha * self.eigval) @ self.eigvec.T
+        return (img + rgb.to(img.dtype)[..., None, None]) / (1.0 + self.alphastd)
+
     def forward(self, img: torch.Tensor) -> torch.Tensor:
         if img.shape[-3] != 3:
             raise ValueError(f"Lighting expects a 3-channel (C, H, W) image, got shape {tuple(img.shape)}")
         if self.alphastd == 0:
             return img
-        alpha = torch.randn(3) * self.alphastd
-        rgb = self.eigvec @ (alpha * self.eigval)
-        return (img + rgb.to(img.dtype).view(3, 1, 1)) / (1.0 + self.alphastd)
+        return self.apply(img, self.draw())
 
     def extra_repr(self) -> str:
         return f"alphastd={self.alphastd}"
