@@ -59,14 +59,13 @@ class PhotometricAugmentation(nn.Module):
     def draw(self) -> torch.Tensor:
         """One image's parameters, (NUM_PARAMS,) float32, from torch's global generator: what ColorJitter
         and then Lighting draw (nothing for the parts that are off)."""
-        params = torch.tensor([1.0, 1.0, 1.0, BRIGHTNESS, CONTRAST, SATURATION, 0.0, 0.0, 0.0])
+        factors, order, alphas = [1.0, 1.0, 1.0], [BRIGHTNESS, CONTRAST, SATURATION], [0.0, 0.0, 0.0]
         if self.ranges[0] is not None:
-            order, *factors, _ = transforms.ColorJitter.get_params(*self.ranges, None)
-            params[FACTORS] = torch.tensor(factors)
-            params[ORDER] = order[order != 3].to(params.dtype)
+            ops, *factors, _ = transforms.ColorJitter.get_params(*self.ranges, None)
+            order = [op for op in ops.tolist() if op != 3]
         if self.lighting.alphastd > 0:
-            params[ALPHAS] = self.lighting.draw()
-        return params
+            alphas = self.lighting.draw().tolist()
+        return torch.tensor([*factors, *order, *alphas], dtype=torch.float32)
 
     def color_jitter(self, images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         """The colour jitter of `params` on float `images` (N, 3, H, W) in [0, 1]. Each op blends the image
@@ -94,6 +93,12 @@ class PhotometricAugmentation(nn.Module):
         images = self.color_jitter(pixels.to(torch.float32) / 255, params)
         images = self.lighting.apply(images, params[:, ALPHAS]).clamp(0, 1)
         return (images - self.mean) / self.std
+
+    def on_device(self, crops: CropWithParams, device, memory_format=torch.contiguous_format) -> torch.Tensor:
+        """The model input of a loader batch: `crops` copied to `device` (asynchronously from pinned memory),
+        in `memory_format`, and augmented there. The module must be on `device`."""
+        pixels = crops.pixels.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+        return self(pixels, crops.params.to(device, non_blocking=True))
 
     def extra_repr(self) -> str:
         return f"ranges={self.ranges}"
