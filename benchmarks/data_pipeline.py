@@ -17,6 +17,7 @@ decode per copy on the CPU path; ≤ 2.0 CPU ms per sample with the device augme
 """
 
 import argparse
+import copy
 import os
 import random
 import resource
@@ -87,24 +88,32 @@ def workers_cpu_s():
     return usage.ru_utime + usage.ru_stime
 
 
-def epoch_runner(data_loader, sampler, photometric, counts, worker_ms, device):
-    """A function iterating one more epoch of `data_loader`, batches moved to `device` (and augmented there
-    by `photometric`, if not None) as in training, appending its number of samples to `counts` and its
-    workers' CPU milliseconds per sample to `worker_ms`."""
+def epoch_runner(data_loader, sampler, counts, worker_ms, device):
+    """A function iterating one more epoch of `data_loader`, batches moved to `device` as in training, appending
+    its number of samples to `counts` and its workers' CPU milliseconds per sample to `worker_ms`."""
 
     def run():
         sampler.set_epoch(sampler.epoch + 1)
         cpu_start, samples = workers_cpu_s(), 0
         for images, _, _ in data_loader:
-            if photometric is None:
-                images = images.to(device, non_blocking=True)
-            else:
-                images = photometric.on_device(images, device)
-            samples += images.shape[0]
+            if isinstance(images, CropWithParams):  # augmented by the training step, timed by device_ms
+                images.params.to(device, non_blocking=True)
+                images = images.pixels
+            samples += images.to(device, non_blocking=True).shape[0]
         counts.append(samples)
         worker_ms.append(1000 * (workers_cpu_s() - cpu_start) / samples)
 
     return run
+
+
+def device_ms(photometric, args):
+    """Milliseconds of the photometric augmentation of a batch of uint8 crops on args.device (median of
+    args.rounds after one untimed run)."""
+    photometric = copy.deepcopy(photometric).to(args.device)  # the loader's copy stays on the CPU
+    pixels = torch.randint(0, 256, (args.batch_size, 3, args.crop_size, args.crop_size), dtype=torch.uint8)
+    crops = CropWithParams(pixels, torch.stack([photometric.draw() for _ in range(args.batch_size)]))
+    times = time_side_by_side({"device": lambda: photometric.on_device(crops, args.device)}, args.rounds, args.device)
+    return 1000 * statistics.median(times["device"])
 
 
 def stage_ms(paths, transform, batch_size, passes):
@@ -152,13 +161,12 @@ def run(args):
         prefix = "" if path_name == "CPU path" else f"{path_name}, "
         for decode_once in (False, True):
             name = prefix + ("decode once" if decode_once else "decode per copy")
-            photometric = transform.photometric.to(args.device) if transform.photometric is not None else None
-            pipelines[name] = (*loader(args, transform, decode_once), photometric, path_name, decode_once)
+            pipelines[name] = (*loader(args, transform, decode_once), path_name, decode_once)
     counts = {name: [] for name in pipelines}
     worker_ms = {name: [] for name in pipelines}
     candidates = {
-        name: epoch_runner(data_loader, sampler, photometric, counts[name], worker_ms[name], args.device)
-        for name, (data_loader, sampler, photometric, _, _) in pipelines.items()
+        name: epoch_runner(data_loader, sampler, counts[name], worker_ms[name], args.device)
+        for name, (data_loader, sampler, _, _) in pipelines.items()
     }
     times = time_side_by_side(candidates, args.rounds, device=args.device, warmup=0)
     rates = {name: [n / t for n, t in zip(counts[name], times[name])] for name in pipelines}
@@ -178,7 +186,7 @@ def run(args):
     bound = (decode_ms + augment_ms) / (decode_ms / args.reps + augment_ms)
     cost = {
         name: sample_ms(stages[path_name], args.reps)[decode_once]
-        for name, (_, _, _, path_name, decode_once) in pipelines.items()
+        for name, (_, _, path_name, decode_once) in pipelines.items()
     }
 
     num_images = len(pipelines["decode once"][0].dataset)
@@ -203,6 +211,13 @@ def run(args):
         f"one image: decode {decode_ms:.2f} ms, augmentation {augment_ms:.2f} ms per view on the CPU path; "
         f"bound (D + A) / (D / {args.reps} + A) = {bound:.2f}"
     )
+
+    if "device aug" in transforms:
+        batch_ms = device_ms(transforms["device aug"].photometric, args)
+        print(
+            f"photometric augmentation on {args.device} (not in the samples/s above): {batch_ms:.2f} ms per batch "
+            f"of {args.batch_size}, {batch_ms / args.batch_size:.3f} ms per sample"
+        )
 
     print(f"\nCPU ms per sample on one thread ({len(paths)} images, median of {args.rounds} passes):")
     names = [

@@ -11,6 +11,7 @@ from torchvision import transforms
 from torchvision.transforms import functional as F
 
 import presets
+from benchmarks import data_pipeline
 from multigrain.images.datasets import (
     RepeatedViews,
     SeededItems,
@@ -259,3 +260,20 @@ def test_collate_skipping_bad_keeps_the_crops_and_their_parameters():
     crops, labels, ids = collate_skipping_bad([samples[0], None, samples[2]])
     assert crops.pixels[:, 0, 0, 0].tolist() == [0, 2] and labels.tolist() == [0, 2]
     assert torch.equal(crops.params, torch.stack([samples[0][0].params, samples[2][0].params]))
+
+
+def test_the_data_pipeline_benchmark_measures_the_four_pipelines_and_their_stages():
+    flags = ["--num-images", "8", "--image-size", "48x40", "--crop-size", "32", "-b", "6", "-j", "1", "--rounds", "1"]
+    result = data_pipeline.main(data_pipeline.get_args_parser().parse_args(flags))
+    pipelines = ["decode per copy", "decode once", "device aug, decode per copy", "device aug, decode once"]
+    assert [result["counts"][name] for name in pipelines] == [[24]] * 4
+    assert all(result["worker_ms"][name][0] > 0 for name in pipelines)
+    stages = result["stages"]
+    assert set(stages["CPU path"]) == {
+        "decode", "random resized crop", "flip", "colour jitter", "to tensor", "lighting + clamp + normalise", "collate"
+    }  # fmt: skip
+    device_stages = {"decode", "random resized crop", "flip", "to tensor", "photometric draw", "collate"}
+    assert set(stages["device aug"]) == device_stages
+    per_copy, once = sum(stages["device aug"].values()), result["cost_ms"]["device aug, decode once"]
+    assert result["cost_ms"]["device aug, decode per copy"] == per_copy
+    assert once == pytest.approx(per_copy - stages["device aug"]["decode"] * 2 / 3)

@@ -52,7 +52,6 @@ class PhotometricAugmentation(nn.Module):
         jitter = transforms.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter)
         self.ranges = (jitter.brightness, jitter.contrast, jitter.saturation)  # None each when color_jitter is 0
         self.lighting = Lighting(lighting)
-        self.register_buffer("grayscale", torch.tensor(GRAYSCALE).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
 
@@ -73,15 +72,14 @@ class PhotometricAugmentation(nn.Module):
         each pixel's gray (saturation). Every image goes through three blends whose factor and degenerate
         are picked per image, so that the batch needs no branch on its values."""
         factors, order = params[:, FACTORS], params[:, ORDER].long()
+        red, green, blue = GRAYSCALE
         for position in range(3):
             op = order[:, position : position + 1]
             factor = factors.gather(1, op).view(-1, 1, 1, 1)
-            gray = (images * self.grayscale).sum(1, keepdim=True)
-            mean_gray = gray.mean((2, 3), keepdim=True)
-            is_contrast = (op == CONTRAST).view(-1, 1, 1, 1)
-            is_saturation = (op == SATURATION).view(-1, 1, 1, 1)
-            degenerate = is_contrast * mean_gray + is_saturation * gray
-            images = (factor * images + (1 - factor) * degenerate).clamp(0, 1)
+            gray = (images[:, 0:1] * red).add_(images[:, 1:2], alpha=green).add_(images[:, 2:3], alpha=blue)
+            contrast = (op == CONTRAST).view(-1, 1, 1, 1) * gray.mean((2, 3), keepdim=True)
+            degenerate = torch.where((op == SATURATION).view(-1, 1, 1, 1), gray, contrast)
+            images = torch.lerp(degenerate, images, factor).clamp_(0, 1)
         return images
 
     def forward(self, pixels: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
@@ -90,9 +88,9 @@ class PhotometricAugmentation(nn.Module):
         if params.shape != (pixels.shape[0], NUM_PARAMS):
             raise ValueError(f"expected params ({pixels.shape[0]}, {NUM_PARAMS}), got {tuple(params.shape)}")
         params = params.to(torch.float32)
-        images = self.color_jitter(pixels.to(torch.float32) / 255, params)
-        images = self.lighting.apply(images, params[:, ALPHAS]).clamp(0, 1)
-        return (images - self.mean) / self.std
+        images = self.color_jitter(pixels.to(torch.float32).div_(255), params)
+        images = self.lighting.apply(images, params[:, ALPHAS]).clamp_(0, 1)
+        return images.sub_(self.mean).div_(self.std)
 
     def on_device(self, crops: CropWithParams, device, memory_format=torch.contiguous_format) -> torch.Tensor:
         """The model input of a loader batch: `crops` copied to `device` (asynchronously from pinned memory),
