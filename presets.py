@@ -2,7 +2,14 @@ from torchvision import transforms
 from torchvision.transforms.functional import InterpolationMode
 
 from multigrain.images.photometric import CropWithParams, PhotometricAugmentation
-from multigrain.images.transforms import IMAGENET_MEAN, IMAGENET_STD, ClampToUnitRange, Lighting, to_float_tensor
+from multigrain.images.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ClampToUnitRange,
+    Lighting,
+    PILToHWCTensor,
+    to_float_tensor,
+)
 from multigrain.images.transforms import (
     RetrievalPresetEval as RetrievalPresetEval,  # the retrieval input, used by the scripts
 )
@@ -18,8 +25,8 @@ class ClassificationPresetTrain:
     jitter and lighting.
 
     With `photometric_on_device` (full augmentation only) the transform stops after the flip and returns
-    a `CropWithParams`: the uint8 crop and its photometric parameters, drawn as the full augmentation
-    draws them; `self.photometric` applies them to a batch on the training device. Otherwise
+    a `CropWithParams`: the uint8 (H, W, 3) crop and its photometric parameters, drawn as the full
+    augmentation draws them; `self.photometric` applies them to a batch on the training device. Otherwise
     `self.photometric` is None.
     """
 
@@ -59,7 +66,7 @@ class ClassificationPresetTrain:
                     "it cannot have the photometric augmentation on the device"
                 )
             self.photometric = PhotometricAugmentation(color_jitter=color_jitter, lighting=lighting, mean=mean, std=std)
-            trans.append(transforms.PILToTensor())
+            trans.append(PILToHWCTensor())
         elif auto_augment_policy is None:
             if color_jitter > 0:
                 trans.append(

@@ -45,6 +45,7 @@ STAGES = {
     "RandomHorizontalFlip": "flip",
     "ColorJitter": "colour jitter",
     "PILToTensor": "to tensor",
+    "PILToHWCTensor": "to tensor",
     "ConvertImageDtype": "to tensor",
     "Lighting": "lighting + clamp + normalise",
     "ClampToUnitRange": "lighting + clamp + normalise",
@@ -110,7 +111,7 @@ def device_ms(photometric, args):
     """Milliseconds of the photometric augmentation of a batch of uint8 crops on args.device (median of
     args.rounds after one untimed run)."""
     photometric = copy.deepcopy(photometric).to(args.device)  # the loader's copy stays on the CPU
-    pixels = torch.randint(0, 256, (args.batch_size, 3, args.crop_size, args.crop_size), dtype=torch.uint8)
+    pixels = torch.randint(0, 256, (args.batch_size, args.crop_size, args.crop_size, 3), dtype=torch.uint8)
     crops = CropWithParams(pixels, torch.stack([photometric.draw() for _ in range(args.batch_size)]))
     times = time_side_by_side({"device": lambda: photometric.on_device(crops, args.device)}, args.rounds, args.device)
     return 1000 * statistics.median(times["device"])

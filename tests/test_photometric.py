@@ -29,7 +29,7 @@ from multigrain.images.photometric import (
     CropWithParams,
     PhotometricAugmentation,
 )
-from multigrain.images.transforms import IMAGENET_MEAN, IMAGENET_STD, Lighting
+from multigrain.images.transforms import IMAGENET_MEAN, IMAGENET_STD, Lighting, PILToHWCTensor
 from sampler import DecodeOnceBatchSampler, RASampler, SeededBatches
 from tools.synthetic_data import make_imagefolder
 
@@ -145,15 +145,16 @@ def test_the_device_preset_gives_the_cpu_presets_sample_from_the_same_seed(tmp_p
     device = presets.ClassificationPresetTrain(crop_size=40, photometric_on_device=True)
     assert cpu.photometric is None and isinstance(device.photometric, PhotometricAugmentation)
     names = [type(step).__name__ for step in device.transforms.transforms]
-    assert names == ["RandomResizedCrop", "RandomHorizontalFlip", "PILToTensor"]
+    assert names == ["RandomResizedCrop", "RandomHorizontalFlip", "PILToHWCTensor"]
     for seed, image in enumerate(crops_on_file(tmp_path, size=(96, 72))):
         torch.manual_seed(seed)
         expected = cpu(image)
         torch.manual_seed(seed)
         sample = device(image)
         assert isinstance(sample, CropWithParams) and sample.pixels.dtype == torch.uint8
-        assert sample.pixels.shape == (3, 40, 40) and sample.params.shape == (NUM_PARAMS,)
-        assert_close_to_pil(device.photometric(sample.pixels[None], sample.params[None])[0], expected)
+        assert sample.pixels.shape == (40, 40, 3) and sample.params.shape == (NUM_PARAMS,)
+        batch = CropWithParams(sample.pixels[None], sample.params[None])
+        assert_close_to_pil(device.photometric.on_device(batch, "cpu")[0], expected)
 
 
 def test_policies_keep_the_cpu_path():
@@ -174,7 +175,7 @@ class CountOps(TorchDispatchMode):
 def test_the_batch_augmentation_reads_nothing_back_to_the_host():
     augmentation = PhotometricAugmentation()
     crops = CropWithParams(
-        torch.randint(0, 256, (6, 3, 16, 16), dtype=torch.uint8), torch.stack([augmentation.draw() for _ in range(6)])
+        torch.randint(0, 256, (6, 16, 16, 3), dtype=torch.uint8), torch.stack([augmentation.draw() for _ in range(6)])
     )
     with CountOps() as counted:
         augmentation.on_device(crops, "cpu", torch.channels_last)
@@ -182,15 +183,19 @@ def test_the_batch_augmentation_reads_nothing_back_to_the_host():
     assert counted.ops["_local_scalar_dense"] == 0 and counted.ops["nonzero"] == 0 and counted.ops["item"] == 0
 
 
-def test_channels_last_in_channels_last_out():
+def test_a_loader_batch_is_augmented_in_the_memory_format_asked_for():
     augmentation = PhotometricAugmentation()
     torch.manual_seed(0)
     crops = CropWithParams(
-        torch.randint(0, 256, (4, 3, 12, 10), dtype=torch.uint8), torch.stack([augmentation.draw() for _ in range(4)])
+        torch.randint(0, 256, (4, 12, 10, 3), dtype=torch.uint8), torch.stack([augmentation.draw() for _ in range(4)])
     )
-    output = augmentation.on_device(crops, "cpu", torch.channels_last)
-    assert output.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(output, augmentation(*crops), rtol=0, atol=1e-6)
+    channels_last = augmentation.on_device(crops, "cpu", torch.channels_last)
+    contiguous = augmentation.on_device(crops, "cpu")
+    assert channels_last.shape == contiguous.shape == (4, 3, 12, 10)
+    assert channels_last.is_contiguous(memory_format=torch.channels_last) and contiguous.is_contiguous()
+    expected = augmentation(crops.pixels.permute(0, 3, 1, 2).contiguous(), crops.params)
+    torch.testing.assert_close(channels_last, expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(contiguous, expected, rtol=0, atol=1e-6)
 
 
 def test_bad_batches_are_refused():
@@ -222,7 +227,7 @@ def test_a_seeded_sample_is_the_same_every_time_and_through_workers(tmp_path):
     }
     assert len(loaded[0]) == 1
     for (crops, labels, ids), (crops_2, labels_2, ids_2) in zip(loaded[0], loaded[2]):
-        assert isinstance(crops, CropWithParams) and crops.pixels.shape == (4, 3, 24, 24)
+        assert isinstance(crops, CropWithParams) and crops.pixels.shape == (4, 24, 24, 3)
         assert crops.params.shape == (4, NUM_PARAMS)
         assert torch.equal(crops.pixels, crops_2.pixels) and torch.equal(crops.params, crops_2.params)
         assert torch.equal(labels, labels_2) and torch.equal(ids, ids_2)
@@ -255,7 +260,7 @@ def test_decode_once_with_the_device_augmentation_gives_the_cpu_paths_batches(tm
 def test_collate_skipping_bad_keeps_the_crops_and_their_parameters():
     augmentation = PhotometricAugmentation()
     samples = [
-        (CropWithParams(torch.full((3, 4, 4), i, dtype=torch.uint8), augmentation.draw()), i, i) for i in range(3)
+        (CropWithParams(torch.full((4, 4, 3), i, dtype=torch.uint8), augmentation.draw()), i, i) for i in range(3)
     ]
     crops, labels, ids = collate_skipping_bad([samples[0], None, samples[2]])
     assert crops.pixels[:, 0, 0, 0].tolist() == [0, 2] and labels.tolist() == [0, 2]
@@ -277,3 +282,12 @@ def test_the_data_pipeline_benchmark_measures_the_four_pipelines_and_their_stage
     per_copy, once = sum(stages["device aug"].values()), result["cost_ms"]["device aug, decode once"]
     assert result["cost_ms"]["device aug, decode per copy"] == per_copy
     assert once == pytest.approx(per_copy - stages["device aug"]["decode"] * 2 / 3)
+
+
+def test_hwc_crops_stack_into_a_channels_last_batch_of_the_same_pixels(tmp_path):
+    crops = crops_on_file(tmp_path, size=(20, 12))[:3]
+    samples = [PILToHWCTensor()(crop) for crop in crops]
+    assert samples[0].shape == (12, 20, 3) and samples[0].dtype == torch.uint8 and samples[0].is_contiguous()
+    batch = torch.utils.data.default_collate(samples).permute(0, 3, 1, 2)
+    assert batch.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(batch, torch.stack([F.pil_to_tensor(crop) for crop in crops]))

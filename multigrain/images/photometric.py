@@ -31,9 +31,9 @@ GRAYSCALE = (0.299, 0.587, 0.114)  # ITU-R 601-2 luma, as PIL's convert("L")
 
 
 class CropWithParams(NamedTuple):
-    """What the loader gives under device augmentation: uint8 `pixels` (..., 3, H, W) of the cropped and
-    flipped image(s), and the `params` (..., NUM_PARAMS) of their photometric augmentation. DataLoader's
-    default collate turns the samples into one of a batch."""
+    """What the loader gives under device augmentation: uint8 `pixels` (..., H, W, 3) of the cropped and
+    flipped image(s), as PIL stores them, and the `params` (..., NUM_PARAMS) of their photometric
+    augmentation. DataLoader's default collate turns the samples into one of a batch."""
 
     pixels: torch.Tensor
     params: torch.Tensor
@@ -44,7 +44,8 @@ class PhotometricAugmentation(nn.Module):
     PCA lighting of std `lighting`, clamp to [0, 1], normalise with `mean` and `std`.
 
     `draw()` gives one image's parameters, on the CPU; `forward(pixels, params)` augments a uint8 batch
-    on any device into the normalised float32 input of the model, in the memory format of `pixels`.
+    (N, 3, H, W) on any device into the normalised float32 input of the model, in the memory format of
+    `pixels`; `on_device` does it to a batch of the loader.
     """
 
     def __init__(self, *, color_jitter=0.3, lighting=0.1, mean=IMAGENET_MEAN, std=IMAGENET_STD):
@@ -94,8 +95,9 @@ class PhotometricAugmentation(nn.Module):
 
     def on_device(self, crops: CropWithParams, device, memory_format=torch.contiguous_format) -> torch.Tensor:
         """The model input of a loader batch: `crops` copied to `device` (asynchronously from pinned memory),
-        in `memory_format`, and augmented there. The module must be on `device`."""
-        pixels = crops.pixels.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+        augmented there, in `memory_format`. The module must be on `device`."""
+        pixels = crops.pixels.to(device, non_blocking=True).permute(0, 3, 1, 2)  # channels-last memory
+        pixels = pixels.contiguous(memory_format=memory_format)
         return self(pixels, crops.params.to(device, non_blocking=True))
 
     def extra_repr(self) -> str:

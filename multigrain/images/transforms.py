@@ -1,5 +1,6 @@
 """Image transforms of the recipe that torchvision does not have, and the evaluation input of the models."""
 
+import numpy as np
 import torch
 import torchvision
 from torch import nn
@@ -83,6 +84,18 @@ class ResizeLargestSide(nn.Module):
 
     def extra_repr(self) -> str:
         return f"max_size={self.max_size}, interpolation={self.interpolation.value}"
+
+
+class PILToHWCTensor:
+    """RGB PIL image -> uint8 (H, W, 3) tensor, the pixels in the order PIL keeps them: samples stack into a
+    batch by plain copies (PILToTensor's (3, H, W) view of the same memory stacks by a transposing copy, 7×
+    slower), and batch.permute(0, 3, 1, 2) is the (N, 3, H, W) batch in channels-last memory."""
+
+    def __call__(self, image):
+        return torch.from_numpy(np.array(image, dtype=np.uint8))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
 
 
 def to_float_tensor():
