@@ -1,3 +1,4 @@
+import copy
 import itertools
 from collections import Counter
 
@@ -291,3 +292,21 @@ def test_hwc_crops_stack_into_a_channels_last_batch_of_the_same_pixels(tmp_path)
     batch = torch.utils.data.default_collate(samples).permute(0, 3, 1, 2)
     assert batch.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(batch, torch.stack([F.pil_to_tensor(crop) for crop in crops]))
+
+
+@pytest.mark.cuda
+def test_on_a_gpu_the_batch_is_the_cpus_and_nothing_waits_for_the_gpu():
+    augmentation = PhotometricAugmentation()
+    torch.manual_seed(0)
+    pixels = torch.randint(0, 256, (16, 32, 24, 3), dtype=torch.uint8)
+    crops = CropWithParams(pixels, torch.stack([augmentation.draw() for _ in range(16)]))
+    expected = augmentation.on_device(crops, "cpu")
+    on_gpu = copy.deepcopy(augmentation).cuda()
+    pinned = CropWithParams(crops.pixels.pin_memory(), crops.params.pin_memory())
+    torch.cuda.set_sync_debug_mode("error")  # a synchronising call raises
+    try:
+        output = on_gpu.on_device(pinned, "cuda", torch.channels_last)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert output.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(output.cpu(), expected, rtol=0, atol=1e-5)
