@@ -8,7 +8,8 @@ DecodeOnceBatchSampler + RepeatedViews).
     python -m benchmarks.data_pipeline --data-path /datasets/imagenet/train --max-images 5000 -j 8
 
 The loaders are train.py's (each sample seeded by SeededItems) and run whole epochs with `-j` workers,
-worker start-up included as in training; the workers' CPU time is measured from the kernel when they exit.
+worker start-up included as in training; the workers' CPU time is measured from the kernel when they exit
+(start-up included: a short epoch adds ~0.3 ms per sample to it that training's long epochs do not).
 The stage table gives the CPU milliseconds per sample of each step of the two presets on one thread of
 this process (decode, random resized crop, flip, colour jitter, to tensor, lighting + clamp + normalise,
 the photometric draw, the batch collate), and the CPU cores per GPU that they need to feed 2,500 samples/s
