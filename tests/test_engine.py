@@ -1,0 +1,202 @@
+"""The training step of engine.train_one_epoch: no host sync between progress lines, and a non-finite loss reported
+at the next progress line or checkpoint, whose weights are never saved."""
+
+import contextlib
+import io
+
+import pytest
+import torch
+import torch.utils.data
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import engine
+import presets
+import train
+import utils
+from multigrain.distance_weighted_miner import DistanceWeightedMiner
+from multigrain.images.datasets import ImageFolder, WithIndex
+from multigrain.images.image_io import load_rgb
+from multigrain.joint_loss import MultiGrainLoss
+from multigrain.margin_loss import MarginLoss
+from multigrain.model import build_model
+from multigrain.storage.checkpoint import load_checkpoint
+from multigrain.training import preemption
+from multigrain.training.training_state import TrainingState
+from sampler import RASampler
+from tools.synthetic_data import make_imagefolder
+
+CPU = torch.device("cpu")
+BATCH, STEPS, PRINT_FREQ = 6, 5, 3  # progress lines after steps 0, 3 and 4 (the last)
+
+
+class CountSyncs(TorchDispatchMode):
+    """Counts the reads of tensor values by the host, each a wait for the device on a GPU: aten._local_scalar_dense
+    (what .item(), float(t) and bool(t) call) and Tensor.tolist (which reads a CPU tensor without an aten op)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+        self.tolist = torch.Tensor.tolist
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+    def counted_tolist(self, tensor):
+        self.count += 1
+        return self.tolist(tensor)
+
+    def __enter__(self):
+        torch.Tensor.tolist = lambda tensor: self.counted_tolist(tensor)
+        return super().__enter__()
+
+    def __exit__(self, *exc_info):
+        torch.Tensor.tolist = self.tolist
+        return super().__exit__(*exc_info)
+
+
+@pytest.fixture(scope="module")
+def loader(tmp_path_factory):
+    """train.py's data with the photometric augmentation on the device: uint8 crops and their parameters, made by a
+    worker process (outside the dispatch mode, as the workers of a run are)."""
+    root = tmp_path_factory.mktemp("engine")
+    make_imagefolder(root, num_classes=4, train_per_class=6, val_per_class=1, image_size=40, seed=2)
+    transform = presets.ClassificationPresetTrain(crop_size=32, photometric_on_device=True)
+    dataset = WithIndex(ImageFolder(str(root / "train"), transform, loader=load_rgb))
+    sampler = RASampler(len(dataset), reps=3, seed=0, epoch_len_factor=STEPS * BATCH / len(dataset))
+    data_loader = torch.utils.data.DataLoader(dataset, batch_size=BATCH, sampler=sampler, num_workers=1, drop_last=True)
+    assert len(data_loader) == STEPS
+    return data_loader, transform.photometric
+
+
+def training(classif_weight, output_dir="", every_iters=None):
+    """(model, criterion, optimizer, TrainingState) of a tiny run, as train.py builds them."""
+    torch.manual_seed(0)
+    model = build_model("resnet18", num_classes=4)
+    generator = torch.Generator()
+    criterion = MultiGrainLoss(classif_weight, DistanceWeightedMiner(generator=generator), MarginLoss())
+    optimizer = train.build_optimizer(model, criterion, opt="sgd", lr=0.01, momentum=0.9, weight_decay=1e-4)
+    state = TrainingState(
+        output_dir, {}, {}, model=model, criterion=criterion, optimizer=optimizer, generator=generator, seed=0,
+        lr_scheduler=torch.optim.lr_scheduler.StepLR(optimizer, 30), epochs=1,
+        schedule=preemption.CheckpointSchedule(every_iters=every_iters),
+    )  # fmt: skip
+    return model, criterion, optimizer, state
+
+
+@pytest.mark.parametrize("classif_weight", [0.5, 1.0])
+@pytest.mark.parametrize(
+    "amp", ["off", *(pytest.param(dtype, marks=pytest.mark.slow) for dtype in ("bfloat16", "float16"))]
+)  # autocast on the CPU: 30 s each here
+def test_no_host_sync_between_progress_lines(loader, classif_weight, amp):
+    data_loader, photometric = loader
+    amp_dtype = None if amp == "off" else getattr(torch, amp)
+    scaler = torch.amp.GradScaler("cpu") if amp == "float16" else None
+    model, criterion, optimizer, state = training(classif_weight)
+    metric_logger = utils.MetricLogger()
+    state.begin_epoch(0, STEPS, metric_logger)
+    counter = CountSyncs()
+    batch_starts, step_ends = [], []  # the count when each batch reaches the step, and after its after_step
+
+    def counted(batches):
+        for batch in batches:
+            batch_starts.append(counter.count)
+            yield batch
+
+    def after_step(steps_done, metric_logger, check_loss):
+        state.after_step(steps_done, metric_logger, check_loss)
+        step_ends.append(counter.count)
+
+    class Batches:  # the loader, counted, with its length (log_every's total)
+        def __iter__(self):
+            return counted(data_loader)
+
+        def __len__(self):
+            return len(data_loader)
+
+    with counter, contextlib.redirect_stdout(io.StringIO()) as output:
+        metrics = engine.train_one_epoch(
+            model, criterion, optimizer, Batches(), CPU, 0, scaler=scaler, amp_dtype=amp_dtype,
+            print_freq=PRINT_FREQ, metric_logger=metric_logger, after_step=after_step, photometric=photometric,
+        )  # fmt: skip
+    end = counter.count
+    steps = [end - start for start, end in zip(batch_starts, step_ends)]
+    between = [start - end for end, start in zip(step_ends, [*batch_starts[1:], end])]
+    # The steps themselves, after_step's agreement included. float16's gradient scaler reads its check for
+    # infinities back to skip the optimiser's step (torch's fused SGD, which skips on the device, corrupts the
+    # momentum when the first step overflows).
+    assert steps == [1 if scaler else 0] * STEPS, steps
+    printed = [i for i in range(STEPS) if i % PRINT_FREQ == 0 or i == STEPS - 1]
+    assert [i for i, count in enumerate(between) if count] == printed, between  # the reads of the progress lines
+    assert output.getvalue().count("Epoch: [0] [") == len(printed)
+    assert metrics["train_loss"] > 0 and 0 <= metrics["train_acc1"] <= 100
+    assert ("train_margin_loss" in metrics) == (classif_weight < 1)
+
+
+def test_the_meters_stay_on_the_device_until_read_and_their_state_is_exact():
+    meters = utils.MetricLogger()
+    values = [torch.tensor(0.1), torch.tensor(0.7, dtype=torch.float64), torch.tensor(1 / 3)]
+    for value in values:
+        meters.update(n=4, loss=value, lr=0.5)
+    beta = torch.tensor(1.2)
+    meters.update(beta=beta)
+    beta.add_(1.0)  # the optimiser changes β in place: the meter keeps the value it was given
+    assert isinstance(meters.meters["loss"].total, torch.Tensor)
+    state = meters.state_dict()
+    expected = 0.0
+    for value in values:
+        expected += float(value) * 4
+    assert state["loss"] == {"count": 12, "total": expected, "window": [float(value) for value in values]}
+    assert state["beta"]["window"] == [pytest.approx(1.2)] and state["lr"]["total"] == 6.0
+    again = utils.MetricLogger()
+    again.load_state_dict(state)
+    again.update(n=4, loss=torch.tensor(2.0))
+    meters.update(n=4, loss=torch.tensor(2.0))
+    assert again.state_dict()["loss"] == meters.state_dict()["loss"]
+    assert meters.meters["loss"].median == pytest.approx((0.7 + 1 / 3) / 2)  # of 0.1, 0.7, 1/3 and 2
+    assert "loss: 0.5167 (" in str(meters)
+
+
+def in_memory_batches(steps):
+    torch.manual_seed(1)
+    return [(torch.randn(BATCH, 3, 32, 32), torch.randint(4, (BATCH,)), torch.arange(BATCH) // 3)] * steps
+
+
+def nan_at(criterion, iteration, first_step=0):
+    """Makes the loss of step `iteration` NaN."""
+    forward, calls = criterion.forward, iter(range(first_step, 10**6))
+
+    def with_nan(*args):
+        losses = forward(*args)
+        if next(calls) == iteration:
+            losses["loss"] = losses["loss"] * float("nan")
+        return losses
+
+    criterion.forward = with_nan
+
+
+def test_a_non_finite_loss_stops_at_the_next_progress_line():
+    model, criterion, optimizer, state = training(0.5)
+    nan_at(criterion, 4)
+    lines = io.StringIO()
+    with contextlib.redirect_stdout(lines), pytest.raises(FloatingPointError) as error:
+        engine.train_one_epoch(model, criterion, optimizer, in_memory_batches(9), CPU, 3, print_freq=3)
+    assert str(error.value) == "non-finite loss nan at epoch 3, iteration 4: stopping"
+    assert [line.split()[2] for line in lines.getvalue().splitlines()] == ["[0/9]", "[3/9]"]  # not the one of 6
+
+
+def test_a_non_finite_loss_is_never_saved(tmp_path):
+    model, criterion, optimizer, state = training(0.5, output_dir=str(tmp_path), every_iters=2)
+    nan_at(criterion, 2)
+    metric_logger = utils.MetricLogger()
+    state.begin_epoch(0, 9, metric_logger)
+    with contextlib.redirect_stdout(io.StringIO()), pytest.raises(FloatingPointError, match="epoch 0, iteration 2:"):
+        engine.train_one_epoch(
+            model, criterion, optimizer, in_memory_batches(9), CPU, 0, print_freq=1000,
+            metric_logger=metric_logger, after_step=state.after_step,
+        )  # fmt: skip
+    assert not all(torch.isfinite(p).all() for p in model.parameters())  # step 3 ran on what step 2 spoiled
+    saved = load_checkpoint(tmp_path / "checkpoint.pth")
+    assert saved["in_epoch"]["step"] == 2  # the save after step 2 failed, and nothing after it was written
+    assert all(torch.isfinite(value).all() for value in saved["model"].values() if value.is_floating_point())
