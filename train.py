@@ -462,17 +462,25 @@ def get_args_parser(add_help=True):
         "--auto-augment",
         default=None,
         choices=presets.AUTO_AUGMENT_POLICIES,
-        help="a policy replacing colour jitter and lighting (the paper's variant: autoaugment)",
+        help="a policy replacing colour jitter and lighting (the paper's variant: autoaugment); policies need PIL "
+        "images, so the whole augmentation then runs in the loader's workers",
     )
     group.add_argument("--ra-magnitude", default=9, type=flags.int_in(0, 30), help="magnitude of --auto-augment ra")
     group.add_argument(
         "--augmix-severity", default=3, type=flags.int_in(1, 10), help="severity of --auto-augment augmix"
     )
     group.add_argument(
-        "--color-jitter", default=0.3, type=flags.float_in(0), help="brightness, contrast and saturation jitter"
+        "--color-jitter",
+        default=0.3,
+        type=flags.float_in(0),
+        help="brightness, contrast and saturation jitter of the full augmentation, whose photometric half (jitter, "
+        "lighting, normalisation) runs on the batch on --device while the workers decode, crop and flip",
     )
     group.add_argument(
-        "--lighting", default=0.1, type=flags.float_in(0), help="std of the PCA lighting noise of the full augmentation"
+        "--lighting",
+        default=0.1,
+        type=flags.float_in(0),
+        help="std of the PCA lighting noise of the full augmentation (on --device, see --color-jitter)",
     )
     group.add_argument("--train-crop-size", default=224, type=flags.int_in(1), help="training random-resized-crop size")
     flags.add_interpolation(group)
