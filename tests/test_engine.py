@@ -2,17 +2,18 @@
 at the next progress line or checkpoint, whose weights are never saved."""
 
 import contextlib
+import copy
 import io
 
 import pytest
 import torch
 import torch.utils.data
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import engine
 import presets
 import train
 import utils
+from benchmarks.host_syncs import count_host_syncs
 from multigrain.distance_weighted_miner import DistanceWeightedMiner
 from multigrain.images.datasets import ImageFolder, WithIndex
 from multigrain.images.image_io import load_rgb
@@ -29,53 +30,22 @@ CPU = torch.device("cpu")
 BATCH, STEPS, PRINT_FREQ = 6, 5, 3  # progress lines after steps 0, 3 and 4 (the last)
 
 
-class CountSyncs(TorchDispatchMode):
-    """Counts the reads of tensor values by the host, each a wait for the device on a GPU: aten._local_scalar_dense
-    (what .item(), float(t) and bool(t) call) and Tensor.tolist (which reads a CPU tensor without an aten op)."""
-
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-        self.tolist = torch.Tensor.tolist
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func is torch.ops.aten._local_scalar_dense.default:
-            self.count += 1
-        return func(*args, **(kwargs or {}))
-
-    def counted_tolist(self, tensor):
-        self.count += 1
-        return self.tolist(tensor)
-
-    def __enter__(self):
-        torch.Tensor.tolist = lambda tensor: self.counted_tolist(tensor)
-        return super().__enter__()
-
-    def __exit__(self, *exc_info):
-        torch.Tensor.tolist = self.tolist
-        return super().__exit__(*exc_info)
-
-
 @pytest.fixture(scope="module")
-def loader(tmp_path_factory):
-    """train.py's data with the photometric augmentation on the device: uint8 crops and their parameters, made by a
-    worker process (outside the dispatch mode, as the workers of a run are)."""
+def data(tmp_path_factory):
+    """train.py's training data with the photometric augmentation on the device, and that augmentation."""
     root = tmp_path_factory.mktemp("engine")
     make_imagefolder(root, num_classes=4, train_per_class=6, val_per_class=1, image_size=40, seed=2)
     transform = presets.ClassificationPresetTrain(crop_size=32, photometric_on_device=True)
     dataset = WithIndex(ImageFolder(str(root / "train"), transform, loader=load_rgb))
-    sampler = RASampler(len(dataset), reps=3, seed=0, epoch_len_factor=STEPS * BATCH / len(dataset))
-    data_loader = torch.utils.data.DataLoader(dataset, batch_size=BATCH, sampler=sampler, num_workers=1, drop_last=True)
-    assert len(data_loader) == STEPS
-    return data_loader, transform.photometric
+    return dataset, transform.photometric
 
 
-def training(classif_weight, output_dir="", every_iters=None):
+def training(classif_weight, output_dir="", every_iters=None, device=CPU):
     """(model, criterion, optimizer, TrainingState) of a tiny run, as train.py builds them."""
     torch.manual_seed(0)
-    model = build_model("resnet18", num_classes=4)
-    generator = torch.Generator()
-    criterion = MultiGrainLoss(classif_weight, DistanceWeightedMiner(generator=generator), MarginLoss())
+    model = build_model("resnet18", num_classes=4).to(device)
+    generator = torch.Generator(device=device)
+    criterion = MultiGrainLoss(classif_weight, DistanceWeightedMiner(generator=generator), MarginLoss()).to(device)
     optimizer = train.build_optimizer(model, criterion, opt="sgd", lr=0.01, momentum=0.9, weight_decay=1e-4)
     state = TrainingState(
         output_dir, {}, {}, model=model, criterion=criterion, optimizer=optimizer, generator=generator, seed=0,
@@ -85,53 +55,74 @@ def training(classif_weight, output_dir="", every_iters=None):
     return model, criterion, optimizer, state
 
 
-@pytest.mark.parametrize("classif_weight", [0.5, 1.0])
-@pytest.mark.parametrize(
-    "amp", ["off", *(pytest.param(dtype, marks=pytest.mark.slow) for dtype in ("bfloat16", "float16"))]
-)  # autocast on the CPU: 30 s each here
-def test_no_host_sync_between_progress_lines(loader, classif_weight, amp):
-    data_loader, photometric = loader
+def syncs_of_an_epoch(data, classif_weight, amp, device):
+    """Trains an epoch of STEPS steps on `device` with autocast `amp` ("off", "bfloat16", "float16": with a gradient
+    scaler) from a DataLoader with a worker process (outside the count, as a run's workers are). Returns (the host
+    syncs of each step, those between each step and the next: its progress line, the printed output, the metrics)."""
+    dataset, photometric = data
+    sampler = RASampler(len(dataset), reps=3, seed=0, epoch_len_factor=STEPS * BATCH / len(dataset))
+    data_loader = torch.utils.data.DataLoader(
+        dataset, batch_size=BATCH, sampler=sampler, num_workers=1, drop_last=True, pin_memory=device.type == "cuda"
+    )
+    assert len(data_loader) == STEPS
     amp_dtype = None if amp == "off" else getattr(torch, amp)
-    scaler = torch.amp.GradScaler("cpu") if amp == "float16" else None
-    model, criterion, optimizer, state = training(classif_weight)
+    scaler = torch.amp.GradScaler(device.type) if amp == "float16" else None
+    model, criterion, optimizer, state = training(classif_weight, device=device)
     metric_logger = utils.MetricLogger()
     state.begin_epoch(0, STEPS, metric_logger)
-    counter = CountSyncs()
     batch_starts, step_ends = [], []  # the count when each batch reaches the step, and after its after_step
-
-    def counted(batches):
-        for batch in batches:
-            batch_starts.append(counter.count)
-            yield batch
-
-    def after_step(steps_done, metric_logger, check_loss):
-        state.after_step(steps_done, metric_logger, check_loss)
-        step_ends.append(counter.count)
 
     class Batches:  # the loader, counted, with its length (log_every's total)
         def __iter__(self):
-            return counted(data_loader)
+            for batch in data_loader:
+                batch_starts.append(syncs.count)
+                yield batch
 
         def __len__(self):
             return len(data_loader)
 
-    with counter, contextlib.redirect_stdout(io.StringIO()) as output:
+    def after_step(steps_done, metric_logger, check_loss):
+        state.after_step(steps_done, metric_logger, check_loss)
+        step_ends.append(syncs.count)
+
+    with count_host_syncs(device) as syncs, contextlib.redirect_stdout(io.StringIO()) as output:
         metrics = engine.train_one_epoch(
-            model, criterion, optimizer, Batches(), CPU, 0, scaler=scaler, amp_dtype=amp_dtype,
-            print_freq=PRINT_FREQ, metric_logger=metric_logger, after_step=after_step, photometric=photometric,
+            model, criterion, optimizer, Batches(), device, 0, scaler=scaler, amp_dtype=amp_dtype,
+            print_freq=PRINT_FREQ, metric_logger=metric_logger, after_step=after_step,
+            photometric=copy.deepcopy(photometric).to(device),
         )  # fmt: skip
-    end = counter.count
+        end = syncs.count
     steps = [end - start for start, end in zip(batch_starts, step_ends)]
     between = [start - end for end, start in zip(step_ends, [*batch_starts[1:], end])]
+    return steps, between, output.getvalue(), metrics
+
+
+def check_syncs(steps, between, output, metrics, scaler):
     # The steps themselves, after_step's agreement included. float16's gradient scaler reads its check for
     # infinities back to skip the optimiser's step (torch's fused SGD, which skips on the device, corrupts the
     # momentum when the first step overflows).
     assert steps == [1 if scaler else 0] * STEPS, steps
     printed = [i for i in range(STEPS) if i % PRINT_FREQ == 0 or i == STEPS - 1]
     assert [i for i, count in enumerate(between) if count] == printed, between  # the reads of the progress lines
-    assert output.getvalue().count("Epoch: [0] [") == len(printed)
+    assert output.count("Epoch: [0] [") == len(printed)
     assert metrics["train_loss"] > 0 and 0 <= metrics["train_acc1"] <= 100
+
+
+@pytest.mark.parametrize("classif_weight", [0.5, 1.0])
+@pytest.mark.parametrize(
+    "amp", ["off", *(pytest.param(dtype, marks=pytest.mark.slow) for dtype in ("bfloat16", "float16"))]
+)  # autocast on the CPU: 30 s each here
+def test_no_host_sync_between_progress_lines(data, classif_weight, amp):
+    steps, between, output, metrics = syncs_of_an_epoch(data, classif_weight, amp, CPU)
+    check_syncs(steps, between, output, metrics, scaler=amp == "float16")  # reads of values, each a sync on a GPU
     assert ("train_margin_loss" in metrics) == (classif_weight < 1)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("amp", ["off", "bfloat16", "float16"])
+def test_no_cuda_sync_between_progress_lines(data, amp):
+    steps, between, output, metrics = syncs_of_an_epoch(data, 0.5, amp, torch.device("cuda"))
+    check_syncs(steps, between, output, metrics, scaler=amp == "float16")  # set_sync_debug_mode's warnings
 
 
 def test_the_meters_stay_on_the_device_until_read_and_their_state_is_exact():
