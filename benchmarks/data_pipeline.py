@@ -262,8 +262,9 @@ def run(args):
     }
 
 
-def main(args):
-    args.device = torch.device(args.device)
+def on_image_folder(run, args):
+    """run(args) with args.image_folder set to --data-path, or to synthetic JPEGs (--num-images of --image-size) in
+    a temporary folder."""
     if args.data_path:
         if not os.path.isdir(args.data_path):
             raise FileNotFoundError(f"--data-path {args.data_path} is not a folder")
@@ -282,14 +283,13 @@ def main(args):
         return run(args)
 
 
-def get_args_parser(add_help=True):
-    parser = argparse.ArgumentParser(
-        description="CPU cost of a training sample and DataLoader samples/s: CPU or device augmentation, "
-        "decode per copy or once",
-        add_help=add_help,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument("--device", default="cpu", help="where the batches go (cuda: pinned memory, as in training)")
+def main(args):
+    args.device = torch.device(args.device)
+    return on_image_folder(run, args)
+
+
+def add_image_folder_flags(parser, num_images):
+    """The flags of on_image_folder and image_folder: the JPEGs a benchmark reads."""
     parser.add_argument(
         "--data-path", default=None, help="ImageFolder root (class folders of JPEGs); default: synthetic images"
     )
@@ -300,11 +300,25 @@ def get_args_parser(add_help=True):
         help="use a fixed random subset of this many images of --data-path",
     )
     parser.add_argument(
-        "--num-images", default=96, type=flags.int_in(1), help="synthetic images to write when there is no --data-path"
+        "--num-images",
+        default=num_images,
+        type=flags.int_in(1),
+        help="synthetic images to write when there is no --data-path",
     )
     parser.add_argument(
         "--image-size", default="500x375", help="WIDTHxHEIGHT of the synthetic images (ImageNet's typical size)"
     )
+
+
+def get_args_parser(add_help=True):
+    parser = argparse.ArgumentParser(
+        description="CPU cost of a training sample and DataLoader samples/s: CPU or device augmentation, "
+        "decode per copy or once",
+        add_help=add_help,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--device", default="cpu", help="where the batches go (cuda: pinned memory, as in training)")
+    add_image_folder_flags(parser, num_images=96)
     parser.add_argument("--reps", default=3, type=flags.int_in(1), help="copies of each image (--ra-reps)")
     parser.add_argument(
         "--epoch-len-factor",

@@ -25,7 +25,6 @@ import copy
 import io
 import os
 import statistics
-import tempfile
 import time
 
 import torch
@@ -52,7 +51,6 @@ from multigrain.distance_weighted_miner import DistanceWeightedMiner
 from multigrain.joint_loss import MultiGrainLoss
 from multigrain.margin_loss import MarginLoss
 from multigrain.model import build_model
-from tools.synthetic_data import make_imagefolder, parse_size
 
 CPU_SETTINGS = {"model": "resnet18", "input_size": 64, "batch_size": 24, "amp": False, "channels_last": False}
 PAPER_SETTINGS = {"model": "resnet50", "input_size": 224, "batch_size": 64, "amp": True, "channels_last": True}
@@ -244,22 +242,7 @@ def main(args):
         raise ValueError(f"--batch-size {args.batch_size} cannot hold the {args.reps} copies of an image (--reps)")
     if args.steps < args.warmup_steps + 3:
         raise ValueError(f"--steps {args.steps} must exceed --warmup-steps {args.warmup_steps} by 3 or more")
-    if args.data_path:
-        if not os.path.isdir(args.data_path):
-            raise FileNotFoundError(f"--data-path {args.data_path} is not a folder")
-        args.image_folder = args.data_path
-        return run(args)
-    with tempfile.TemporaryDirectory() as root:
-        num_classes = 4
-        make_imagefolder(
-            root,
-            num_classes=num_classes,
-            train_per_class=-(-args.num_images // num_classes),
-            val_per_class=1,
-            image_size=parse_size(args.image_size),
-        )
-        args.image_folder = os.path.join(root, "train")
-        return run(args)
+    return data_pipeline.on_image_folder(run, args)
 
 
 def get_args_parser(add_help=True):
@@ -273,14 +256,7 @@ def get_args_parser(add_help=True):
     parser.add_argument(
         "--channels-last", action="store_true", default=None, help="channels-last model and input (on with --paper)"
     )
-    parser.add_argument(
-        "--data-path", default=None, help="ImageFolder root (class folders of JPEGs); default: synthetic images"
-    )
-    parser.add_argument("--max-images", default=None, type=flags.int_in(1), help="a fixed subset of --data-path")
-    parser.add_argument(
-        "--num-images", default=128, type=flags.int_in(1), help="synthetic images to write when there is no --data-path"
-    )
-    parser.add_argument("--image-size", default="500x375", help="WIDTHxHEIGHT of the synthetic images")
+    data_pipeline.add_image_folder_flags(parser, num_images=128)
     parser.add_argument("-j", "--workers", default=2, type=flags.int_in(1), help="DataLoader workers")
     parser.add_argument("--steps", default=12, type=flags.int_in(4), help="steps of a round (an epoch)")
     parser.add_argument("--warmup-steps", default=2, type=flags.int_in(1), help="first steps of a round not timed")
