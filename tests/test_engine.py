@@ -17,6 +17,7 @@ from benchmarks.host_syncs import count_host_syncs
 from multigrain.distance_weighted_miner import DistanceWeightedMiner
 from multigrain.images.datasets import ImageFolder, WithIndex
 from multigrain.images.image_io import load_rgb
+from multigrain.images.photometric import NUM_PARAMS, CropWithParams, PhotometricAugmentation
 from multigrain.joint_loss import MultiGrainLoss
 from multigrain.margin_loss import MarginLoss
 from multigrain.model import build_model
@@ -31,13 +32,32 @@ BATCH, STEPS, PRINT_FREQ = 6, 5, 3  # progress lines after steps 0, 3 and 4 (the
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    """train.py's training data with the photometric augmentation on the device, and that augmentation."""
+def folder(tmp_path_factory):
     root = tmp_path_factory.mktemp("engine")
     make_imagefolder(root, num_classes=4, train_per_class=6, val_per_class=1, image_size=40, seed=2)
+    return root
+
+
+@pytest.fixture(scope="module")
+def data(folder):
+    """train.py's training data with the photometric augmentation on the device, and that augmentation."""
     transform = presets.ClassificationPresetTrain(crop_size=32, photometric_on_device=True)
-    dataset = WithIndex(ImageFolder(str(root / "train"), transform, loader=load_rgb))
+    dataset = WithIndex(ImageFolder(str(folder / "train"), transform, loader=load_rgb))
     return dataset, transform.photometric
+
+
+def test_train_py_gives_the_step_uint8_crops_unless_a_policy_needs_pil(folder):
+    flags = ["--data-path", str(folder), "--train-crop-size", "32", "--device", "cpu"]
+    dataset, _, _, _, photometric = train.load_data(train.get_args_parser().parse_args(flags))
+    crop, label, index = dataset[(0, 5)]  # SeededItems: (seed, item)
+    assert isinstance(photometric, PhotometricAugmentation) and isinstance(crop, CropWithParams)
+    assert crop.pixels.dtype == torch.uint8 and crop.pixels.shape == (32, 32, 3) and crop.params.shape == (NUM_PARAMS,)
+    assert index == 5 and photometric.on_device(torch.utils.data.default_collate([crop]), CPU).shape == (1, 3, 32, 32)
+
+    policy = train.get_args_parser().parse_args([*flags, "--auto-augment", "ta_wide"])
+    dataset, _, _, _, photometric = train.load_data(policy)
+    image, _, _ = dataset[(0, 5)]
+    assert photometric is None and image.dtype == torch.float32 and image.shape == (3, 32, 32)
 
 
 def training(classif_weight, output_dir="", every_iters=None, device=CPU):
