@@ -25,6 +25,8 @@ from multigrain.storage.checkpoint import load_checkpoint
 from multigrain.training import preemption
 from multigrain.training.training_state import TrainingState
 from sampler import RASampler
+from tests import non_finite_loss_worker
+from tests.scripts import ONE_THREAD, run_script
 from tools.synthetic_data import make_imagefolder
 
 CPU = torch.device("cpu")
@@ -211,3 +213,11 @@ def test_a_non_finite_loss_is_never_saved(tmp_path):
     saved = load_checkpoint(tmp_path / "checkpoint.pth")
     assert saved["in_epoch"]["step"] == 2  # the save after step 2 failed, and nothing after it was written
     assert all(torch.isfinite(value).all() for value in saved["model"].values() if value.is_floating_point())
+
+
+@pytest.mark.slow
+def test_a_non_finite_loss_on_one_process_stops_every_process_at_the_same_line(tmp_path):
+    run = run_script("-m", non_finite_loss_worker.__name__, tmp_path, nproc=2, env=ONE_THREAD, check=False)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    message = f"non-finite loss nan at epoch 0, iteration {non_finite_loss_worker.BAD_ITERATION}: stopping"
+    assert [(tmp_path / f"rank{rank}.txt").read_text() for rank in range(2)] == [message, message]
