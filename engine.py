@@ -1,12 +1,12 @@
 """The training and evaluation loops, taking what they use as arguments (no command line needed)."""
 
 import itertools
-import math
 
 import torch
 from torch import nn
 
 import utils
+from multigrain.images.photometric import CropWithParams
 from multigrain.inference.extraction import (
     NonFiniteOutputError,
     forward_by_size,
@@ -26,6 +26,31 @@ def accuracy_counts(logits, targets, topk=(1,)):
         return [correct[:, : min(k, maxk)].any(dim=1).sum() for k in topk]
 
 
+class NonFiniteLossCheck:
+    """Watches the loss of every step of epoch `epoch` on `device` without reading it back: `check()` reads it back
+    (on every process together: a collective) and raises FloatingPointError naming the first non-finite loss."""
+
+    def __init__(self, epoch, device):
+        self.epoch = epoch
+        self.iteration = torch.full((), -1.0, dtype=torch.float64, device=device)  # of the first one; -1: none
+        self.loss = torch.zeros((), dtype=torch.float64, device=device)
+
+    def watch(self, loss, iteration):
+        loss = loss.detach().to(torch.float64)
+        first = loss.isfinite().logical_not_().logical_and_(self.iteration < 0)
+        self.iteration = torch.where(first, iteration, self.iteration)
+        self.loss = torch.where(first, loss, self.loss)
+
+    def check(self):
+        found = distributed.gather(torch.stack([self.iteration, self.loss])[None])  # every process's
+        non_finite = [(iteration, loss) for iteration, loss in found.tolist() if iteration >= 0]
+        if non_finite:
+            iteration, loss = min(non_finite)
+            raise FloatingPointError(
+                f"non-finite loss {loss} at epoch {self.epoch}, iteration {int(iteration)}: stopping"
+            )
+
+
 def train_one_epoch(
     model,
     criterion,
@@ -41,34 +66,45 @@ def train_one_epoch(
     first_step=0,
     metric_logger=None,
     after_step=None,
+    photometric=None,
+    memory_format=torch.contiguous_format,
 ):
     """One pass over `data_loader`, whose batches are (images, targets, instance ids).
 
+    The images are a float batch, or a CropWithParams of uint8 crops whose photometric augmentation
+    `photometric` (a PhotometricAugmentation on `device`) applies on `device`, in `memory_format`.
     `criterion` is a MultiGrainLoss; under DDP its β gradient is averaged over the processes, so that β
     stays identical on every rank. `amp_dtype` (e.g. torch.float16) turns autocast on; `scaler` is the
     gradient scaler of float16 training. Returns the epoch's averages over all processes, as
-    train_<name>. Raises FloatingPointError, naming the epoch and iteration, on a non-finite loss.
+    train_<name>.
+
+    No step reads a device value back, except those that print progress: the meters stay on the device, and
+    a non-finite loss raises FloatingPointError, naming the epoch and iteration, at the next progress line,
+    mid-epoch checkpoint or at the end of the epoch.
 
     An epoch resumed in its middle gives the number of its first step and the `metric_logger` holding
-    the steps before. `after_step(steps_done, metric_logger)` runs after every step (train.py's saves the
-    training state there, and raises to stop the run).
+    the steps before. `after_step(steps_done, metric_logger, check_loss)` runs after every step (train.py's
+    saves the training state there, after `check_loss()`, and raises to stop the run).
     """
     model.train()
     metric_logger = utils.MetricLogger() if metric_logger is None else metric_logger
     beta = criterion.margin_loss.beta
     world_size = distributed.get_world_size()
+    loss_check = NonFiniteLossCheck(epoch, device)
     header = f"Epoch: [{epoch}]"
-    batches = metric_logger.log_every(data_loader, print_freq, header, first=first_step)
+    batches = metric_logger.log_every(data_loader, print_freq, header, first=first_step, before_print=loss_check.check)
     for step, (images, targets, ids) in enumerate(batches, start=first_step):
-        images = images.to(device, non_blocking=True)
+        if isinstance(images, CropWithParams):
+            images = photometric.on_device(images, device, memory_format)
+        else:
+            images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
         ids = ids.to(device, non_blocking=True)
         with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits, embeddings = model(images)
             losses = criterion(logits, embeddings, targets, ids)
         loss = losses["loss"]
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch}, iteration {step}: stopping")
+        loss_check.watch(loss, step)
 
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
@@ -91,11 +127,12 @@ def train_one_epoch(
         n = images.shape[0]
         metric_logger.count_images(n * world_size)
         acc1, acc5 = accuracy_counts(logits, targets, topk=(1, 5))
-        metric_logger.update(n=n, **{k: v.detach() for k, v in losses.items()})
-        metric_logger.update(n=n, acc1=acc1.item() * 100.0 / n, acc5=acc5.item() * 100.0 / n)
-        metric_logger.update(beta=beta.detach(), lr=optimizer.param_groups[0]["lr"])
+        metric_logger.update(n=n, **losses)
+        metric_logger.update(n=n, acc1=acc1.double() * (100.0 / n), acc5=acc5.double() * (100.0 / n))
+        metric_logger.update(beta=beta, lr=optimizer.param_groups[0]["lr"])
         if after_step is not None:
-            after_step(step + 1, metric_logger)
+            after_step(step + 1, metric_logger, loss_check.check)
+    loss_check.check()
     metric_logger.synchronize_between_processes()
     return {f"train_{name}": meter.global_avg for name, meter in metric_logger.meters.items()}
 

@@ -1,7 +1,15 @@
 from torchvision import transforms
 from torchvision.transforms.functional import InterpolationMode
 
-from multigrain.images.transforms import IMAGENET_MEAN, IMAGENET_STD, ClampToUnitRange, Lighting, to_float_tensor
+from multigrain.images.photometric import CropWithParams, PhotometricAugmentation
+from multigrain.images.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ClampToUnitRange,
+    Lighting,
+    PILToHWCTensor,
+    to_float_tensor,
+)
 from multigrain.images.transforms import (
     RetrievalPresetEval as RetrievalPresetEval,  # the retrieval input, used by the scripts
 )
@@ -15,6 +23,11 @@ class ClassificationPresetTrain:
     Without an auto-augment policy this is the paper's "full" augmentation: random resized crop,
     flip, colour jitter, PCA lighting, clamp to [0, 1], normalise. A policy replaces colour
     jitter and lighting.
+
+    With `photometric_on_device` (full augmentation only) the transform stops after the flip and returns
+    a `CropWithParams`: the uint8 (H, W, 3) crop and its photometric parameters, drawn as the full
+    augmentation draws them; `self.photometric` applies them to a batch on the training device. Otherwise
+    `self.photometric` is None.
     """
 
     def __init__(
@@ -30,6 +43,7 @@ class ClassificationPresetTrain:
         augmix_severity=3,
         color_jitter=0.3,
         lighting=0.1,
+        photometric_on_device=False,
     ):
         if auto_augment_policy is not None and auto_augment_policy not in AUTO_AUGMENT_POLICIES:
             raise ValueError(
@@ -44,7 +58,16 @@ class ClassificationPresetTrain:
         if hflip_prob > 0:
             trans.append(transforms.RandomHorizontalFlip(hflip_prob))
 
-        if auto_augment_policy is None:
+        self.photometric = None
+        if photometric_on_device:
+            if auto_augment_policy is not None:
+                raise ValueError(
+                    f"the auto-augment policy {auto_augment_policy!r} runs on PIL images: "
+                    "it cannot have the photometric augmentation on the device"
+                )
+            self.photometric = PhotometricAugmentation(color_jitter=color_jitter, lighting=lighting, mean=mean, std=std)
+            trans.append(PILToHWCTensor())
+        elif auto_augment_policy is None:
             if color_jitter > 0:
                 trans.append(
                     transforms.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter)
@@ -65,11 +88,13 @@ class ClassificationPresetTrain:
             trans.append(policy)
             trans += to_float_tensor()
 
-        trans.append(transforms.Normalize(mean=mean, std=std))
+        if self.photometric is None:
+            trans.append(transforms.Normalize(mean=mean, std=std))
         self.transforms = transforms.Compose(trans)
 
     def __call__(self, img):
-        return self.transforms(img)
+        img = self.transforms(img)
+        return img if self.photometric is None else CropWithParams(img, self.photometric.draw())
 
 
 class ClassificationPresetEval:

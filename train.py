@@ -7,6 +7,7 @@ groups, the recipe's first, in its order: a run continues only under the values 
 """
 
 import argparse
+import copy
 import datetime
 import functools
 import os
@@ -159,7 +160,7 @@ def load_data(args):
     shard = range(distributed.get_rank(), len(dataset_val), distributed.get_world_size())
     shard_val = skipping_bad_images(torch.utils.data.Subset(dataset_val, shard), args)
     if args.test_only:
-        return None, None, shard_val, dataset_val.classes
+        return None, None, shard_val, dataset_val.classes, None
 
     train_transform = presets.ClassificationPresetTrain(
         crop_size=args.train_crop_size,
@@ -169,6 +170,7 @@ def load_data(args):
         augmix_severity=args.augmix_severity,
         color_jitter=args.color_jitter,
         lighting=args.lighting,
+        photometric_on_device=args.auto_augment is None,  # the workers then crop and flip, see engine.py
     )
     # Under --ra-decode-once the images are decoded without transform and RepeatedViews augments each copy.
     folder_transform = None if args.ra_decode_once else train_transform
@@ -176,7 +178,8 @@ def load_data(args):
     reps = args.ra_reps if args.ra_sampler else 1
     train_sampler = RASampler(len(dataset), reps=reps, seed=args.seed, epoch_len_factor=args.epoch_len_factor)
     dataset = RepeatedViews(dataset, train_transform) if args.ra_decode_once else WithIndex(dataset)
-    return skipping_bad_images(SeededItems(dataset), args), train_sampler, shard_val, dataset_val.classes
+    dataset = skipping_bad_images(SeededItems(dataset), args)
+    return dataset, train_sampler, shard_val, dataset_val.classes, train_transform.photometric
 
 
 def build_optimizer(model, criterion, *, opt, lr, momentum, weight_decay, norm_weight_decay=None, beta_lr=1.0):
@@ -239,7 +242,7 @@ def train(args, start, stop_signals):
     device = torch.device(args.device)
     amp_dtype = flags.amp_dtype(args)
 
-    dataset, train_sampler, dataset_val, classes = load_data(args)
+    dataset, train_sampler, dataset_val, classes, photometric = load_data(args)
     collate_fn = collate_skipping_bad if args.skip_bad_images else None
     val_loader = torch.utils.data.DataLoader(
         dataset_val,
@@ -274,8 +277,11 @@ def train(args, start, stop_signals):
     if args.sync_bn and args.distributed:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     if args.channels_last:
-        model.to(memory_format=torch.channels_last)  # convolutions then also give channels-last outputs
+        model.to(memory_format=memory_format)  # convolutions then also give channels-last outputs
+    if photometric is not None:
+        photometric = copy.deepcopy(photometric).to(device)  # the training step's; the workers draw on the CPU
     sampling_generator = torch.Generator(device=device)
     criterion = MultiGrainLoss(
         args.classif_weight,
@@ -350,7 +356,8 @@ def train(args, start, stop_signals):
                 train_metrics = engine.train_one_epoch(
                     model, criterion, optimizer, train_loader, device, epoch, scaler=scaler, amp_dtype=amp_dtype,
                     clip_grad_norm=args.clip_grad_norm, print_freq=args.print_freq, first_step=first_step,
-                    metric_logger=metric_logger, after_step=state.after_step,
+                    metric_logger=metric_logger, after_step=state.after_step, photometric=photometric,
+                    memory_format=memory_format,
                 )  # fmt: skip
             except FloatingPointError as e:
                 raise FloatingPointError(f"{e}; {state.last_checkpoint()}") from None
@@ -456,17 +463,25 @@ def get_args_parser(add_help=True):
         "--auto-augment",
         default=None,
         choices=presets.AUTO_AUGMENT_POLICIES,
-        help="a policy replacing colour jitter and lighting (the paper's variant: autoaugment)",
+        help="a policy replacing colour jitter and lighting (the paper's variant: autoaugment); policies need PIL "
+        "images, so the whole augmentation then runs in the loader's workers",
     )
     group.add_argument("--ra-magnitude", default=9, type=flags.int_in(0, 30), help="magnitude of --auto-augment ra")
     group.add_argument(
         "--augmix-severity", default=3, type=flags.int_in(1, 10), help="severity of --auto-augment augmix"
     )
     group.add_argument(
-        "--color-jitter", default=0.3, type=flags.float_in(0), help="brightness, contrast and saturation jitter"
+        "--color-jitter",
+        default=0.3,
+        type=flags.float_in(0),
+        help="brightness, contrast and saturation jitter of the full augmentation, whose photometric half (jitter, "
+        "lighting, normalisation) runs on the batch on --device while the workers decode, crop and flip",
     )
     group.add_argument(
-        "--lighting", default=0.1, type=flags.float_in(0), help="std of the PCA lighting noise of the full augmentation"
+        "--lighting",
+        default=0.1,
+        type=flags.float_in(0),
+        help="std of the PCA lighting noise of the full augmentation (on --device, see --color-jitter)",
     )
     group.add_argument("--train-crop-size", default=224, type=flags.int_in(1), help="training random-resized-crop size")
     flags.add_interpolation(group)

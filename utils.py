@@ -19,7 +19,11 @@ from multigrain.training import distributed, preemption
 
 
 class SmoothedValue:
-    """Tracks a series of values; gives the window median/average and the global average."""
+    """Tracks a series of values; gives the window median/average and the global average.
+
+    A value may be a 0-dim tensor: it stays on its device, and so does the sum, until `read_back` (which the
+    properties call) turns them into Python floats; a training step then never waits for the device.
+    """
 
     def __init__(self, window_size=20, fmt="{median:.4f} ({global_avg:.4f})"):
         self.deque = deque(maxlen=window_size)
@@ -28,32 +32,64 @@ class SmoothedValue:
         self.fmt = fmt
 
     def update(self, value, n=1):
+        if isinstance(value, torch.Tensor):
+            value = value.detach().to(torch.float64, copy=True)  # a copy: the tensor may change in place later
         self.deque.append(value)
         self.count += n
-        self.total += value * n
+        self.total = self.total + value * n
+
+    def device_values(self) -> list:
+        """The sum and the window's values that are tensors, in this order."""
+        return [value for value in (self.total, *self.deque) if isinstance(value, torch.Tensor)]
+
+    def replace_device_values(self, host_values):
+        """Replaces device_values() by the next items of the iterator `host_values`, in their order."""
+
+        def host(value):
+            return next(host_values) if isinstance(value, torch.Tensor) else value
+
+        self.total = host(self.total)
+        self.deque = deque(map(host, self.deque), maxlen=self.deque.maxlen)
 
     @property
     def median(self):
+        read_back([self])
         return float(np.median(self.deque))
 
     @property
     def avg(self):
+        read_back([self])
         return float(np.mean(self.deque))
 
     @property
     def global_avg(self):
+        read_back([self])
         return self.total / max(self.count, 1)
 
     @property
     def value(self):
+        read_back([self])
         return self.deque[-1]
 
     def __str__(self):
         return self.fmt.format(median=self.median, avg=self.avg, global_avg=self.global_avg, value=self.value)
 
 
+def read_back(meters):
+    """Turns the device values of `meters` (SmoothedValue) into Python floats, with one device-to-host copy."""
+    values = [value for meter in meters for value in meter.device_values()]
+    if values:
+        host_values = iter(torch.stack(values).tolist())
+        for meter in meters:
+            meter.replace_device_values(host_values)
+
+
 class MetricLogger:
-    """Prints progress lines with the smoothed meters, images/s and the epoch's ETA."""
+    """Prints progress lines with the smoothed meters, images/s and the epoch's ETA.
+
+    Meters updated with device tensors are read back (one copy for all of them) only when a line is printed,
+    the meters saved or synchronised: between progress lines, `update` never waits for the device.
+    """
 
     def __init__(self, delimiter="  "):
         self.meters = defaultdict(SmoothedValue)
@@ -62,13 +98,15 @@ class MetricLogger:
 
     def update(self, n=1, **kwargs):
         for name, value in kwargs.items():
-            if isinstance(value, torch.Tensor):
-                value = value.item()
             self.meters[name].update(value, n=n)
+
+    def read_back(self):
+        read_back(self.meters.values())
 
     def state_dict(self):
         """The meters' sums and windows: a mid-epoch checkpoint carries them, so that the epoch's averages count
         the steps before the interruption."""
+        self.read_back()
         return {
             name: {"count": meter.count, "total": meter.total, "window": list(meter.deque)}
             for name, meter in self.meters.items()
@@ -85,11 +123,12 @@ class MetricLogger:
         self.step_images += n
 
     def __str__(self):
+        self.read_back()
         return self.delimiter.join(f"{name}: {meter}" for name, meter in self.meters.items())
 
-    def log_every(self, iterable, print_freq, header="", first=0):
+    def log_every(self, iterable, print_freq, header="", first=0, before_print=None):
         """Yields from `iterable`, printing every `print_freq` steps (and images/s, see count_images); `first` is
-        the number of the first step (after a resume)."""
+        the number of the first step (after a resume). `before_print()` runs before each progress line."""
         start = end = time.time()
         iter_time = SmoothedValue(fmt="{avg:.4f}")
         data_time = SmoothedValue(fmt="{avg:.4f}")
@@ -103,6 +142,8 @@ class MetricLogger:
             step_images.update(self.step_images)
             self.step_images = 0
             if i % print_freq == 0 or i == total - 1:
+                if before_print is not None:
+                    before_print()
                 eta = datetime.timedelta(seconds=int(iter_time.global_avg * (total - i - 1)))
                 parts = [f"{header} [{i:>{width}}/{total}]", f"eta: {eta}", str(self)]
                 if step_images.total:
@@ -116,8 +157,10 @@ class MetricLogger:
 
     def synchronize_between_processes(self):
         """Makes every meter's global average the average over all ranks' samples."""
-        for meter in self.meters.values():
-            count, total = distributed.reduce_sum([meter.count, meter.total])
+        self.read_back()
+        meters = list(self.meters.values())
+        sums = distributed.reduce_sum([number for meter in meters for number in (meter.count, meter.total)])
+        for meter, count, total in zip(meters, sums[0::2], sums[1::2]):
             meter.count, meter.total = int(count), total
 
 

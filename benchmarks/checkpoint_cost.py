@@ -23,7 +23,14 @@ import engine
 import flags
 import train
 import utils
-from benchmarks.timing import add_training_step_flags, apply_settings, benchmark_parser, describe_machine, verdict
+from benchmarks.timing import (
+    add_training_step_flags,
+    apply_settings,
+    benchmark_parser,
+    describe_machine,
+    synchronize,
+    verdict,
+)
 from multigrain.distance_weighted_miner import DistanceWeightedMiner
 from multigrain.joint_loss import MultiGrainLoss
 from multigrain.margin_loss import MarginLoss
@@ -61,11 +68,13 @@ def main(args):
     state.begin_epoch(0, len(batches), metric_logger)
     step_ends, write = [time.perf_counter()], {}
 
-    def after_step(steps_done, metric_logger):
+    def after_step(steps_done, metric_logger, check_loss):
         if steps_done == args.save_after:
             start = time.perf_counter()
+            check_loss()
             state.save_in_epoch(steps_done, metric_logger)
             write["s"] = time.perf_counter() - start
+        synchronize(device)  # the steps themselves wait for the device only on progress lines
         step_ends.append(time.perf_counter())
 
     amp_dtype = getattr(torch, args.amp_dtype) if args.amp else None

@@ -8,6 +8,8 @@ Parts, each a subprocess with its own timeout inside a total --budget:
     cuda-tests       pytest -m cuda
     train            synthetic ImageFolder, then torchrun train.py: ResNet-50 at 224, 2 epochs of 150 steps of 64,
                      AMP float16 with the gradient scaler, channels-last, NCCL
+    training-step    benchmarks.training_step --paper: samples/s from 500x375 JPEGs with the photometric
+                     augmentation on the GPU vs in the workers (-j 12), host syncs per step, MFU
     step-overhead    benchmarks.step_overhead --paper
     sampling-margin  benchmarks.sampling_margin (B = 512, d = 2048)
     extraction       benchmarks.retrieval --paper --part extraction (ResNet-50 at s = 500)
@@ -34,11 +36,12 @@ import time
 
 import torch
 
+from benchmarks import training_step
 from benchmarks.timing import describe_machine, format_table
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYNTHETIC_DATA = "tools/synthetic_data.py"  # the synthetic dataset writer, relative to ROOT
-PART_NAMES = ("cuda-tests", "train", "step-overhead", "sampling-margin", "extraction", "channels-last")
+PART_NAMES = ("cuda-tests", "train", "training-step", "step-overhead", "sampling-margin", "extraction", "channels-last")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +58,10 @@ class Sizes:
     epochs: int
     workers: int  # DataLoader workers of train.py and of the extraction
     print_freq: int
+    step_sizes: tuple  # flags in place of the --paper settings of training_step
+    step_steps: int  # steps of a round of training_step, of which step_warmup are not timed
+    step_warmup: int
+    step_rounds: int
     benchmark_sizes: tuple  # flags in place of the --paper settings of step_overhead and channels_last_compile
     overhead_steps: int
     overhead_rounds: int
@@ -82,6 +89,10 @@ FULL = Sizes(
     epochs=2,
     workers=12,
     print_freq=25,
+    step_sizes=(),
+    step_steps=60,
+    step_warmup=12,  # the workers' first batches
+    step_rounds=3,
     benchmark_sizes=(),
     overhead_steps=10,
     overhead_rounds=9,
@@ -107,6 +118,23 @@ SMOKE = Sizes(
     epochs=2,
     workers=1,
     print_freq=1,
+    step_sizes=(
+        "--model",
+        "resnet18",
+        "--input-size",
+        "32",
+        "-b",
+        "6",
+        "--num-classes",
+        "5",
+        "--num-images",
+        "16",
+        "--image-size",
+        "48x40",
+    ),  # fmt: skip
+    step_steps=4,
+    step_warmup=1,
+    step_rounds=1,
     benchmark_sizes=("--model", "resnet18", "--input-size", "32", "-b", "6", "--num-classes", "5"),
     overhead_steps=1,
     overhead_rounds=1,
@@ -177,6 +205,15 @@ def train_figure(output, args, work):
     return (
         f"{images_per_second:.0f} img/s, {sizes.epochs}x{iterations} steps, loss {losses}, "
         f"val acc@1 {records[-1]['val_acc1']:.1f}"
+    )
+
+
+def training_step_figure(output, args, work):
+    alone, device_aug, cpu_path = (table_row(output, feed) for feed in training_step.FEEDS)
+    syncs = int(last_number(r"host syncs per step between progress lines: (\d+)", output))
+    return (
+        f"{device_aug[1]} vs {cpu_path[1]} samples/s ({device_aug[4]}×) with the photometric augmentation on the "
+        f"device vs the CPU path, {alone[1]} for the step alone; MFU {alone[3]}; {syncs} syncs/step"
     )
 
 
@@ -260,6 +297,23 @@ def build_parts(args, work):
         "--channels-last",
         *amp,
     )
+    training_step_command = python(
+        "-m",
+        "benchmarks.training_step",
+        "--paper",
+        "--device",
+        args.device,
+        *sizes.step_sizes,
+        *([] if on_cuda else ["--no-amp"]),
+        "-j",
+        str(sizes.workers),
+        "--steps",
+        str(sizes.step_steps),
+        "--warmup-steps",
+        str(sizes.step_warmup),
+        "--rounds",
+        str(sizes.step_rounds),
+    )
     step_overhead = python(
         "-m",
         "benchmarks.step_overhead",
@@ -311,6 +365,7 @@ def build_parts(args, work):
     parts = [
         Part("cuda-tests", [python("-m", "pytest", "-m", "cuda", "-q", "tests")], 150, pytest_figure),
         Part("train", [make_data, train], 240, train_figure),
+        Part("training-step", [training_step_command], 120, training_step_figure),
         Part("step-overhead", [step_overhead], 120, step_overhead_figure),
         Part("sampling-margin", [sampling], 90, sampling_figure),
         Part("extraction", [extraction], 150, extraction_figure),

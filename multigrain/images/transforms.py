@@ -1,5 +1,6 @@
 """Image transforms of the recipe that torchvision does not have, and the evaluation input of the models."""
 
+import numpy as np
 import torch
 import torchvision
 from torch import nn
@@ -34,14 +35,21 @@ class Lighting(nn.Module):
         self.register_buffer("eigval", torch.tensor(eigval, dtype=torch.float32), persistent=False)
         self.register_buffer("eigvec", torch.tensor(eigvec, dtype=torch.float32), persistent=False)
 
+    def draw(self) -> torch.Tensor:
+        """The alphas of one image, (3,): Normal(0, alphastd) from torch's global generator."""
+        return torch.randn(3) * self.alphastd
+
+    def apply(self, img: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        """The noise of `alpha` (..., 3) on `img` (..., 3, H, W): one image or a batch, each with its alphas."""
+        rgb = (alpha * self.eigval) @ self.eigvec.T
+        return (img + rgb.to(img.dtype)[..., None, None]) / (1.0 + self.alphastd)
+
     def forward(self, img: torch.Tensor) -> torch.Tensor:
         if img.shape[-3] != 3:
             raise ValueError(f"Lighting expects a 3-channel (C, H, W) image, got shape {tuple(img.shape)}")
         if self.alphastd == 0:
             return img
-        alpha = torch.randn(3) * self.alphastd
-        rgb = self.eigvec @ (alpha * self.eigval)
-        return (img + rgb.to(img.dtype).view(3, 1, 1)) / (1.0 + self.alphastd)
+        return self.apply(img, self.draw())
 
     def extra_repr(self) -> str:
         return f"alphastd={self.alphastd}"
@@ -76,6 +84,18 @@ class ResizeLargestSide(nn.Module):
 
     def extra_repr(self) -> str:
         return f"max_size={self.max_size}, interpolation={self.interpolation.value}"
+
+
+class PILToHWCTensor:
+    """RGB PIL image -> uint8 (H, W, 3) tensor, the pixels in the order PIL keeps them: samples stack into a
+    batch by plain copies (PILToTensor's (3, H, W) view of the same memory stacks by a transposing copy, 7×
+    slower), and batch.permute(0, 3, 1, 2) is the (N, 3, H, W) batch in channels-last memory."""
+
+    def __call__(self, image):
+        return torch.from_numpy(np.array(image, dtype=np.uint8))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
 
 
 def to_float_tensor():

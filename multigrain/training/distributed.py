@@ -33,6 +33,23 @@ def collective_device() -> torch.device:
     return torch.device("cuda") if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
+_host_group = (None, None)  # (the default group, its gloo twin) of host_group()
+
+
+def host_group():
+    """A group of all the processes whose collectives take CPU tensors, so that they never wait for a device: the
+    default group under gloo, else a gloo group over the same processes, made on the first call (every process
+    makes it at the same point of the run)."""
+    global _host_group
+    if dist.get_backend() == "gloo":
+        return dist.group.WORLD
+    world, group = _host_group
+    if world is not dist.group.WORLD:
+        group = dist.new_group(backend="gloo")
+        _host_group = (dist.group.WORLD, group)
+    return group
+
+
 def reduce_sum(values):
     """Sums a list of numbers (or 0-dim tensors) over all ranks; returns Python floats."""
     t = torch.tensor([float(v) for v in values], dtype=torch.float64)

@@ -85,11 +85,12 @@ class CheckpointSchedule:
 
 def agree(signum, save):
     """(the signal that stops the run or 0, whether to save), the same on every process: one all-reduce
-    of two integers (the largest over the processes)."""
+    of two integers (the largest over the processes), on the host (distributed.host_group): a training step
+    makes it without waiting for its device."""
+    if not distributed.is_initialized():
+        return signum, bool(save)
     flags = torch.tensor([int(signum), int(save)])
-    if distributed.is_initialized():
-        flags = flags.to(distributed.collective_device())
-        torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+    torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX, group=distributed.host_group())
     signum, save = flags.tolist()
     return signum, bool(save)
 

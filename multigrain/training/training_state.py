@@ -125,13 +125,16 @@ class TrainingState:
         metric_logger.load_state_dict(in_epoch["ranks"][rank]["meters"])
         return in_epoch["step"], None
 
-    def after_step(self, steps_done, metric_logger):
+    def after_step(self, steps_done, metric_logger, check_loss):
         """The hook of engine.train_one_epoch: saves the state within the epoch when the schedule says so or a signal
-        asked for a stop, and then stops (TrainingStopped); every process agrees on both."""
+        asked for a stop, and then stops (TrainingStopped); every process agrees on both, without waiting for the
+        device. `check_loss()` raises when a loss so far was not finite: it runs before a save, so that no
+        checkpoint holds the weights that a non-finite loss spoiled."""
         if steps_done == self.steps:
             return  # the end of the epoch has its own checkpoint
         signum, due = preemption.agree(self.stop_signals.signum, self.schedule.due(steps_done))
         if due or signum:
+            check_loss()
             self.save_in_epoch(steps_done, metric_logger)
         if signum:
             raise self._stopped(signum, f"in epoch {self.epoch} after iteration {steps_done} of {self.steps}")

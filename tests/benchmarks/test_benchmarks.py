@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks import (
     channels_last_compile,
@@ -19,9 +20,11 @@ from benchmarks import (
     retrieval,
     sampling_margin,
     step_overhead,
+    training_step,
 )
 from benchmarks.timing import format_table, median_ratio, time_side_by_side
 from multigrain.margin_loss import MarginLoss
+from multigrain.model import build_model
 from tests.scripts import ONE_THREAD, run_script
 
 TINY_MODEL = ["--model", "resnet18", "--input-size", "32", "-b", "6", "--num-classes", "5"]
@@ -43,6 +46,32 @@ def test_step_overhead(capsys):
     result = step_overhead.main(args)
     assert result["ratio"] > 0 and result["target"] == 1.05
     assert "MultiGrain (λ=0.5, reps=3)" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_training_step_feeds_the_step_three_ways_and_counts_its_syncs(capsys):
+    flags = [
+        *TINY_MODEL, "--num-images", "16", "--image-size", "48x40", "-j", "1", "--steps", "4", "--warmup-steps", "1",
+        "--rounds", "1", "--channels-last", "--peak-tflops", "0.5",
+    ]  # fmt: skip
+    result = training_step.main(training_step.get_args_parser().parse_args(flags))
+    assert list(result["samples_per_s"]) == list(training_step.FEEDS)
+    assert all(rate > 0 for rate in result["samples_per_s"].values()) and result["ratio"] > 0
+    assert result["syncs_per_step"] == 0 and result["progress_syncs"] > 0
+    with FlopCounterMode(display=False) as forward:
+        build_model("resnet18", num_classes=5)(torch.randn(6, 3, 32, 32))
+    assert 2.9 < result["flops"] / forward.get_total_flops() < 3.2  # forward, and backward twice that
+    assert 0 < result["mfu"] < 1
+    assert "MFU of the step alone" in capsys.readouterr().out
+
+
+def test_training_step_knows_the_peak_of_the_data_centre_gpus():
+    peaks = {
+        name: training_step.table_peak_tflops(name)
+        for name in ("NVIDIA H100 80GB HBM3", "NVIDIA H100 PCIe", "NVIDIA H200", "NVIDIA A100-SXM4-80GB", "NVIDIA L4")
+    }
+    assert list(peaks.values()) == [989.0, 756.0, 989.0, 312.0, 121.0]
+    assert training_step.table_peak_tflops("NVIDIA L40S") == 362.0 and training_step.table_peak_tflops("CPU") is None
 
 
 @pytest.mark.slow
@@ -116,7 +145,10 @@ def test_gpu_check_smoke_runs_the_tests_and_the_training(tmp_path):
 
 @pytest.mark.slow
 def test_gpu_check_smoke_runs_the_benchmarks(tmp_path):
-    run_gpu_check_smoke(tmp_path, ["step-overhead", "sampling-margin", "extraction", "channels-last"])
+    summary = run_gpu_check_smoke(
+        tmp_path, ["training-step", "step-overhead", "sampling-margin", "extraction", "channels-last"]
+    )
+    assert re.search(r"^training-step +ok +[\d.]+ vs [\d.]+ samples/s .* 0 syncs/step", summary, re.MULTILINE), summary
 
 
 def test_gpu_check_runs_every_part_by_default_and_the_cpu_only_in_smoke_mode():
