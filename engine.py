@@ -90,9 +90,10 @@ def train_one_epoch(
 
         n = images.shape[0]
         metric_logger.count_images(n * world_size)
-        acc1, acc5 = accuracy_counts(logits, targets, topk=(1, 5))
         metric_logger.update(n=n, **{k: v.detach() for k, v in losses.items()})
-        metric_logger.update(n=n, acc1=acc1.item() * 100.0 / n, acc5=acc5.item() * 100.0 / n)
+        if criterion.classif_weight > 0:  # λ = 0 reads no labels (images without a class have none)
+            acc1, acc5 = accuracy_counts(logits, targets, topk=(1, 5))
+            metric_logger.update(n=n, acc1=acc1.item() * 100.0 / n, acc5=acc5.item() * 100.0 / n)
         metric_logger.update(beta=beta.detach(), lr=optimizer.param_groups[0]["lr"])
         if after_step is not None:
             after_step(step + 1, metric_logger)

@@ -23,7 +23,7 @@ import torch
 
 import flags
 import utils
-from multigrain.images.datasets import ImageList, SkipBadImages, list_image_files
+from multigrain.images.datasets import ImageList, SkipBadImages, read_image_list
 from multigrain.inference.retrieval_descriptors import retrieval_descriptors
 from multigrain.search.descriptor_files import MANIFEST, save_features, write_json
 from multigrain.storage.model_files import model_settings, open_model
@@ -31,33 +31,6 @@ from multigrain.training import distributed
 
 FORMAT = "multigrain extract.py descriptors, version 1"
 BAD_IMAGES = "bad_images.txt"
-
-
-def read_image_list(args):
-    """(paths, names): the images of --images, named by their path relative to the folder or --root."""
-    images = Path(args.images)
-    if images.is_dir():
-        if args.root:
-            raise ValueError(f"--root is for a list file; --images {images} is a folder")
-        names = list_image_files(images, recursive=True)
-        if not names:
-            raise ValueError(f"--images {images} holds no image file")
-        return [images / name for name in names], names
-    if not images.is_file():
-        raise ValueError(f"--images {images} does not exist")
-    if not args.root:
-        raise ValueError(f"--images {images} is a list file: pass the folder its paths are relative to with --root")
-    if not os.path.isdir(args.root):
-        raise ValueError(f"--root {args.root} is not a folder")
-    names = [line.strip() for line in images.read_text().splitlines() if line.strip()]
-    if not names:
-        raise ValueError(f"--images {images} lists no image")
-    seen = set()
-    for line, name in enumerate(names, 1):
-        if name in seen:
-            raise ValueError(f"--images {images}: {name} is listed twice (line {line})")
-        seen.add(name)
-    return [Path(args.root) / name for name in names], names
 
 
 def file_sha256(path):
@@ -131,7 +104,7 @@ def check_args(args):
         raise ValueError(f"--checkpoint {args.checkpoint} is not a file")
     if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
         raise ValueError(f"--output-dir {args.output_dir} is not a folder")
-    paths, names = read_image_list(args)
+    paths, names = read_image_list(args.images, args.root)
     model_file = open_model(args.checkpoint, model_name=args.model)
     manifest = read_manifest(args, settings(args, names))
     return paths, names, model_file, manifest

@@ -63,12 +63,12 @@ class TrainingState:
     (None without one) are saved and restored; `generator` is the sampling generator, seeded per epoch from `seed` as
     the global random streams are. A signal that `stop_signals` records stops the run; after `epochs` epochs the run
     is over and ends without stopping. `schedule` says when a checkpoint is due within an epoch; `requeue` requeues
-    the SLURM job on preemption.REQUEUE_SIGNAL.
+    the SLURM job on preemption.REQUEUE_SIGNAL. `entries` are more entries of the checkpoint, saved as they are.
     """
 
     def __init__(
         self, output_dir, args, recipe, *, model, criterion, optimizer, lr_scheduler, scaler=None, generator, seed,
-        epochs, stop_signals=None, schedule=None, requeue=False,
+        epochs, stop_signals=None, schedule=None, requeue=False, entries=None,
     ):  # fmt: skip
         self.path = os.path.join(output_dir, FILE_NAMES["train"]) if output_dir else None
         self.log_path = os.path.join(output_dir, LOG_NAMES["train"]) if output_dir else None
@@ -78,6 +78,7 @@ class TrainingState:
         self.stop_signals = stop_signals or preemption.StopSignals(())
         self.schedule = schedule or preemption.CheckpointSchedule()
         self.requeue = requeue
+        self.entries = entries or {}
         self.in_epoch = None  # the half-finished epoch of a restored state, continued by the next begin_epoch
         self.epoch = self.steps = self.epoch_start = None  # the current epoch, set by begin_epoch
 
@@ -185,6 +186,7 @@ class TrainingState:
                 recipe=self.recipe,
                 recipe_changes=self.recipe_changes,
                 log=self.history,
+                **self.entries,
             )
             save_checkpoint(checkpoint, self.path)
         self.schedule.saved()
