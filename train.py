@@ -372,7 +372,8 @@ def train(args, start, stop_signals):
         distributed.print_main(f"Starting from the weights of {init_from.description}")
         if init_from.p != args.pooling_exponent:
             distributed.print_main(f"GeM exponent {init_from.p:.4g} replaced by --pooling-exponent")
-        model = init_from.model(unwhitened=True, pooling_exponent=args.pooling_exponent)
+    if start:  # a continued run's model has the shape of its state (a collection's classifier: that of its start)
+        model = start.model_file.model(unwhitened=True, pooling_exponent=args.pooling_exponent)
     else:
         model = new_model(args, classes)
     if args.classif_weight == 0:
