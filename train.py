@@ -123,6 +123,10 @@ def check_args(args):
         for flag in FULL_AUGMENTATION_FLAGS:
             if getattr(args, flag) != defaults[flag]:
                 raise ValueError(f"--{flag.replace('_', '-')} is a flag of --augmentation full, not copy-detection")
+    if args.freeze_bn_stats and not (args.weights or args.init_from):
+        raise ValueError(
+            "--freeze-bn-stats keeps the BatchNorm statistics of trained weights: start from --init-from or --weights"
+        )
     if args.weights and args.init_from:
         raise ValueError("--weights and --init-from both give the initial weights: pass one of them")
     check_model_name(args.model)
@@ -380,6 +384,10 @@ def train(args, start, stop_signals):
         model.classifier.requires_grad_(False)  # no cross-entropy: the classifier stays as the run starts it
     if args.sync_bn and args.distributed:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if args.freeze_bn_stats:  # the running statistics stay those the run starts with
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.momentum = 0.0
     model.to(device)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)  # convolutions then also give channels-last outputs
@@ -510,6 +518,11 @@ def get_args_parser(add_help=True):
     )
     flags.add_pooling_exponent(group, default=3.0, help="GeM exponent p (1: average pooling, inf: max pooling)")
     group.add_argument("--sync-bn", action="store_true", help="synchronised BatchNorm across processes")
+    group.add_argument(
+        "--freeze-bn-stats",
+        action="store_true",
+        help="keep the BatchNorm running statistics of --init-from / --weights (fine-tuning under strong augmentation)",
+    )
 
     group = flags.FlagGroup(
         parser, "recipe: the loss", "λ·CE + (1 − λ)·margin loss (boundary β, margin α)", recipe=True

@@ -99,7 +99,7 @@ def build_model(name: str, *, weights=None, num_classes: int = 1000, pooling_exp
     if is_timm_name(name):
         features, classifier, dropout = build_timm_trunk(name, weights, num_classes or 1000)
         if num_classes is not None and classifier.out_features != num_classes:
-            classifier = _linear(classifier.in_features, num_classes)
+            classifier = classifier_layer(classifier.in_features, num_classes)
         return MultiGrainNet(features, classifier, p=pooling_exponent, dropout=dropout)
     check_model_name(name)
     if weights:
@@ -113,12 +113,12 @@ def build_model(name: str, *, weights=None, num_classes: int = 1000, pooling_exp
         trunk = torchvision.models.get_model(name, weights=None, num_classes=num_classes or 1000)
     features, classifier, dropout = _split_trunk(trunk)
     if num_classes is not None and classifier.out_features != num_classes:
-        classifier = _linear(classifier.in_features, num_classes)
+        classifier = classifier_layer(classifier.in_features, num_classes)
     return MultiGrainNet(features, classifier, p=pooling_exponent, dropout=dropout)
 
 
-def _linear(in_features, num_classes):
-    """nn.Linear; with 0 classes (a model without classifier) without the warning about its empty weight."""
+def classifier_layer(in_features, num_classes):
+    """The classifier nn.Linear; with 0 classes (a model without classes) without the warning about its empty weight."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Initializing zero-element tensors is a no-op")
         return nn.Linear(in_features, num_classes)

@@ -1,13 +1,19 @@
 """Instance-only training on a collection of unlabelled images (train.py --data-kind collection, λ = 0): two processes
 train, validate on held-out copies and resume after SIGTERM bit for bit; bad images are named or skipped."""
 
+import csv
 import os
 import signal
 
 import pytest
 import torch
 
+import evaluate
+import extract
+import search
 import train
+import whiten
+from multigrain import load_model
 from multigrain.images.image_io import BadImageError
 from multigrain.model import build_model
 from multigrain.storage.checkpoint import load_checkpoint, save_checkpoint
@@ -89,19 +95,82 @@ def test_two_processes_train_validate_and_resume_after_sigterm_bit_for_bit(photo
         (photos / "T999999.jpg").unlink()
 
 
-def test_an_image_that_fails_to_decode_is_named_or_skipped(photos, start, tmp_path):
+def test_an_image_that_fails_to_decode_is_named_or_skipped_and_a_model_from_scratch_has_no_classes(photos, tmp_path):
     collection = tmp_path / "photos"
     collection.mkdir()
     for image in sorted(photos.iterdir())[:16]:
         (collection / image.name).write_bytes(image.read_bytes())
     (collection / "broken.jpg").write_bytes(b"not a picture")
-    argv = [*COLLECTION, "--data-path", str(collection), "--init-from", str(start), "-b", "6", "--epochs", "1"]
-    argv += ["--val-list", str(tmp_path / "held_out.txt")]
     (tmp_path / "held_out.txt").write_text("".join(f"{image.name}\n" for image in sorted(photos.iterdir())[:4]))
+    argv = [*COLLECTION, "--data-path", str(collection), "-b", "6", "--epochs", "1"]
+    argv += ["--val-list", str(tmp_path / "held_out.txt")]
     with pytest.raises(BadImageError, match="broken.jpg"):
         train.main(train.get_args_parser().parse_args([*argv, "--output-dir", str(tmp_path / "strict")]))
-    metrics = train.main(
-        train.get_args_parser().parse_args([*argv, "--output-dir", str(tmp_path / "skip"), "--skip-bad-images"])
-    )
+    skipping = [*argv, "--output-dir", str(tmp_path / "skip"), "--skip-bad-images"]
+    metrics = train.main(train.get_args_parser().parse_args(skipping))
     assert (metrics["queries"], metrics["references"]) == (3, 3)
     assert read_log(tmp_path / "skip")[0]["epoch"] == 0
+
+    # No --init-from nor --weights: the model has no classes, and the rest of the pipeline takes it.
+    checkpoint = load_checkpoint(tmp_path / "skip" / "checkpoint.pth")
+    assert checkpoint["classifier"] == {"classes": 0, "trained": False, "kept_from": None}
+    whitening = ["--checkpoint", str(tmp_path / "skip" / "checkpoint.pth"), "--whiten-path", str(photos)]
+    whitening += ["--input-size", "32", "--device", "cpu", "-j", "0", "--shrinkage", "0.1"]
+    whiten.main(whiten.get_args_parser().parse_args([*whitening, "--output-dir", str(tmp_path / "whiten")]))
+    model = load_model(tmp_path / "whiten" / "whitened.pth")
+    assert model.classifier.out_features == 0 and model.whitening is not None
+
+
+def parse(script, argv):
+    return script.get_args_parser().parse_args([str(arg) for arg in argv])
+
+
+# Measured over 3 training seeds in docs/own_training.md; asserted on seed 0.
+HELD_OUT_GAIN = 2.0
+
+
+def test_fine_tuning_the_test_model_instance_only_improves_held_out_copy_detection(trained_checkpoint, tmp_path):
+    """The 6-epoch test model fine-tuned instance-only (λ = 0, the copy-detection augmentation, its BatchNorm
+    statistics kept) on the 210 training images of a synthetic DISC21 layout finds the edited copies of the 90
+    held-out ones better than before; whiten.py (on the collection), extract.py, search.py and evaluate.py --dataset
+    disc21 then take the resulting checkpoint."""
+    layout = tmp_path / "disc21"
+    make_disc21(layout, num_training=300, seed=0)
+    common = [
+        "--data-kind", "collection", "--data-path", layout / "training", "--classif-weight", "0", "--model", "resnet18",
+        "--device", "cpu", "-j", "0", "--print-freq", "1000", "--train-crop-size", "64", "--val-fraction", "0.3",
+    ]  # fmt: skip
+    before = train.main(parse(train, [*common, "--test-only", "--resume", trained_checkpoint.path]))
+    out = tmp_path / "run"
+    fine_tuning = ["--init-from", trained_checkpoint.path, "--augmentation", "copy-detection", "--freeze-bn-stats"]
+    fine_tuning += ["-b", "32", "--lr", "0.04", "--lr-scheduler", "cosineannealinglr", "--epochs", "2"]
+    fine_tuning += ["--epoch-len-factor", "3", "--seed", "0", "--output-dir", out]
+    after = train.main(parse(train, [*common, *fine_tuning]))
+    assert (after["queries"], after["references"]) == (before["queries"], before["references"]) == (67, 68)
+    assert after["muAP"] >= before["muAP"] + HELD_OUT_GAIN, (before, after)
+    started, trained = (
+        load_checkpoint(trained_checkpoint.path)["model"],
+        load_checkpoint(out / "checkpoint.pth")["model"],
+    )
+    for name in ("features.bn1.running_mean", "features.layer4.1.bn2.running_var", "classifier.weight"):
+        assert torch.equal(trained[name], started[name]), name  # --freeze-bn-stats, λ = 0
+
+    cpu = ["--device", "cpu", "-j", "0", "--input-size", "64"]
+    whitening = ["--checkpoint", out / "checkpoint.pth", "--whiten-path", layout / "training", "--shrinkage", "0.01"]
+    whiten.main(parse(whiten, [*whitening, *cpu, "--output-dir", tmp_path / "whiten"]))
+    whitened = tmp_path / "whiten" / "whitened.pth"
+    for part in ("queries", "references"):
+        extracting = ["--checkpoint", whitened, "--images", layout / part, "--output-dir", tmp_path / part]
+        extract.main(parse(extract, [*extracting, *cpu]))
+    searching = ["--queries", tmp_path / "queries", "--database", tmp_path / "references", "-k", "5"]
+    search.main(parse(search, [*searching, "--output-dir", tmp_path / "neighbours"]))
+    with open(tmp_path / "neighbours" / "neighbours.csv") as f:
+        found = {(row["query"], row["match"]) for row in csv.DictReader(f)}
+    with open(layout / "ground_truth.csv") as f:
+        pairs = {
+            (f"{row['query_id']}.jpg", f"{row['reference_id']}.jpg") for row in csv.DictReader(f) if row["reference_id"]
+        }
+    assert len(found & pairs) >= 0.5 * len(pairs)  # half of the 30 copies have their original among their 5 nearest
+    scoring = ["--checkpoint", whitened, "--dataset", "disc21", "--disc21-path", layout, *cpu]
+    metrics = evaluate.main(parse(evaluate, [*scoring, "--output-dir", tmp_path / "evaluate"]))["disc21"]
+    assert metrics["recall@10"] >= 50.0, metrics

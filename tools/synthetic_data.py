@@ -26,7 +26,7 @@ from PIL import Image
 
 if __name__ == "__main__":  # run as `python tools/synthetic_data.py`: the package is in the repository's root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from multigrain.images.copy_augmentation import make_copy_edit, make_variant, paste_into  # noqa: E402
+from multigrain.images.copy_edits import make_copy_edit, make_variant, paste_into  # noqa: E402
 
 HUE_FAMILIES = 12
 TEXTURES = ("stripes", "stripes-90", "stripes-45", "checker", "checker-45", "dots")

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torchvision.transforms.functional import InterpolationMode
 
-from ..images.copy_augmentation import make_copy_edit
+from ..images.copy_edits import make_copy_edit
 from ..images.datasets import ImageList, SkipBadImages
 from ..images.image_io import load_rgb
 from ..inference.retrieval_descriptors import retrieval_descriptors
