@@ -142,7 +142,7 @@ def check_args(args):
         for flag in ("data_root", "val_list", "val_fraction", "val_input_size"):
             if getattr(args, flag) is not None:
                 raise ValueError(f"--{flag.replace('_', '-')} is a flag of --data-kind collection")
-        if not args.test_only and not os.path.isdir(os.path.join(args.data_path, "train")):
+        if not args.test_only and os.path.isdir(args.data_path) and not os.path.isdir(f"{args.data_path}/train"):
             raise ValueError(
                 f"--data-path {args.data_path} has no train/ folder of classes: to train on images without classes, "
                 "pass --data-kind collection --classif-weight 0"

@@ -48,7 +48,9 @@ class Recipe:
         args.allow_change names. Returns the allowed changes as (entry, stored, given) triples."""
         stored, given = self.stored(checkpoint), self.of(args, world_size)
         allowed = self.allowed_changes(args.allow_change)
-        changes = [(key, stored.get(key), value) for key, value in given.items() if stored.get(key) != value]
+        # A flag added since the state was written has its default there.
+        stored = {key: stored.get(key, self.defaults.get(key)) for key in given}
+        changes = [(key, stored[key], value) for key, value in given.items() if stored[key] != value]
         refused = [change for change in changes if change[0] not in allowed]
         if refused:
             names = self.names()
