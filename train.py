@@ -289,8 +289,9 @@ def new_model(args, classes):
 def checkpoint_entries(args, model, collection):
     """The classifier's origin (unless λ > 0, kept as it started: from --init-from, --weights, or none) and a
     collection's fingerprint, in the training state."""
-    trained, kept_from = args.classif_weight > 0, args.init_from or args.weights
-    classifier = {"classes": model.classifier.out_features, "trained": trained, "kept_from": kept_from or None}
+    trained = args.classif_weight > 0
+    kept_from = None if trained else args.init_from or args.weights or None
+    classifier = {"classes": model.classifier.out_features, "trained": trained, "kept_from": kept_from}
     return {"classifier": classifier, **({"collection": collection.fingerprint()} if collection else {})}
 
 

@@ -125,15 +125,15 @@ def parse(script, argv):
     return script.get_args_parser().parse_args([str(arg) for arg in argv])
 
 
-# Measured over 3 training seeds in docs/own_training.md; asserted on seed 0.
-HELD_OUT_GAIN = 2.0
+# μAP points gained on the held-out copies: +4.75, +2.19 and +3.20 for training seeds 0, 1 and 2 (29.89 before), with
+# the full augmentation (docs/own_training.md); asserted on seed 0.
+HELD_OUT_GAIN = 1.5
 
 
 def test_fine_tuning_the_test_model_instance_only_improves_held_out_copy_detection(trained_checkpoint, tmp_path):
-    """The 6-epoch test model fine-tuned instance-only (λ = 0, the copy-detection augmentation, its BatchNorm
-    statistics kept) on the 210 training images of a synthetic DISC21 layout finds the edited copies of the 90
-    held-out ones better than before; whiten.py (on the collection), extract.py, search.py and evaluate.py --dataset
-    disc21 then take the resulting checkpoint."""
+    """The 6-epoch test model fine-tuned instance-only (λ = 0, its BatchNorm statistics kept) on the 210 training
+    images of a synthetic DISC21 layout finds the edited copies of the 90 held-out ones better than before; whiten.py
+    (on the collection), extract.py, search.py and evaluate.py --dataset disc21 then take the resulting checkpoint."""
     layout = tmp_path / "disc21"
     make_disc21(layout, num_training=300, seed=0)
     common = [
@@ -142,7 +142,7 @@ def test_fine_tuning_the_test_model_instance_only_improves_held_out_copy_detecti
     ]  # fmt: skip
     before = train.main(parse(train, [*common, "--test-only", "--resume", trained_checkpoint.path]))
     out = tmp_path / "run"
-    fine_tuning = ["--init-from", trained_checkpoint.path, "--augmentation", "copy-detection", "--freeze-bn-stats"]
+    fine_tuning = ["--init-from", trained_checkpoint.path, "--freeze-bn-stats"]
     fine_tuning += ["-b", "32", "--lr", "0.04", "--lr-scheduler", "cosineannealinglr", "--epochs", "2"]
     fine_tuning += ["--epoch-len-factor", "3", "--seed", "0", "--output-dir", out]
     after = train.main(parse(train, [*common, *fine_tuning]))
