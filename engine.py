@@ -126,9 +126,10 @@ def train_one_epoch(
 
         n = images.shape[0]
         metric_logger.count_images(n * world_size)
-        acc1, acc5 = accuracy_counts(logits, targets, topk=(1, 5))
         metric_logger.update(n=n, **losses)
-        metric_logger.update(n=n, acc1=acc1.double() * (100.0 / n), acc5=acc5.double() * (100.0 / n))
+        if criterion.classif_weight > 0:  # λ = 0 reads no labels (images without a class have none)
+            acc1, acc5 = accuracy_counts(logits, targets, topk=(1, 5))
+            metric_logger.update(n=n, acc1=acc1.double() * (100.0 / n), acc5=acc5.double() * (100.0 / n))
         metric_logger.update(beta=beta, lr=optimizer.param_groups[0]["lr"])
         if after_step is not None:
             after_step(step + 1, metric_logger, loss_check.check)

@@ -24,8 +24,12 @@ import flags
 import presets
 import utils
 from multigrain.distance_weighted_miner import NEGATIVE_SAMPLING_MODES, DistanceWeightedMiner
+from multigrain.evaluation.copy_validation import MIN_HELD_OUT, CopyValidation
+from multigrain.images.collection import Unlabelled, read_collection
+from multigrain.images.copy_augmentation import CopyDetectionAugmentation
 from multigrain.images.datasets import (
     ImageFolder,
+    ImageList,
     RepeatedViews,
     SeededItems,
     SkipBadImages,
@@ -40,9 +44,12 @@ from multigrain.model import build_model, check_model_name
 from multigrain.storage.checkpoint import FILE_NAMES, check_output_dir
 from multigrain.storage.model_files import open_model
 from multigrain.training import distributed, preemption, seeding
+from multigrain.training.optimizer import build_optimizer
 from multigrain.training.recipe import Recipe
 from multigrain.training.training_state import TrainingState, check_resumable
 from sampler import DecodeOnceBatchSampler, RASampler, SeededBatches
+
+VAL_FRACTION = 0.1  # of a collection, held out for validation by default
 
 # The checkpoint a run starts from (a ModelFile): a training state to continue (resumed, with the recipe changes
 # that --allow-change allowed) or a model to take the weights of.
@@ -78,38 +85,21 @@ def check_args(args):
     """
     if args.start_epoch >= args.epochs:
         raise ValueError(f"--start-epoch {args.start_epoch} must be below --epochs {args.epochs}: nothing to train")
-    if args.lr_warmup_epochs >= args.epochs:
-        raise ValueError(f"--lr-warmup-epochs {args.lr_warmup_epochs} must be below --epochs {args.epochs}")
-    main_epochs = args.epochs - args.lr_warmup_epochs
-    steps = args.lr_steps
-    if args.lr_scheduler == "multisteplr" and (steps != sorted(set(steps)) or steps[-1] >= main_epochs):
-        raise ValueError(
-            f"--lr-steps of multisteplr must increase and stay below --epochs - --lr-warmup-epochs = {main_epochs} "
-            f"(they count epochs from the end of the warm-up), got {' '.join(map(str, steps))}"
-        )
-    if args.lr_scheduler == "cosineannealinglr" and args.lr_min >= args.lr:
-        raise ValueError(f"--lr-min {args.lr_min} of cosineannealinglr must be below --lr {args.lr}")
-    if args.sampling_cutoff >= args.nonzero_loss_cutoff:
-        raise ValueError(
-            f"--sampling-cutoff {args.sampling_cutoff} must be below --nonzero-loss-cutoff {args.nonzero_loss_cutoff}"
-        )
+    recipe().check_trainable(args)
     if args.val_crop_size > args.val_resize_size:
         raise ValueError(
             f"--val-crop-size {args.val_crop_size} must be at most --val-resize-size {args.val_resize_size}: "
             "a larger center crop pads the image"
         )
-    if args.classif_weight < 1.0 and not args.ra_sampler:
-        raise ValueError(
-            f"--classif-weight {args.classif_weight} < 1 needs repeated augmentation for the margin loss's "
-            "positive pairs: drop --no-ra-sampler, or use --classif-weight 1 for classification only"
-        )
     if args.ra_decode_once and not args.ra_sampler:
         raise ValueError("--ra-decode-once decodes each image once for its --ra-reps copies: it needs --ra-sampler")
-    if args.classif_weight < 1.0 and args.ra_reps < 2:
-        raise ValueError(f"--classif-weight < 1 needs --ra-reps >= 2 to have positive pairs, got {args.ra_reps}")
     if args.classif_weight < 1.0 and args.batch_size < args.ra_reps:
         raise ValueError(
             f"--batch-size {args.batch_size} cannot hold the {args.ra_reps} copies of an image (--ra-reps)"
+        )
+    if args.freeze_bn_stats and not (args.weights or args.init_from):
+        raise ValueError(
+            "--freeze-bn-stats keeps the BatchNorm statistics of trained weights: start from --init-from or --weights"
         )
     if args.weights and args.init_from:
         raise ValueError("--weights and --init-from both give the initial weights: pass one of them")
@@ -121,11 +111,21 @@ def check_args(args):
         if path and not os.path.isfile(path):
             raise ValueError(f"--{flag.replace('_', '-')} {path} is not a file")
 
-    if not args.test_only:
-        train_classes = utils.check_image_folder(os.path.join(args.data_path, "train"), "--data-path")
-    classes = utils.check_image_folder(os.path.join(args.data_path, "val"), "--data-path")
-    if not args.test_only and train_classes != classes:
-        raise ValueError(f"train/ and val/ of --data-path {args.data_path} have different class folders")
+    collection = check_collection(args) if args.data_kind == "collection" else None
+    if collection is None:
+        for flag in ("data_root", "val_list", "val_fraction", "val_input_size"):
+            if getattr(args, flag) is not None:
+                raise ValueError(f"--{flag.replace('_', '-')} is a flag of --data-kind collection")
+        if not args.test_only and os.path.isdir(args.data_path) and not os.path.isdir(f"{args.data_path}/train"):
+            raise ValueError(
+                f"--data-path {args.data_path} has no train/ folder of classes: to train on images without classes, "
+                "pass --data-kind collection --classif-weight 0"
+            )
+        if not args.test_only:
+            train_classes = utils.check_image_folder(os.path.join(args.data_path, "train"), "--data-path")
+        classes = utils.check_image_folder(os.path.join(args.data_path, "val"), "--data-path")
+        if not args.test_only and train_classes != classes:
+            raise ValueError(f"train/ and val/ of --data-path {args.data_path} have different class folders")
     if args.test_only:
         path, resumed = args.resume, False
     else:
@@ -141,9 +141,28 @@ def check_args(args):
         check_resumable(model_file.checkpoint, path, utils.launch_world_size())
     if resumed and args.start_epoch:
         raise ValueError(f"--start-epoch {args.start_epoch}: a resumed run continues after the checkpoint's epoch")
-    model_file.check_num_classes(len(classes), f"--data-path {args.data_path}")
+    if collection is None:
+        model_file.check_num_classes(len(classes), f"--data-path {args.data_path}")
+    elif resumed:
+        collection.check_unchanged(model_file.checkpoint.get("collection"), path)
     changes = recipe().check(model_file.checkpoint, path, args, utils.launch_world_size()) if resumed else ()
     return StartingPoint(model_file, resumed, changes)
+
+
+def check_collection(args):
+    """Refuses a collection that cannot be trained on or validated with these flags; returns it (a Collection)."""
+    if args.classif_weight > 0 and not args.test_only:
+        raise ValueError(
+            f"--classif-weight {args.classif_weight}: the classification loss needs class labels, and --data-kind "
+            "collection has none (no class folders): pass --classif-weight 0 to train the instance loss alone"
+        )
+    if args.val_list and args.val_fraction is not None:
+        raise ValueError("--val-list and --val-fraction both choose the held-out images: pass one of them")
+    return read_collection(
+        args.data_path, args.data_root, val_fraction=VAL_FRACTION if args.val_fraction is None else args.val_fraction,
+        val_list=args.val_list, min_held_out=MIN_HELD_OUT,
+        min_training=0 if args.test_only else args.batch_size * utils.launch_world_size(),
+    )  # fmt: skip
 
 
 def skipping_bad_images(dataset, args):
@@ -160,9 +179,36 @@ def load_data(args):
     shard = range(distributed.get_rank(), len(dataset_val), distributed.get_world_size())
     shard_val = skipping_bad_images(torch.utils.data.Subset(dataset_val, shard), args)
     if args.test_only:
-        return None, None, shard_val, dataset_val.classes, None
+        return None, None, None, shard_val, dataset_val.classes
 
-    train_transform = presets.ClassificationPresetTrain(
+    dataset = ImageFolder(os.path.join(args.data_path, "train"), loader=load_rgb)
+    paths = [path for path, _ in dataset.samples]
+    train_transform = training_transform(args, ImageList(paths, paths))
+    # Under --ra-decode-once the images are decoded without transform and RepeatedViews augments each copy.
+    dataset.transform = None if args.ra_decode_once else train_transform
+    return (*seeded_samples(dataset, train_transform, args), shard_val, dataset_val.classes)
+
+
+def load_collection(args):
+    """The training samples of --data-kind collection and their sampler, the copy-detection validation of its held-out
+    images (None without them), and the Collection."""
+    collection = check_collection(args)
+    held_out = collection.images("held_out")
+    validation = CopyValidation(held_out, skip_bad_images=args.skip_bad_images) if len(held_out) else None
+    if args.test_only:
+        return None, None, None, validation, collection
+    images = collection.images("training")
+    train_transform = training_transform(args, images)
+    dataset = Unlabelled(images if args.ra_decode_once else images.with_transform(train_transform))
+    return (*seeded_samples(dataset, train_transform, args), validation, collection)
+
+
+def training_transform(args, other_images):
+    """The transform of --augmentation; copy-detection pastes images of `other_images` (an ImageList)."""
+    interpolation = InterpolationMode(args.interpolation)
+    if args.augmentation == "copy-detection":
+        return CopyDetectionAugmentation(args.train_crop_size, other_images=other_images, interpolation=interpolation)
+    return presets.ClassificationPresetTrain(
         crop_size=args.train_crop_size,
         interpolation=interpolation,
         auto_augment_policy=args.auto_augment,
@@ -172,36 +218,59 @@ def load_data(args):
         lighting=args.lighting,
         photometric_on_device=args.auto_augment is None,  # the workers then crop and flip, see engine.py
     )
-    # Under --ra-decode-once the images are decoded without transform and RepeatedViews augments each copy.
-    folder_transform = None if args.ra_decode_once else train_transform
-    dataset = ImageFolder(os.path.join(args.data_path, "train"), folder_transform, loader=load_rgb)
+
+
+def seeded_samples(dataset, transform, args):
+    """The training dataset of `dataset`'s (image, label) items, each sample seeded (SeededItems), its RASampler and
+    the photometric augmentation the training step applies on the device (None: the workers applied all of it);
+    under --ra-decode-once `dataset` has no transform and RepeatedViews applies `transform` to each copy."""
     reps = args.ra_reps if args.ra_sampler else 1
     train_sampler = RASampler(len(dataset), reps=reps, seed=args.seed, epoch_len_factor=args.epoch_len_factor)
-    dataset = RepeatedViews(dataset, train_transform) if args.ra_decode_once else WithIndex(dataset)
-    dataset = skipping_bad_images(SeededItems(dataset), args)
-    return dataset, train_sampler, shard_val, dataset_val.classes, train_transform.photometric
+    dataset = RepeatedViews(dataset, transform) if args.ra_decode_once else WithIndex(dataset)
+    return skipping_bad_images(SeededItems(dataset), args), train_sampler, transform.photometric
 
 
-def build_optimizer(model, criterion, *, opt, lr, momentum, weight_decay, norm_weight_decay=None, beta_lr=1.0):
-    """`opt` over the model's parameters (normalisation layers with their own weight decay) and β (learning
-    rate lr × beta_lr, no weight decay)."""
-    norm_classes = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)
-    norm_params, other_params = [], []
-    for module in model.modules():
-        for p in module.parameters(recurse=False):
-            if p.requires_grad:
-                (norm_params if isinstance(module, norm_classes) else other_params).append(p)
-    norm_wd = weight_decay if norm_weight_decay is None else norm_weight_decay
-    groups = [
-        {"params": other_params, "weight_decay": weight_decay},
-        {"params": norm_params, "weight_decay": norm_wd},
-        {"params": list(criterion.parameters()), "weight_decay": 0.0, "lr": lr * beta_lr},
-    ]
-    if opt.startswith("sgd"):
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=opt == "sgd_nesterov")
-    if opt == "rmsprop":
-        return torch.optim.RMSprop(groups, lr=lr, momentum=momentum, alpha=0.9, eps=0.0316)
-    return torch.optim.AdamW(groups, lr=lr)
+def validation(args, dataset_val, device, amp_dtype):
+    """The validation of every epoch, model -> metrics: top-1 and top-5 on the val/ ImageFolder shard `dataset_val`,
+    or a collection's copy detection (`dataset_val` a CopyValidation; None: no held-out images, no metrics)."""
+    if dataset_val is None:
+        return lambda model: {}
+    if isinstance(dataset_val, CopyValidation):
+        return functools.partial(
+            dataset_val.evaluate, device=device, input_size=args.val_input_size or args.train_crop_size,
+            interpolation=InterpolationMode(args.interpolation), batch_size=args.batch_size, num_workers=args.workers,
+            amp_dtype=amp_dtype,
+        )  # fmt: skip
+    val_loader = torch.utils.data.DataLoader(
+        dataset_val,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        pin_memory=device.type == "cuda",
+        collate_fn=collate_skipping_bad if args.skip_bad_images else None,
+    )
+    return functools.partial(
+        engine.evaluate, data_loader=val_loader, device=device, amp_dtype=amp_dtype, print_freq=args.print_freq
+    )
+
+
+def new_model(args, classes):
+    """A model of --model on --weights (or random weights) classifying `classes`; for a collection (classes None) with
+    the classifier of --weights, or none (0 classes) without them."""
+    num_classes = len(classes) if classes is not None else (None if args.weights else 0)
+    return build_model(
+        args.model, weights=args.weights, num_classes=num_classes, pooling_exponent=args.pooling_exponent
+    )
+
+
+def checkpoint_entries(args, model, classes, collection):
+    """The classifier's origin (unless λ > 0, kept as it started: from --init-from, --weights, or none), its class
+    names (those of --data-path, else of the starting point) and a collection's fingerprint, in the training state."""
+    trained = args.classif_weight > 0
+    kept_from = None if trained else args.init_from or args.weights or None
+    classifier = {"classes": model.classifier.out_features, "trained": trained, "kept_from": kept_from}
+    class_names = list(classes) if classes is not None else model.class_names
+    entries = {"classifier": classifier, **({"class_names": class_names} if class_names else {})}
+    return {**entries, **({"collection": collection.fingerprint()} if collection else {})}
 
 
 def build_lr_scheduler(args, optimizer):
@@ -242,26 +311,21 @@ def train(args, start, stop_signals):
     device = torch.device(args.device)
     amp_dtype = flags.amp_dtype(args)
 
-    dataset, train_sampler, dataset_val, classes, photometric = load_data(args)
-    collate_fn = collate_skipping_bad if args.skip_bad_images else None
-    val_loader = torch.utils.data.DataLoader(
-        dataset_val,
-        batch_size=args.batch_size,
-        num_workers=args.workers,
-        pin_memory=device.type == "cuda",
-        collate_fn=collate_fn,
-    )
-    evaluate = functools.partial(engine.evaluate, device=device, amp_dtype=amp_dtype, print_freq=args.print_freq)
+    if args.data_kind == "collection":
+        dataset, train_sampler, photometric, dataset_val, collection = load_collection(args)
+        classes = None
+    else:
+        dataset, train_sampler, photometric, dataset_val, classes = load_data(args)
+        collection = None
+    validate = validation(args, dataset_val, device, amp_dtype)
 
     if args.test_only:
         if start:
             distributed.print_main(f"Evaluating {start.model_file.description}")
             model = start.model_file.model()
         else:
-            model = build_model(
-                args.model, weights=args.weights, num_classes=len(classes), pooling_exponent=args.pooling_exponent
-            )
-        return evaluate(model.to(device), val_loader)
+            model = new_model(args, classes)
+        return validate(model.to(device))
 
     seeding.seed_everything(args.seed)
     init_from = start.model_file if start and not start.resumed else None
@@ -269,13 +333,18 @@ def train(args, start, stop_signals):
         distributed.print_main(f"Starting from the weights of {init_from.description}")
         if init_from.p != args.pooling_exponent:
             distributed.print_main(f"GeM exponent {init_from.p:.4g} replaced by --pooling-exponent")
-        model = init_from.model(unwhitened=True, pooling_exponent=args.pooling_exponent)
+    if start:  # a continued run's model has the shape of its state (a collection's classifier: that of its start)
+        model = start.model_file.model(unwhitened=True, pooling_exponent=args.pooling_exponent)
     else:
-        model = build_model(
-            args.model, weights=args.weights, num_classes=len(classes), pooling_exponent=args.pooling_exponent
-        )
+        model = new_model(args, classes)
+    if args.classif_weight == 0:
+        model.classifier.requires_grad_(False)  # no cross-entropy: the classifier stays as the run starts it
     if args.sync_bn and args.distributed:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if args.freeze_bn_stats:  # the running statistics stay those the run starts with
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.momentum = 0.0
     model.to(device)
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     if args.channels_last:
@@ -318,8 +387,10 @@ def train(args, start, stop_signals):
         criterion=criterion, optimizer=optimizer, lr_scheduler=lr_scheduler, scaler=scaler, requeue=args.requeue,
         generator=sampling_generator, seed=args.seed, epochs=args.epochs, stop_signals=stop_signals,
         schedule=preemption.CheckpointSchedule(args.checkpoint_every_minutes, args.checkpoint_every_iters),
-        extra={"class_names": list(classes)},
+        extra=checkpoint_entries(args, model_without_ddp, classes, collection),
     )  # fmt: skip
+    if collection and args.output_dir and distributed.is_main_process():
+        collection.write_lists(args.output_dir)
     start_epoch = args.start_epoch
     if start and start.resumed:
         start_epoch = state.restore(start.model_file.checkpoint, start.model_file.path, start.recipe_changes)
@@ -334,7 +405,7 @@ def train(args, start, stop_signals):
         batch_sampler, collate = DecodeOnceBatchSampler(train_sampler, args.batch_size, drop_last), collate_views
     else:
         batch_sampler = torch.utils.data.BatchSampler(train_sampler, args.batch_size, drop_last)
-        collate = collate_fn
+        collate = collate_skipping_bad if args.skip_bad_images else None
 
     start_time = time.time()
     val_metrics = {}
@@ -367,15 +438,20 @@ def train(args, start, stop_signals):
                 for buffer in model_without_ddp.buffers():
                     torch.distributed.broadcast(buffer, src=0)
             state.end_of_training(train_metrics)
-        val_metrics = evaluate(model_without_ddp, val_loader)
+        val_metrics = validate(model_without_ddp)
         record = {"epoch": epoch, **train_metrics, **{f"val_{k}": v for k, v in val_metrics.items()}}
+        best = "val_muAP" if collection else "val_acc1"  # the best epoch so far is marked
+        record["val_best"] = best in record and all(record[best] > earlier[best] for earlier in state.history)
         state.end_of_epoch({**record, "beta": criterion.margin_loss.beta.item()})
     total_time = datetime.timedelta(seconds=int(time.time() - start_time))
     distributed.print_main(f"Training time {total_time}")
     if val_metrics:
+        scores = ("Acc@1", "acc1"), ("Acc@5", "acc5")
+        if collection:
+            scores = ("μAP", "muAP"), ("recall@P90", "recall@P90")
         distributed.print_main(
-            f"Final (epoch {args.epochs - 1}): val Acc@1 {val_metrics['acc1']:.2f}  Acc@5 {val_metrics['acc5']:.2f}  "
-            f"beta {criterion.margin_loss.beta.item():.4f}"
+            f"Final (epoch {args.epochs - 1}): val {scores[0][0]} {val_metrics[scores[0][1]]:.2f}  "
+            f"{scores[1][0]} {val_metrics[scores[1][1]]:.2f}  beta {criterion.margin_loss.beta.item():.4f}"
         )
     return val_metrics
 
@@ -403,6 +479,11 @@ def get_args_parser(add_help=True):
     )
     flags.add_pooling_exponent(group, default=3.0, help="GeM exponent p (1: average pooling, inf: max pooling)")
     group.add_argument("--sync-bn", action="store_true", help="synchronised BatchNorm across processes")
+    group.add_argument(
+        "--freeze-bn-stats",
+        action="store_true",
+        help="keep the BatchNorm running statistics of --init-from / --weights (fine-tuning under strong augmentation)",
+    )
 
     group = flags.FlagGroup(
         parser, "recipe: the loss", "λ·CE + (1 − λ)·margin loss (boundary β, margin α)", recipe=True
@@ -455,9 +536,23 @@ def get_args_parser(add_help=True):
         help="samples per epoch / training images, copies included (the paper: 2.0, 5005 iterations of 512)",
     )
     flags.add_seed(group, "random seed")
+    group.add_argument(
+        "--data-kind",
+        default="imagefolder",
+        choices=["imagefolder", "collection"],
+        help="imagefolder: --data-path holds train/ and val/ class folders; collection: images without classes, "
+        "--data-path a folder (searched recursively) or a list file (see --data-root), for --classif-weight 0",
+    )
 
     group = flags.FlagGroup(
         parser, "recipe: the augmentation", "paper variant: --auto-augment autoaugment", recipe=True
+    )
+    group.add_argument(
+        "--augmentation",
+        default="full",
+        choices=["full", "copy-detection"],
+        help="full: the paper's (crop, flip, colour jitter, lighting); copy-detection: DISC21-like edits (strong "
+        "crops, flips, rotations, blur, JPEG, colour, text, emoji-like shapes, pastes with other training images)",
     )
     group.add_argument(
         "--auto-augment",
@@ -526,9 +621,28 @@ def get_args_parser(add_help=True):
     )
     group.add_argument("--val-crop-size", default=224, type=flags.int_in(1), help="validation center crop")
     group.add_argument("--test-only", action="store_true", help="only evaluate (the model of --resume if given)")
+    group.add_argument(
+        "--val-fraction",
+        default=None,
+        type=flags.float_in(0, 1, high_open=True),
+        help=f"collection: the fraction of its images held out for validation, never trained on ({VAL_FRACTION} "
+        "unless --val-list; 0: no validation)",
+    )
+    group.add_argument(
+        "--val-list", default=None, help="collection: a list file of its images to hold out for validation, one a line"
+    )
+    group.add_argument(
+        "--val-input-size",
+        default=None,
+        type=flags.int_in(1),
+        help="collection: the largest side of the validation images (default: --train-crop-size)",
+    )
 
     group = flags.FlagGroup(parser, "running and checkpointing")
     flags.add_data_path(group)
+    group.add_argument(
+        "--data-root", default=None, help="collection: the folder the paths of a list file are relative to"
+    )
     flags.add_output_dir(group, "where checkpoint.pth and log.jsonl are written")
     group.add_argument(
         "--resume", default="", help="training state (checkpoint.pth) to continue; with --test-only: any model"

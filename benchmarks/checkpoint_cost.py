@@ -21,7 +21,6 @@ import torch
 
 import engine
 import flags
-import train
 import utils
 from benchmarks.timing import (
     add_training_step_flags,
@@ -35,6 +34,7 @@ from multigrain.distance_weighted_miner import DistanceWeightedMiner
 from multigrain.joint_loss import MultiGrainLoss
 from multigrain.margin_loss import MarginLoss
 from multigrain.model import build_model
+from multigrain.training.optimizer import build_optimizer
 from multigrain.training.training_state import TrainingState
 
 CPU_SETTINGS = {"model": "resnet50", "input_size": 112, "batch_size": 8, "amp": False}
@@ -52,7 +52,7 @@ def main(args):
     criterion = MultiGrainLoss(
         args.classif_weight, DistanceWeightedMiner(mode=args.negative_sampling, generator=generator), MarginLoss()
     ).to(device)
-    optimizer = train.build_optimizer(model, criterion, opt="sgd", lr=0.001, momentum=0.9, weight_decay=1e-4)
+    optimizer = build_optimizer(model, criterion, opt="sgd", lr=0.001, momentum=0.9, weight_decay=1e-4)
     scaler = torch.amp.GradScaler(device.type) if args.amp and args.amp_dtype == "float16" else None
     images = torch.randn(args.batch_size, 3, args.input_size, args.input_size, device=device)
     targets = torch.randint(args.num_classes, (args.batch_size,), device=device)

@@ -18,7 +18,6 @@ import torch
 
 import engine
 import flags
-import train
 from benchmarks.timing import (
     add_training_step_flags,
     apply_settings,
@@ -33,6 +32,7 @@ from multigrain.distance_weighted_miner import DistanceWeightedMiner
 from multigrain.joint_loss import MultiGrainLoss
 from multigrain.margin_loss import MarginLoss
 from multigrain.model import build_model
+from multigrain.training.optimizer import build_optimizer
 
 CPU_SETTINGS = {"model": "resnet18", "input_size": 64, "batch_size": 48, "amp": False}
 PAPER_SETTINGS = {"model": "resnet50", "input_size": 224, "batch_size": 64, "amp": True}
@@ -47,7 +47,7 @@ def make_step(model, args, classif_weight, batches, device, channels_last=False,
     criterion = MultiGrainLoss(classif_weight, DistanceWeightedMiner(mode=args.negative_sampling), MarginLoss()).to(
         device
     )
-    optimizer = train.build_optimizer(model, criterion, opt="sgd", lr=0.001, momentum=0.9, weight_decay=1e-4)
+    optimizer = build_optimizer(model, criterion, opt="sgd", lr=0.001, momentum=0.9, weight_decay=1e-4)
     scaler = torch.amp.GradScaler(device.type) if args.amp and args.amp_dtype == "float16" else None
     if compiled:
         model = torch.compile(model)

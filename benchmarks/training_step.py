@@ -33,7 +33,6 @@ from torch.utils.flop_counter import FlopCounterMode
 import engine
 import flags
 import presets
-import train
 from benchmarks import data_pipeline
 from benchmarks.host_syncs import count_host_syncs
 from benchmarks.timing import (
@@ -51,6 +50,7 @@ from multigrain.distance_weighted_miner import DistanceWeightedMiner
 from multigrain.joint_loss import MultiGrainLoss
 from multigrain.margin_loss import MarginLoss
 from multigrain.model import build_model
+from multigrain.training.optimizer import build_optimizer
 
 CPU_SETTINGS = {"model": "resnet18", "input_size": 64, "batch_size": 24, "amp": False, "channels_last": False}
 PAPER_SETTINGS = {"model": "resnet50", "input_size": 224, "batch_size": 64, "amp": True, "channels_last": True}
@@ -99,7 +99,7 @@ class Step:
         generator = torch.Generator(device=args.device)
         miner = DistanceWeightedMiner(mode=args.negative_sampling, generator=generator)
         self.criterion = MultiGrainLoss(args.classif_weight, miner, MarginLoss()).to(args.device)
-        self.optimizer = train.build_optimizer(
+        self.optimizer = build_optimizer(
             self.model, self.criterion, opt="sgd", lr=0.001, momentum=0.9, weight_decay=1e-4
         )
         float16 = args.amp and args.amp_dtype == "float16"

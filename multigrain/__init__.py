@@ -9,8 +9,23 @@
 The training recipe (train.py, finetune_p.py, whiten.py, evaluate.py) lives in the repository, not in the package.
 """
 
-from .inference.api import classify, compare, descriptors, eval_transform
-from .model import MultiGrainNet, build_model
-from .storage.model_files import load_model
+import importlib
 
-__all__ = ["MultiGrainNet", "build_model", "classify", "compare", "descriptors", "eval_transform", "load_model"]
+# The public API and its modules, imported on first use: a part of the package that needs no torch (the copy edits
+# that tools/synthetic_data.py uses) is imported without it.
+_API = {
+    "MultiGrainNet": ".model",
+    "build_model": ".model",
+    "classify": ".inference.api",
+    "compare": ".inference.api",
+    "descriptors": ".inference.api",
+    "eval_transform": ".inference.api",
+    "load_model": ".storage.model_files",
+}
+__all__ = sorted(_API)
+
+
+def __getattr__(name):
+    if name not in _API:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_API[name], __name__), name)

@@ -8,8 +8,9 @@ class MultiGrainLoss(nn.Module):
     """L = λ·CE(logits, labels) + (1 − λ)·margin loss on distance-weighted triplets.
 
     The triplets are mined from the GLOBAL batch: under DDP the embeddings and instance ids of every
-    rank are gathered first. With λ = 1 neither the miner nor the margin loss runs.
-    Returns a dict with `loss`, `classif_loss` and, when λ < 1, `margin_loss`.
+    rank are gathered first. With λ = 1 neither the miner nor the margin loss runs; with λ = 0 the cross-entropy
+    does not (the labels are not read: images without a class have none).
+    Returns a dict with `loss`, `classif_loss` when λ > 0 and `margin_loss` when λ < 1.
     """
 
     def __init__(self, classif_weight, miner, margin_loss, label_smoothing=0.0):
@@ -26,15 +27,18 @@ class MultiGrainLoss(nn.Module):
             return self._losses(logits.float(), embeddings.float(), labels, instance_ids)
 
     def _losses(self, logits, embeddings, labels, instance_ids):
-        classif_loss = self.cross_entropy(logits, labels)
-        losses = {"classif_loss": classif_loss}
+        losses = {}
+        if self.classif_weight > 0.0:
+            losses["classif_loss"] = self.cross_entropy(logits, labels)
         if self.classif_weight == 1.0:
-            losses["loss"] = classif_loss
+            losses["loss"] = losses["classif_loss"]
             return losses
         embeddings = distributed.gather_with_gradient(embeddings)
         instance_ids = distributed.gather(instance_ids)
         triplet_mask, negatives = self.miner(embeddings, instance_ids)
         margin_loss = self.margin_loss(embeddings, triplet_mask, negatives)
         losses["margin_loss"] = margin_loss
-        losses["loss"] = self.classif_weight * classif_loss + (1.0 - self.classif_weight) * margin_loss
+        losses["loss"] = margin_loss
+        if self.classif_weight > 0.0:
+            losses["loss"] = self.classif_weight * losses["classif_loss"] + (1.0 - self.classif_weight) * margin_loss
         return losses

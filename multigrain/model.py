@@ -1,3 +1,4 @@
+import warnings
 from collections import OrderedDict
 
 import torch
@@ -106,7 +107,7 @@ def build_model(name: str, *, weights=None, num_classes: int = 1000, pooling_exp
     if is_timm_name(name):
         features, classifier, dropout = build_timm_trunk(name, weights, num_classes or 1000)
         if num_classes is not None and classifier.out_features != num_classes:
-            classifier = nn.Linear(classifier.in_features, num_classes)
+            classifier = classifier_layer(classifier.in_features, num_classes)
         return MultiGrainNet(features, classifier, p=pooling_exponent, dropout=dropout)
     check_model_name(name)
     if weights:
@@ -117,8 +118,15 @@ def build_model(name: str, *, weights=None, num_classes: int = 1000, pooling_exp
             valid = ", ".join(["DEFAULT"] + [f"{enum.__name__}.{w.name}" for w in enum])
             raise ValueError(f"--weights {weights!r} do not fit --model {name!r}; valid: {valid}") from None
     else:
-        trunk = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+        trunk = torchvision.models.get_model(name, weights=None, num_classes=num_classes or 1000)
     features, classifier, dropout = _split_trunk(trunk)
     if num_classes is not None and classifier.out_features != num_classes:
-        classifier = nn.Linear(classifier.in_features, num_classes)
+        classifier = classifier_layer(classifier.in_features, num_classes)
     return MultiGrainNet(features, classifier, p=pooling_exponent, dropout=dropout)
+
+
+def classifier_layer(in_features, num_classes):
+    """The classifier nn.Linear; with 0 classes (a model without classes) without the warning about its empty weight."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Initializing zero-element tensors is a no-op")
+        return nn.Linear(in_features, num_classes)

@@ -10,7 +10,7 @@ can be classified without its image. The retrieval descriptor is l2n(e).
 import torch
 from torch import nn
 
-from .model import l2n
+from .model import classifier_layer, l2n
 
 # With no shrinkage, a covariance eigenvalue below this fraction of the largest one means the
 # descriptors do not span every direction (e.g. a channel that is zero on every image): its inverse
@@ -120,7 +120,7 @@ def fold_whitening(model, mean: torch.Tensor, projection: torch.Tensor) -> None:
     projection = projection.double().to(weight_bias.device)
     new_weight = torch.linalg.solve(projection, weight_bias.T).T
     new_bias = weight_bias @ mean.double().to(weight_bias.device)
-    classifier = nn.Linear(dim, weight_bias.shape[0]).to(model.classifier.weight.device)
+    classifier = classifier_layer(dim, weight_bias.shape[0]).to(model.classifier.weight.device)
     with torch.no_grad():
         classifier.weight.copy_(new_weight)
         classifier.bias.copy_(new_bias)
@@ -139,7 +139,7 @@ def remove_whitening(model) -> None:
             "the original classifier is not recoverable"
         )
     weight_bias = model.classifier.weight.detach().double() @ projection.T
-    classifier = nn.Linear(weight_bias.shape[1] - 1, weight_bias.shape[0]).to(model.classifier.weight.device)
+    classifier = classifier_layer(weight_bias.shape[1] - 1, weight_bias.shape[0]).to(model.classifier.weight.device)
     with torch.no_grad():
         classifier.weight.copy_(weight_bias[:, :-1])
         classifier.bias.copy_(weight_bias[:, -1])

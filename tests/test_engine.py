@@ -23,6 +23,7 @@ from multigrain.margin_loss import MarginLoss
 from multigrain.model import build_model
 from multigrain.storage.checkpoint import load_checkpoint
 from multigrain.training import preemption
+from multigrain.training.optimizer import build_optimizer
 from multigrain.training.training_state import TrainingState
 from sampler import RASampler
 from tests import non_finite_loss_worker
@@ -50,14 +51,14 @@ def data(folder):
 
 def test_train_py_gives_the_step_uint8_crops_unless_a_policy_needs_pil(folder):
     flags = ["--data-path", str(folder), "--train-crop-size", "32", "--device", "cpu"]
-    dataset, _, _, _, photometric = train.load_data(train.get_args_parser().parse_args(flags))
+    dataset, _, photometric, _, _ = train.load_data(train.get_args_parser().parse_args(flags))
     crop, label, index = dataset[(0, 5)]  # SeededItems: (seed, item)
     assert isinstance(photometric, PhotometricAugmentation) and isinstance(crop, CropWithParams)
     assert crop.pixels.dtype == torch.uint8 and crop.pixels.shape == (32, 32, 3) and crop.params.shape == (NUM_PARAMS,)
     assert index == 5 and photometric.on_device(torch.utils.data.default_collate([crop]), CPU).shape == (1, 3, 32, 32)
 
     policy = train.get_args_parser().parse_args([*flags, "--auto-augment", "ta_wide"])
-    dataset, _, _, _, photometric = train.load_data(policy)
+    dataset, _, photometric, _, _ = train.load_data(policy)
     image, _, _ = dataset[(0, 5)]
     assert photometric is None and image.dtype == torch.float32 and image.shape == (3, 32, 32)
 
@@ -68,7 +69,7 @@ def training(classif_weight, output_dir="", every_iters=None, device=CPU):
     model = build_model("resnet18", num_classes=4).to(device)
     generator = torch.Generator(device=device)
     criterion = MultiGrainLoss(classif_weight, DistanceWeightedMiner(generator=generator), MarginLoss()).to(device)
-    optimizer = train.build_optimizer(model, criterion, opt="sgd", lr=0.01, momentum=0.9, weight_decay=1e-4)
+    optimizer = build_optimizer(model, criterion, opt="sgd", lr=0.01, momentum=0.9, weight_decay=1e-4)
     state = TrainingState(
         output_dir, {}, {}, model=model, criterion=criterion, optimizer=optimizer, generator=generator, seed=0,
         lr_scheduler=torch.optim.lr_scheduler.StepLR(optimizer, 30), epochs=1,

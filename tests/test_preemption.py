@@ -38,8 +38,8 @@ def parse(args):
     return train.get_args_parser().parse_args(args)
 
 
-def assert_same_run(a, b):
-    """Same weights, β, optimizer state and schedule, and the same logged losses."""
+def assert_same_run(a, b, log_keys=("train_loss", "train_margin_loss", "train_acc1", "beta", "val_loss", "val_acc1")):
+    """Same weights, β, optimizer state and schedule, and the same logged losses (`log_keys` of each epoch)."""
     state_a, state_b = (load_checkpoint(os.path.join(folder, "checkpoint.pth")) for folder in (a, b))
     for key in ("model", "criterion"):
         for name, value in state_a[key].items():
@@ -51,7 +51,7 @@ def assert_same_run(a, b):
     log_a, log_b = read_log(a), read_log(b)
     assert [r["epoch"] for r in log_a] == [r["epoch"] for r in log_b] == list(range(len(log_a)))
     for record_a, record_b in zip(log_a, log_b):
-        for key in ("train_loss", "train_margin_loss", "train_acc1", "beta", "val_loss", "val_acc1"):
+        for key in log_keys:
             assert record_a[key] == record_b[key], (record_a["epoch"], key)
 
 

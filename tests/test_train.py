@@ -222,11 +222,11 @@ def test_train_py_with_decode_once_and_channels_last(tmp_path):
 
 # The recipe as it was kept by hand before it was derived from the flag groups: a run continues only under these.
 RECIPE = [
-    "model", "weights", "init_from", "pooling_exponent", "sync_bn",
+    "model", "weights", "init_from", "pooling_exponent", "sync_bn", "freeze_bn_stats",
     "classif_weight", "margin", "beta_init", "beta_lr", "sampling_cutoff", "nonzero_loss_cutoff",
     "negative_sampling", "label_smoothing",
-    "ra_sampler", "ra_reps", "epoch_len_factor", "seed",
-    "auto_augment", "ra_magnitude", "augmix_severity", "color_jitter", "lighting", "train_crop_size",
+    "ra_sampler", "ra_reps", "epoch_len_factor", "seed", "data_kind",
+    "augmentation", "auto_augment", "ra_magnitude", "augmix_severity", "color_jitter", "lighting", "train_crop_size",
     "interpolation",
     "opt", "lr", "momentum", "weight_decay", "norm_weight_decay", "clip_grad_norm", "epochs",
     "lr_scheduler", "lr_steps", "lr_step_size", "lr_gamma", "lr_min", "lr_warmup_epochs", "lr_warmup_method",
@@ -255,6 +255,16 @@ def test_the_recipe_is_derived_from_the_recipe_groups():
     args = parse(["-b", "32"])
     assert list(train.recipe().of(args, world_size=4)) == [*RECIPE, "global_batch_size"]
     assert train.recipe().of(args, world_size=4)["global_batch_size"] == 128
+
+
+def test_a_recipe_flag_added_since_a_state_was_written_has_its_default_there():
+    args = parse(["-b", "32"])
+    stored = train.recipe().of(args, world_size=1)
+    del stored["augmentation"]
+    assert train.recipe().check({"recipe": stored}, "c.pth", args, 1) == []
+    changed = parse(["-b", "32", "--augmentation", "copy-detection"])
+    with pytest.raises(ValueError, match="--augmentation: 'full' → 'copy-detection'"):
+        train.recipe().check({"recipe": stored}, "c.pth", changed, 1)
 
 
 def learning_rates(args):

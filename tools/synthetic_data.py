@@ -16,13 +16,17 @@ classes with the queries.
 
 import argparse
 import colorsys
-import io
 import pickle
+import sys
 import zlib
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageEnhance
+from PIL import Image
+
+if __name__ == "__main__":  # run as `python tools/synthetic_data.py`: the package is in the repository's root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from multigrain.images.copy_edits import make_copy_edit, make_variant, paste_into  # noqa: E402
 
 HUE_FAMILIES = 12
 TEXTURES = ("stripes", "stripes-90", "stripes-45", "checker", "checker-45", "dots")
@@ -155,48 +159,6 @@ def render_image(class_id: int, rng: np.random.Generator, size=64) -> Image.Imag
     return Image.fromarray(np.clip(pixels * 255 + 0.5, 0, 255).astype(np.uint8), mode="RGB")
 
 
-def make_variant(
-    image: Image.Image, rng: np.random.Generator, strength: float, rotate: bool = False, mirror: bool = False
-) -> Image.Image:
-    """An attacked copy of `image` of the same size: crop, rescale, colour change and JPEG re-encoding.
-
-    `strength` in [0, 1] scales every attack; `rotate` adds a rotation of up to 25 * strength degrees;
-    `mirror` flips the image left-right first, a common copy attack that untrained features do not see
-    through (learned features do, from the flips of the training augmentation). Colour changes stay
-    within 15%: brightness, contrast and saturation carry the class and the instance in these
-    pictures, and a trained network is more sensitive to them than an untrained one.
-    """
-    if not 0 <= strength <= 1:
-        raise ValueError(f"strength must be in [0, 1], got {strength}")
-    width, height = image.size
-    if mirror:
-        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    if rotate:
-        image = image.rotate(rng.uniform(-25, 25) * strength, resample=Image.Resampling.BICUBIC)
-
-    area = rng.uniform(1 - 0.6 * strength, 1)
-    aspect = np.exp(rng.uniform(-0.3, 0.3) * strength)
-    crop_width = min(width, max(8, round(width * np.sqrt(area * aspect))))
-    crop_height = min(height, max(8, round(height * np.sqrt(area / aspect))))
-    left = rng.integers(0, width - crop_width + 1)
-    top = rng.integers(0, height - crop_height + 1)
-    image = image.crop((left, top, left + crop_width, top + crop_height))
-
-    # Rescaling: go through a lower resolution, then back to the original size.
-    shrink = rng.uniform(1 - 0.5 * strength, 1)
-    low_resolution = (max(8, round(width * shrink)), max(8, round(height * shrink)))
-    image = image.resize(low_resolution, Image.Resampling.BILINEAR).resize((width, height), Image.Resampling.BICUBIC)
-
-    for enhancer in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
-        image = enhancer(image).enhance(1 + rng.uniform(-0.15, 0.15) * strength)
-
-    quality = round(95 - 70 * strength * rng.uniform(0.5, 1))
-    buffer = io.BytesIO()
-    image.save(buffer, "JPEG", quality=quality)
-    buffer.seek(0)
-    return Image.open(buffer).convert("RGB")
-
-
 def make_imagefolder(root, num_classes=10, train_per_class=40, val_per_class=10, image_size=64, seed=0):
     """ImageFolder layout root/{train,val}/class_XXX/*.jpg; returns {split: [(relative path, class id)]}."""
     _check_range(num_classes, 1, MAX_CLASSES, "--num-classes")
@@ -323,12 +285,8 @@ def _paste_instance(instance, size, box_fraction, rng, background_class):
     """Paste `instance` into a new cluttered picture of `size`; returns the picture and the box [x1, y1, x2, y2]."""
     width, height = size
     picture = render_image(background_class, rng, size)
-    box_width = max(8, round(width * box_fraction))
-    box_height = max(8, round(height * box_fraction))
-    left = int(rng.integers(0, width - box_width + 1))
-    top = int(rng.integers(0, height - box_height + 1))
-    picture.paste(instance.resize((box_width, box_height), Image.Resampling.BICUBIC), (left, top))
-    return picture, [float(left), float(top), float(left + box_width), float(top + box_height)]
+    box_size = (max(8, round(width * box_fraction)), max(8, round(height * box_fraction)))
+    return paste_into(instance, picture, box_size, rng)
 
 
 def make_revisitop(root, name="roxford5k", num_queries=5, num_database=40, image_size=(96, 72), num_classes=10, seed=0):
@@ -432,59 +390,6 @@ def make_duplicates(root, num_originals=60, duplicated_fraction=0.5, image_size=
     (root / "duplicates.csv").write_text("image1,image2\n" + "".join(f"{a},{b}\n" for a, b in pairs))
     duplicated = [names for names in groups if len(names) > 1]
     return {"images": sorted(name for names in groups for name in names), "groups": duplicated}
-
-
-def _draw_emoji(draw, box, rng):
-    """An emoji-like face: a filled disc with two eyes and a mouth, in random colours."""
-    left, top, right, bottom = box
-    colour = tuple(int(c) for c in rng.integers(0, 256, size=3))
-    feature = tuple(int(c) for c in rng.integers(0, 256, size=3))
-    draw.ellipse(box, fill=colour)
-    width, height = right - left, bottom - top
-    for eye_x in (0.33, 0.67):
-        center = (left + eye_x * width, top + 0.38 * height)
-        draw.ellipse(
-            (center[0] - 0.07 * width, center[1] - 0.08 * height, center[0] + 0.07 * width, center[1] + 0.08 * height),
-            fill=feature,
-        )
-    draw.arc(
-        (left + 0.25 * width, top + 0.4 * height, right - 0.25 * width, bottom - 0.2 * height),
-        20,
-        160,
-        fill=feature,
-        width=max(1, round(0.06 * width)),
-    )
-
-
-def make_copy_edit(image, overlay, rng, strength=1.0):
-    """A DISC21-style edited copy of `image`: the attacks of `make_variant` (a flip half of the time, crop,
-    rotation, rescaling, colour change, JPEG), then `overlay` (another picture) pasted over part of it, added text and
-    emoji-like shapes, and a new size; `strength` in [0, 1] scales the overlay's size and the number of
-    shapes."""
-    image = make_variant(image, rng, strength=strength, rotate=True, mirror=rng.random() < 0.5)
-    width, height = image.size
-    if rng.random() < 0.5 + 0.5 * strength:
-        side = 0.15 + 0.25 * strength * rng.random()
-        overlay_size = (max(4, round(width * side)), max(4, round(height * side)))
-        position = (
-            int(rng.integers(0, width - overlay_size[0] + 1)),
-            int(rng.integers(0, height - overlay_size[1] + 1)),
-        )
-        image.paste(overlay.resize(overlay_size, Image.Resampling.BILINEAR), position)
-    draw = ImageDraw.Draw(image)
-    for _ in range(int(rng.integers(0, 1 + round(3 * strength)))):
-        side = max(4, round(min(width, height) * rng.uniform(0.12, 0.25)))
-        left, top = int(rng.integers(0, width - side + 1)), int(rng.integers(0, height - side + 1))
-        _draw_emoji(draw, (left, top, left + side, top + side), rng)
-    if rng.random() < 0.5 + 0.5 * strength:
-        text = "".join(
-            rng.choice(list("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 ")) for _ in range(int(rng.integers(4, 12)))
-        )
-        colour = tuple(int(c) for c in rng.integers(0, 256, size=3))
-        draw.text((int(rng.integers(0, width // 2)), int(rng.integers(0, height - 10))), text, fill=colour)
-    scale = np.exp(rng.uniform(-0.4, 0.3) * strength)
-    new_size = (max(16, round(width * scale)), max(16, round(height * scale)))
-    return image.resize(new_size, Image.Resampling.BICUBIC)
 
 
 def make_disc21(

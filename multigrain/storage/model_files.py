@@ -13,9 +13,8 @@ import os
 import urllib.parse
 
 import torch
-from torch import nn
 
-from ..model import MultiGrainNet, build_model, check_model_name
+from ..model import MultiGrainNet, build_model, check_model_name, classifier_layer
 from ..whitening import Whitening, remove_whitening
 from .checkpoint import checkpoint_kind, describe, load_checkpoint, model_state_dict
 
@@ -98,7 +97,7 @@ class ModelFile:
         model = build_model(self.architecture, num_classes=num_classes, pooling_exponent=self.p)
         if self.whitened:
             model.whitening = Whitening(self.state["whitening.mean"], self.state["whitening.projection"])
-            model.classifier = nn.Linear(classifier_width, num_classes)
+            model.classifier = classifier_layer(classifier_width, num_classes)
         try:
             model.load_state_dict(self.state)
         except RuntimeError as e:

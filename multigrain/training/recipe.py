@@ -8,6 +8,8 @@ import os
 from ..storage.checkpoint import describe
 
 GLOBAL_BATCH = "global_batch_size"
+# The flags of the full augmentation, refused with --augmentation copy-detection.
+FULL_AUGMENTATION_FLAGS = ("auto_augment", "ra_magnitude", "augmix_severity", "color_jitter", "lighting")
 
 
 class Recipe:
@@ -15,6 +17,36 @@ class Recipe:
 
     def __init__(self, flags, defaults):
         self.flags, self.defaults = flags, defaults
+
+    def check_trainable(self, args):
+        """Refuses recipe values of the command line `args` that cannot train together."""
+        if args.lr_warmup_epochs >= args.epochs:
+            raise ValueError(f"--lr-warmup-epochs {args.lr_warmup_epochs} must be below --epochs {args.epochs}")
+        main_epochs = args.epochs - args.lr_warmup_epochs
+        steps = args.lr_steps
+        if args.lr_scheduler == "multisteplr" and (steps != sorted(set(steps)) or steps[-1] >= main_epochs):
+            raise ValueError(
+                f"--lr-steps of multisteplr must increase and stay below --epochs - --lr-warmup-epochs = {main_epochs} "
+                f"(they count epochs from the end of the warm-up), got {' '.join(map(str, steps))}"
+            )
+        if args.lr_scheduler == "cosineannealinglr" and args.lr_min >= args.lr:
+            raise ValueError(f"--lr-min {args.lr_min} of cosineannealinglr must be below --lr {args.lr}")
+        if args.sampling_cutoff >= args.nonzero_loss_cutoff:
+            raise ValueError(
+                f"--sampling-cutoff {args.sampling_cutoff} must be below "
+                f"--nonzero-loss-cutoff {args.nonzero_loss_cutoff}"
+            )
+        if args.classif_weight < 1.0 and not args.ra_sampler:
+            raise ValueError(
+                f"--classif-weight {args.classif_weight} < 1 needs repeated augmentation for the margin loss's "
+                "positive pairs: drop --no-ra-sampler, or use --classif-weight 1 for classification only"
+            )
+        if args.classif_weight < 1.0 and args.ra_reps < 2:
+            raise ValueError(f"--classif-weight < 1 needs --ra-reps >= 2 to have positive pairs, got {args.ra_reps}")
+        if args.augmentation == "copy-detection":
+            for flag in FULL_AUGMENTATION_FLAGS:
+                if getattr(args, flag) != self.defaults[flag]:
+                    raise ValueError(f"--{flag.replace('_', '-')} is a flag of --augmentation full, not copy-detection")
 
     def of(self, args, world_size) -> dict:
         """The recipe of the command line `args` run by `world_size` processes."""
@@ -48,7 +80,9 @@ class Recipe:
         args.allow_change names. Returns the allowed changes as (entry, stored, given) triples."""
         stored, given = self.stored(checkpoint), self.of(args, world_size)
         allowed = self.allowed_changes(args.allow_change)
-        changes = [(key, stored.get(key), value) for key, value in given.items() if stored.get(key) != value]
+        # A flag added since the state was written has its default there.
+        stored = {key: stored.get(key, self.defaults.get(key)) for key in given}
+        changes = [(key, stored[key], value) for key, value in given.items() if stored[key] != value]
         refused = [change for change in changes if change[0] not in allowed]
         if refused:
             names = self.names()

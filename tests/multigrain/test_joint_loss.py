@@ -48,3 +48,13 @@ def test_joint_loss_runs_in_float32_under_autocast():
 def test_lambda_out_of_range():
     with pytest.raises(ValueError, match="1.5"):
         MultiGrainLoss(1.5, ExplodingMiner(), MarginLoss())
+
+
+def test_lambda_zero_reads_no_labels():
+    embeddings, ids = batch(seed=7)
+    logits = torch.randn(len(ids), 0)  # a model without classes
+    labels = torch.full((len(ids),), -1)  # images without a class
+    miner = DistanceWeightedMiner(mode="exact", generator=torch.Generator().manual_seed(3))
+    losses = MultiGrainLoss(0.0, miner, MarginLoss())(logits, embeddings, labels, ids)
+    assert set(losses) == {"loss", "margin_loss"} and losses["loss"].item() > 0
+    assert torch.equal(losses["loss"], losses["margin_loss"])

@@ -274,6 +274,11 @@ def test_bad_arguments_name_the_flag(tmp_path):
         synthetic_data.make_ukbench(tmp_path / "full")
 
 
+def test_the_tool_imports_neither_torch_nor_torchvision():
+    code = "import sys, tools.synthetic_data; print(sorted({'torch', 'torchvision'} & set(sys.modules)))"
+    assert run_script("-c", code).stdout.strip() == "[]"
+
+
 def test_command_line(tmp_path):
     output = tmp_path / "imagenet"
     command = [
