@@ -25,7 +25,17 @@ import flags
 import utils
 from multigrain.images.datasets import ImageList, SkipBadImages, list_image_files
 from multigrain.inference.retrieval_descriptors import retrieval_descriptors
-from multigrain.search.descriptor_files import MANIFEST, save_features, write_json
+from multigrain.search.descriptor_files import (
+    MANIFEST,
+    check_names,
+    features_files,
+    read_manifest,
+    save_features,
+    write_json,
+)
+from multigrain.storage.atomic_write import write_atomic
+from multigrain.storage.folder_lock import hold_folder
+from multigrain.storage.input_files import check_regular_file, read_lines, shown
 from multigrain.storage.model_files import model_settings, open_model
 from multigrain.training import distributed
 
@@ -34,7 +44,9 @@ BAD_IMAGES = "bad_images.txt"
 
 
 def read_image_list(args):
-    """(paths, names): the images of --images, named by their path relative to the folder or --root."""
+    """(paths, names): the images of --images, named by their path relative to the folder or --root, each
+    name one line of UTF-8 text (the names files hold them so). A listed path that is not a regular file is
+    refused, or left to be skipped as a bad image with --skip-bad-images."""
     images = Path(args.images)
     if images.is_dir():
         if args.root:
@@ -42,21 +54,32 @@ def read_image_list(args):
         names = list_image_files(images, recursive=True)
         if not names:
             raise ValueError(f"--images {images} holds no image file")
+        check_names(names, f"--images {images}")
         return [images / name for name in names], names
-    if not images.is_file():
+    if not images.exists():
         raise ValueError(f"--images {images} does not exist")
     if not args.root:
         raise ValueError(f"--images {images} is a list file: pass the folder its paths are relative to with --root")
     if not os.path.isdir(args.root):
         raise ValueError(f"--root {args.root} is not a folder")
-    names = [line.strip() for line in images.read_text().splitlines() if line.strip()]
-    if not names:
+    lines = [(number, line.strip()) for number, line in enumerate(read_lines(images), 1) if line.strip()]
+    if not lines:
         raise ValueError(f"--images {images} lists no image")
-    seen = set()
-    for line, name in enumerate(names, 1):
+    seen = {}
+    for number, name in lines:
         if name in seen:
-            raise ValueError(f"--images {images}: {name} is listed twice (line {line})")
-        seen.add(name)
+            raise ValueError(f"--images {images}: {name} is listed twice (line {number}, first on line {seen[name]})")
+        seen[name] = number
+        if not args.skip_bad_images:
+            try:
+                check_regular_file(Path(args.root) / name)
+            except OSError as e:
+                raise ValueError(
+                    f"--images {images} line {number}: {shown(name)} cannot be read ({e}): correct the list, "
+                    "or pass --skip-bad-images to leave such images out"
+                ) from None
+    names = [name for _, name in lines]
+    check_names(names, f"--images {images}")
     return [Path(args.root) / name for name in names], names
 
 
@@ -94,21 +117,32 @@ def settings(args, names):
     }
 
 
-def read_manifest(args, expected):
+def read_earlier_manifest(args, names):
     """The manifest of an earlier run of the same command in --output-dir, None if there is none; a run
-    with other settings is refused, naming what differs."""
+    with other settings is refused, naming what differs, and a manifest that is not extract.py's too."""
     path = Path(args.output_dir) / MANIFEST
-    if not path.is_file():
+    if not path.exists():
         if any(Path(args.output_dir).glob("descriptors-*")):
             raise ValueError(f"--output-dir {args.output_dir} holds descriptors-* files but no {MANIFEST}")
         return None
-    manifest = json.loads(path.read_text())
-    for key, value in expected.items():
+    manifest = read_manifest(path)
+    for key, value in settings(args, names).items():
         for field, (old, new) in differences(key, manifest.get(key), value):
             raise ValueError(
                 f"--output-dir {args.output_dir} holds an extraction with {field} = {old}, this command has {new}: "
                 "resume it with its own command, or choose another --output-dir"
             )
+    layout = [{key: shard[key] for key in ("stem", "first", "images")} for shard in new_manifest(args, names, 0)["shards"]]
+    shards = manifest["shards"]
+    if [{key: shard.get(key) for key in ("stem", "first", "images")} for shard in shards] != layout or not all(
+        isinstance(shard.get("descriptors"), int) and isinstance(shard.get("bad_images"), list) for shard in shards
+    ):
+        raise ValueError(
+            f"{path} does not describe the shards of this extraction (edited?): restore it, or extract the images "
+            "again into a new --output-dir"
+        )
+    if not isinstance(manifest.get("dim"), int):
+        raise ValueError(f"{path} has no descriptor dimension (edited?): restore it, or use a new --output-dir")
     return manifest
 
 
@@ -129,11 +163,13 @@ def check_args(args):
         raise ValueError(f"--multiscale needs --input-size >= 2 for its scale s/2, got {args.input_size}")
     if not os.path.isfile(args.checkpoint):
         raise ValueError(f"--checkpoint {args.checkpoint} is not a file")
-    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
-        raise ValueError(f"--output-dir {args.output_dir} is not a folder")
+    utils.check_device(args.device)
+    utils.check_writable_folder(args.output_dir, "--output-dir")
     paths, names = read_image_list(args)
     model_file = open_model(args.checkpoint, model_name=args.model)
-    manifest = read_manifest(args, settings(args, names))
+    if utils.launch_rank() == 0:
+        hold_folder(args.output_dir, "--output-dir", "extract.py")
+    manifest = read_earlier_manifest(args, names)
     return paths, names, model_file, manifest
 
 
@@ -145,6 +181,34 @@ def new_manifest(args, names, dim):
     for shard in shards:
         shard.update(complete=False, descriptors=0, bad_images=[])
     return {**settings(args, names), "dim": dim, "shards": shards}
+
+
+def shard_files(folder, stem):
+    """{file name: {"bytes", "sha256"}} of a shard's two files, as the manifest records them."""
+    return {
+        path.name: {"bytes": path.stat().st_size, "sha256": file_sha256(path)} for path in features_files(folder, stem)
+    }
+
+
+def changed_shards(folder, shards):
+    """The stems of the shards marked complete whose files are missing, or differ from what the manifest records
+    (bytes and sha256), each with the reason."""
+    changed = {}
+    for shard in shards:
+        if not shard["complete"]:
+            continue
+        recorded = shard.get("files", {})
+        for path in features_files(folder, shard["stem"]):
+            if not path.is_file():
+                changed[shard["stem"]] = f"{path} is missing"
+            elif path.name not in recorded:
+                changed[shard["stem"]] = f"{MANIFEST} records no size and sha256 of {path.name}"
+            elif {"bytes": path.stat().st_size, "sha256": file_sha256(path)} != recorded[path.name]:
+                changed[shard["stem"]] = f"{path} is not the file that was written (its size or sha256 differ)"
+            else:
+                continue
+            break
+    return changed
 
 
 def extract_shard(model, shard, paths, names, device, args):
@@ -185,6 +249,16 @@ def main(args):
         for unfinished in Path(args.output_dir).glob(".tmp-*"):  # a file a killed run was writing
             unfinished.unlink()
     shards = manifest["shards"]
+    # Every process extracts the shards that the main process found changed.
+    changed = distributed.all_gather_object(
+        changed_shards(args.output_dir, shards) if distributed.is_main_process() else None
+    )[0]
+    for shard in shards:
+        if shard["stem"] in changed:
+            shard.update(complete=False, descriptors=0, bad_images=[])
+            distributed.print_main(f"{shard['stem']} was complete, but {changed[shard['stem']]}: extracting it again")
+    if changed and distributed.is_main_process():
+        write_json(Path(args.output_dir) / MANIFEST, manifest)
     todo = [shard for shard in shards if not shard["complete"]]
     remaining = sum(shard["images"] for shard in todo)
     distributed.print_main(
@@ -195,7 +269,8 @@ def main(args):
         descriptors, kept_names, bad = extract_shard(model, shard, paths, names, device, args)
         if distributed.is_main_process():
             save_features(args.output_dir, shard["stem"], descriptors, kept_names)
-            shard.update(complete=True, descriptors=len(kept_names), bad_images=bad)
+            files = shard_files(args.output_dir, shard["stem"])
+            shard.update(complete=True, descriptors=len(kept_names), bad_images=bad, files=files)
             write_json(Path(args.output_dir) / MANIFEST, manifest)
         extracted += shard["images"]
         rate = extracted / max(time.time() - start, 1e-9)
@@ -208,8 +283,8 @@ def main(args):
         return None
     bad = [name for shard in shards for name in shard["bad_images"]]
     if args.skip_bad_images:
-        lines = "".join(f"{name}\n" for name in bad)
-        Path(args.output_dir, BAD_IMAGES).write_text(lines)
+        lines = "".join(f"{name}\n" for name in bad).encode()
+        write_atomic(Path(args.output_dir, BAD_IMAGES), lambda f: f.write(lines), "list of bad images")
         print(f"{len(bad)} bad images skipped, listed in {Path(args.output_dir, BAD_IMAGES)}")
     total = sum(shard["descriptors"] for shard in shards)
     print(f"{total} descriptors of dimension {manifest['dim']} in {len(shards)} shards in {args.output_dir}")
