@@ -13,7 +13,6 @@ Under torchrun every process extracts its share of each shard.
 
 import datetime
 import hashlib
-import json
 import os
 import time
 from pathlib import Path
@@ -35,7 +34,7 @@ from multigrain.search.descriptor_files import (
 )
 from multigrain.storage.atomic_write import write_atomic
 from multigrain.storage.folder_lock import hold_folder
-from multigrain.storage.input_files import check_regular_file, read_lines, shown
+from multigrain.storage.input_files import check_regular_file, file_sha256, read_lines, shown
 from multigrain.storage.model_files import model_settings, open_model
 from multigrain.training import distributed
 
@@ -83,14 +82,6 @@ def read_image_list(args):
     return [Path(args.root) / name for name in names], names
 
 
-def file_sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def settings(args, names):
     """What the descriptors depend on: a resumed run must have the same, or its shards would not match."""
     return {
@@ -132,9 +123,9 @@ def read_earlier_manifest(args, names):
                 f"--output-dir {args.output_dir} holds an extraction with {field} = {old}, this command has {new}: "
                 "resume it with its own command, or choose another --output-dir"
             )
-    layout = [{key: shard[key] for key in ("stem", "first", "images")} for shard in new_manifest(args, names, 0)["shards"]]
+    layout = [(shard["stem"], shard["first"], shard["images"]) for shard in new_manifest(args, names, 0)["shards"]]
     shards = manifest["shards"]
-    if [{key: shard.get(key) for key in ("stem", "first", "images")} for shard in shards] != layout or not all(
+    if [(shard.get("stem"), shard.get("first"), shard.get("images")) for shard in shards] != layout or not all(
         isinstance(shard.get("descriptors"), int) and isinstance(shard.get("bad_images"), list) for shard in shards
     ):
         raise ValueError(

@@ -15,6 +15,7 @@ image2, score) and groups.csv (group, size, image): the groups are the connected
 """
 
 import csv
+import importlib.util
 import os
 from pathlib import Path
 
@@ -26,13 +27,15 @@ import torch
 import flags
 import utils
 from multigrain.search.descriptor_files import DescriptorCollection
-from multigrain.search.nn_search import approximate_index, knn_parts
+from multigrain.search.nn_search import approximate_index, check_index_factory, knn_parts
+from multigrain.storage.atomic_write import open_atomic
+from multigrain.storage.input_files import csv_records, shown
 
 
 @utils.usage_check
 def check_args(args):
-    """Refuses inconsistent flags and inputs; returns the (queries, database) collections (queries None
-    with --dedup)."""
+    """Refuses inconsistent flags and inputs before the search; returns the (queries, database) collections
+    (queries None with --dedup) and the known duplicate pairs of --known-duplicates (None without)."""
     if args.dedup == bool(args.queries):
         raise ValueError("pass --queries (nearest neighbours) or --dedup (duplicates within --database), not both")
     if args.precision_target is not None and not args.known_duplicates:
@@ -47,8 +50,13 @@ def check_args(args):
         raise ValueError("--nprobe is for an approximate --faiss-index")
     if args.faiss_index and args.search == "torch":
         raise ValueError("--faiss-index searches with faiss: drop --search torch")
-    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
-        raise ValueError(f"--output-dir {args.output_dir} is not a folder")
+    if (args.faiss_index or args.search == "faiss") and importlib.util.find_spec("faiss") is None:
+        flag = "--faiss-index" if args.faiss_index else "--search faiss"
+        raise ValueError(f"{flag} needs faiss: pip install faiss-cpu (or the extra multigrain[faiss])")
+    utils.check_device(args.device)
+    if args.search == "faiss" and torch.device(args.device).type != "cpu":
+        raise ValueError(f"--search faiss searches on the CPU: drop --device {args.device} (or use --search torch)")
+    utils.check_writable_folder(args.output_dir, "--output-dir")
     database = DescriptorCollection(args.database, "--database")
     queries = DescriptorCollection(args.queries, "--queries") if args.queries else None
     if queries is not None and queries.dim != database.dim:
@@ -60,7 +68,14 @@ def check_args(args):
     if neighbours > len(database):
         what = f"-k {args.k} + the image itself" if args.dedup else f"-k {args.k}"
         raise ValueError(f"{what} is more than the {len(database)} images of --database {args.database}")
-    return queries, database
+    if args.faiss_index:
+        training_rows = min(args.faiss_train_size, len(database))
+        try:
+            check_index_factory(args.faiss_index, database.dim, training_rows, args.nprobe)
+        except ValueError as e:
+            raise ValueError(f"--faiss-index {args.faiss_index}: {e}") from None
+    known = read_known_duplicates(args.known_duplicates, database.names) if args.known_duplicates else None
+    return queries, database, known
 
 
 class Searcher:
@@ -72,7 +87,10 @@ class Searcher:
         if args.faiss_index:
             sample = database.sample(args.faiss_train_size)
             print(f"training the faiss index {args.faiss_index} on {len(sample)} of {len(database)} descriptors")
-            self.index = approximate_index(args.faiss_index, sample, database.parts(), args.nprobe)
+            try:
+                self.index = approximate_index(args.faiss_index, sample, database.parts(), args.nprobe)
+            except ValueError as e:
+                raise utils.UsageError(f"--faiss-index {args.faiss_index}: {e}") from None
 
     def search(self, queries, k):
         """(scores, indices) numpy arrays, best first; an approximate index may give fewer than k (index -1)."""
@@ -87,7 +105,7 @@ class Searcher:
 
 def write_neighbours(queries, database, searcher, args):
     path = Path(args.output_dir) / "neighbours.csv"
-    with open(path, "w", newline="") as f:
+    with open_atomic(path, "neighbours") as f:
         writer = csv.writer(f)
         writer.writerow(["query", "match", "score", "rank"])
         for offset, part in queries.parts():
@@ -122,20 +140,28 @@ def nearest_pairs(database, searcher, args):
 def read_known_duplicates(path, names):
     """The set of (first, second) row pairs, first < second, of a CSV with columns image1, image2."""
     rows = {name: row for row, name in enumerate(names)}
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames or not {"image1", "image2"} <= set(reader.fieldnames):
-            raise utils.UsageError(f"--known-duplicates {path} needs the columns image1,image2 (a header line)")
-        known = set()
-        for line, record in enumerate(reader, 2):
-            for name in (record["image1"], record["image2"]):
-                if name not in rows:
-                    raise utils.UsageError(f"--known-duplicates {path} line {line}: {name} is not in --database")
-            first, second = sorted((rows[record["image1"]], rows[record["image2"]]))
-            if first != second:
-                known.add((first, second))
+    records = csv_records(path)
+    _, header = next(records, (1, []))
+    if not {"image1", "image2"} <= set(header):
+        raise ValueError(f"--known-duplicates {path} needs the columns image1,image2 (a header line)")
+    columns = header.index("image1"), header.index("image2")
+    known = set()
+    for line, fields in records:
+        if not fields:
+            continue
+        if len(fields) != len(header):
+            raise ValueError(
+                f"--known-duplicates {path} line {line}: {len(fields)} fields, the header has {len(header)}"
+            )
+        pair = [fields[column] for column in columns]
+        for name in pair:
+            if name not in rows:
+                raise ValueError(f"--known-duplicates {path} line {line}: {shown(name)} is not in --database")
+        first, second = sorted(rows[name] for name in pair)
+        if first != second:
+            known.add((first, second))
     if not known:
-        raise utils.UsageError(f"--known-duplicates {path} lists no pair")
+        raise ValueError(f"--known-duplicates {path} lists no pair")
     return known
 
 
@@ -154,9 +180,8 @@ def threshold_for_precision(scores, is_known, target):
     return threshold, float(precisions.max(initial=0.0))
 
 
-def deduplicate(database, searcher, args):
+def deduplicate(database, searcher, known, args):
     firsts, seconds, scores = nearest_pairs(database, searcher, args)
-    known = read_known_duplicates(args.known_duplicates, database.names) if args.known_duplicates else None
     is_known = None
     if known is not None:
         is_known = np.array([(int(a), int(b)) in known for a, b in zip(firsts, seconds)], dtype=bool)
@@ -174,7 +199,7 @@ def deduplicate(database, searcher, args):
 
     order = np.lexsort((seconds, firsts, -scores))
     pairs_path = Path(args.output_dir) / "pairs.csv"
-    with open(pairs_path, "w", newline="") as f:
+    with open_atomic(pairs_path, "pairs") as f:
         writer = csv.writer(f)
         writer.writerow(["image1", "image2", "score"])
         for index in order:
@@ -191,7 +216,7 @@ def deduplicate(database, searcher, args):
     numbers = {label: number for number, label in enumerate(sorted(first_rows, key=first_rows.get), 1)}
     members = sorted(members, key=lambda row: (numbers[labels[row]], row))
     groups_path = Path(args.output_dir) / "groups.csv"
-    with open(groups_path, "w", newline="") as f:
+    with open_atomic(groups_path, "groups") as f:
         writer = csv.writer(f)
         writer.writerow(["group", "size", "image"])
         for row in members:
@@ -217,11 +242,11 @@ def deduplicate(database, searcher, args):
 
 
 def main(args):
-    queries, database = check_args(args)
+    queries, database, known = check_args(args)
     os.makedirs(args.output_dir, exist_ok=True)
     searcher = Searcher(database, args)
     if args.dedup:
-        return deduplicate(database, searcher, args)
+        return deduplicate(database, searcher, known, args)
     write_neighbours(queries, database, searcher, args)
     return None
 

@@ -2,6 +2,7 @@
 the reader forever, a device never end), text is read as UTF-8, and every error names the file and the line."""
 
 import csv
+import hashlib
 import io
 import os
 import stat
@@ -45,14 +46,25 @@ def open_regular_file(path):
         raise
 
 
+def file_sha256(path) -> str:
+    """The SHA-256 of a file's content, in hex."""
+    digest = hashlib.sha256()
+    with open_regular_file(path) as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def shown(text, limit=80) -> str:
-    """repr(text) for a message, cut to about `limit` characters; the undecodable bytes of a file name as bytes."""
+    """`text` for a message: as it is when printable, else its repr (with the bytes of a file name that are not
+    UTF-8 as bytes); cut to about `limit` characters."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:  # surrogate escapes: the file system's bytes that are not UTF-8
-        text = os.fsencode(text)
-    quoted = repr(text)
-    return quoted if len(quoted) <= limit else quoted[: limit - 4] + "...'"
+        text = repr(os.fsencode(text))
+    else:
+        text = text if text.isprintable() else repr(text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def read_text(path) -> str:

@@ -8,7 +8,10 @@ builds the model in main.
 """
 
 import dataclasses
+import hashlib
 import os
+import re
+import secrets
 import urllib.parse
 
 import torch
@@ -17,6 +20,10 @@ from torch import nn
 from ..model import MultiGrainNet, build_model, check_model_name
 from ..whitening import Whitening, remove_whitening
 from .checkpoint import checkpoint_kind, describe, load_checkpoint, model_state_dict
+from .input_files import file_sha256
+
+# torch.hub's rule: a file named NAME-<the first hex digits of its SHA-256>.EXT carries its own check.
+HASH_PREFIX = re.compile(r"-([a-f0-9]+)\.")
 
 PUBLISHED_ARCHITECTURE = "resnet50"
 # The beginning of keys that only the published file of each appendix-E architecture has.
@@ -135,33 +142,72 @@ def open_model(path, *, model_name=None) -> ModelFile:
     return ModelFile(path, checkpoint, kind, architecture_name(checkpoint, kind, path, model_name), state)
 
 
-def checkpoint_file(path_or_url) -> str:
-    """The local file of a checkpoint: `path_or_url` itself, or for an http://, https:// or file:// URL the
-    file it is downloaded to, once, in torch.hub's cache (<torch.hub.get_dir()>/checkpoints/<file name>).
-    Nothing is read here: load_checkpoint reads the file safely."""
-    path_or_url = os.fspath(path_or_url)
-    if "://" not in path_or_url:
-        return path_or_url
-    url = urllib.parse.urlparse(path_or_url)
-    name = os.path.basename(url.path)
-    if url.scheme not in ("http", "https", "file") or not name:
-        raise ValueError(f"checkpoint URL {path_or_url} is not an http(s):// or file:// URL of a file")
-    path = os.path.join(torch.hub.get_dir(), "checkpoints", name)
-    if not os.path.isfile(path):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+def check_file_hash(path, source):
+    """Refuses (ValueError) a file whose SHA-256 does not begin with the hex digits after the last "-" of the file
+    name of `source` (its path or URL), as torch.hub's check_hash does."""
+    match = HASH_PREFIX.search(os.path.basename(urllib.parse.urlparse(source).path))
+    if match is None:
+        raise ValueError(f"check_hash: the file name of {source} carries no hash (NAME-<sha256 prefix>.pth)")
+    digest = file_sha256(path)
+    if not digest.startswith(match[1]):
+        raise ValueError(
+            f"{source}: its SHA-256 is {digest}, its name says {match[1]}...: the file is not the one named"
+        )
+
+
+def cache_path(url) -> str:
+    """Where a checkpoint URL is kept: torch.hub's checkpoint folder, under the URL's file name prefixed by the
+    SHA-256 of the whole URL, so that two URLs ending in the same file name are two files."""
+    name = os.path.basename(urllib.parse.urlparse(url).path)
+    return os.path.join(torch.hub.get_dir(), "checkpoints", f"{hashlib.sha256(url.encode()).hexdigest()[:16]}-{name}")
+
+
+def download_checkpoint(url, path):
+    """Downloads `url` to `path` if it is a checkpoint of this project or a published file: anything else (an
+    error page, another kind of file) is refused and not kept."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    downloaded = f"{path}.download-{secrets.token_hex(8)}"
+    try:
         try:
-            torch.hub.download_url_to_file(path_or_url, path, progress=False)
+            torch.hub.download_url_to_file(url, downloaded, progress=False)
         except OSError as e:
-            raise OSError(f"cannot download checkpoint {path_or_url}: {e}") from e
+            raise OSError(f"cannot download checkpoint {url}: {e}") from e
+        try:
+            model_state_dict(load_checkpoint(downloaded), url)
+        except (ValueError, RuntimeError) as e:
+            raise ValueError(f"{url} is not a MultiGrain checkpoint, and is not kept: {e}") from None
+        os.replace(downloaded, path)
+    finally:
+        if os.path.exists(downloaded):
+            os.remove(downloaded)
+
+
+def checkpoint_file(path_or_url, check_hash=False) -> str:
+    """The local file of a checkpoint: `path_or_url` itself, or for an http://, https:// or file:// URL the file it
+    is downloaded to, once, in torch.hub's cache (cache_path), after checking that it is a checkpoint. With
+    `check_hash`, the file's SHA-256 must begin with the digits its name ends with (NAME-<digits>.pth, torch.hub's
+    rule). Nothing more is read here: load_checkpoint reads the file safely."""
+    path_or_url = os.fspath(path_or_url)
+    path = path_or_url
+    if "://" in path_or_url:
+        url = urllib.parse.urlparse(path_or_url)
+        if url.scheme not in ("http", "https", "file") or not os.path.basename(url.path):
+            raise ValueError(f"checkpoint URL {path_or_url} is not an http(s):// or file:// URL of a file")
+        path = cache_path(path_or_url)
+        if not os.path.isfile(path):
+            download_checkpoint(path_or_url, path)
+    if check_hash:
+        check_file_hash(path, path_or_url)
     return path
 
 
-def load_model(path_or_url, *, model_name=None, device="cpu") -> MultiGrainNet:
-    """The MultiGrainNet stored in a checkpoint file or URL (see checkpoint_file): any checkpoint of this
-    project or a published file, in eval mode, with its pooling exponent and whitening as stored.
+def load_model(path_or_url, *, model_name=None, device="cpu", check_hash=False) -> MultiGrainNet:
+    """The MultiGrainNet stored in a checkpoint file or URL (see checkpoint_file, and for `check_hash`): any
+    checkpoint of this project or a published file, in eval mode, with its pooling exponent and whitening as
+    stored. A file that is not one, or whose weights are not finite, is refused with a ValueError saying so.
 
     The architecture is the checkpoint's `args["model"]` (resnet50 for the published files, which do
     not name it); `model_name` names it for checkpoints that do not, and must agree with it otherwise.
     The number of classes is read from the classifier.
     """
-    return open_model(checkpoint_file(path_or_url), model_name=model_name).model(device)
+    return open_model(checkpoint_file(path_or_url, check_hash), model_name=model_name).model(device)
