@@ -64,21 +64,21 @@ def read_image_list(args):
     lines = [(number, line.strip()) for number, line in enumerate(read_lines(images), 1) if line.strip()]
     if not lines:
         raise ValueError(f"--images {images} lists no image")
-    seen = {}
+    seen = set()
     for number, name in lines:
         if name in seen:
-            raise ValueError(f"--images {images}: {name} is listed twice (line {number}, first on line {seen[name]})")
-        seen[name] = number
-        if not args.skip_bad_images:
-            try:
-                check_regular_file(Path(args.root) / name)
-            except OSError as e:
-                raise ValueError(
-                    f"--images {images} line {number}: {shown(name)} cannot be read ({e}): correct the list, "
-                    "or pass --skip-bad-images to leave such images out"
-                ) from None
+            raise ValueError(f"--images {images}: {shown(name)} is listed twice (line {number})")
+        seen.add(name)
     names = [name for _, name in lines]
     check_names(names, f"--images {images}")
+    for number, name in lines if not args.skip_bad_images else ():
+        try:
+            check_regular_file(Path(args.root) / name)
+        except OSError as e:
+            raise ValueError(
+                f"--images {images} line {number}: {shown(name)} cannot be read ({e}): correct the list, "
+                "or pass --skip-bad-images to leave such images out"
+            ) from None
     return [Path(args.root) / name for name in names], names
 
 

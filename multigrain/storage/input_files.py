@@ -34,15 +34,15 @@ def check_regular_file(path):
 def open_regular_file(path):
     """`path` opened for binary reading if it is a regular file (links followed); anything else is refused with a
     NotRegularFileError, without the wait that opening a FIFO would start."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    file = open(path, "rb", opener=lambda name, flags: os.open(name, flags | os.O_NONBLOCK))
     try:
-        mode = os.fstat(fd).st_mode
+        mode = os.fstat(file.fileno()).st_mode
         if not stat.S_ISREG(mode):
             raise NotRegularFileError(f"{os.fspath(path)} is not a regular file but {file_kind(mode)}")
-        os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
+        os.set_blocking(file.fileno(), True)
+        return file
     except BaseException:
-        os.close(fd)
+        file.close()
         raise
 
 
