@@ -22,7 +22,7 @@ import torch
 
 import flags
 import utils
-from multigrain.images.datasets import ImageList, SkipBadImages, list_image_files
+from multigrain.images.datasets import IMG_EXTENSIONS, ImageList, SkipBadImages, list_image_files
 from multigrain.inference.retrieval_descriptors import retrieval_descriptors
 from multigrain.search.descriptor_files import (
     MANIFEST,
@@ -50,9 +50,15 @@ def read_image_list(args):
     if images.is_dir():
         if args.root:
             raise ValueError(f"--root is for a list file; --images {images} is a folder")
-        names = list_image_files(images, recursive=True)
+        others = []
+        names = list_image_files(images, recursive=True, others=others)
         if not names:
             raise ValueError(f"--images {images} holds no image file")
+        if others and utils.launch_rank() == 0:
+            print(
+                f"{len(others)} files under --images {images} are not images by their extension "
+                f"({' '.join(IMG_EXTENSIONS)}) and are left out, e.g. {', '.join(map(shown, others[:3]))}"
+            )
         check_names(names, f"--images {images}")
         return [images / name for name in names], names
     if not images.exists():
@@ -74,7 +80,7 @@ def read_image_list(args):
     for number, name in lines if not args.skip_bad_images else ():
         try:
             check_regular_file(Path(args.root) / name)
-        except OSError as e:
+        except (OSError, ValueError) as e:  # ValueError: a NUL character in the name
             raise ValueError(
                 f"--images {images} line {number}: {shown(name)} cannot be read ({e}): correct the list, "
                 "or pass --skip-bad-images to leave such images out"

@@ -46,6 +46,8 @@ def check_args(args):
         raise ValueError("--threshold and --known-duplicates are for --dedup")
     if args.known_duplicates and not os.path.isfile(args.known_duplicates):
         raise ValueError(f"--known-duplicates {args.known_duplicates} is not a file")
+    if args.faiss_index is not None and not args.faiss_index.strip():
+        raise ValueError("--faiss-index is empty: pass an index-factory string, e.g. IVF1024,PQ32 (or drop the flag)")
     if args.nprobe is not None and not args.faiss_index:
         raise ValueError("--nprobe is for an approximate --faiss-index")
     if args.faiss_index and args.search == "torch":

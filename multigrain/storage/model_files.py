@@ -84,19 +84,49 @@ class ModelFile:
         if self.num_classes != num_classes:
             raise ValueError(f"{self.path} classifies {self.num_classes} classes, {classes_of} has {num_classes}")
 
-    def model(self, device="cpu", *, unwhitened=False, pooling_exponent=None) -> MultiGrainNet:
-        """The MultiGrainNet, in eval mode on `device`, with its weights, p and whitening as stored;
-        `unwhitened` gives the model before its whitening (the classifier reads g again), `pooling_exponent`
-        replaces p."""
+    def _untrained_model(self) -> MultiGrainNet:
+        """The architecture's MultiGrainNet with the classifier (and whitening) that the state holds."""
         num_classes, classifier_width = self.state["classifier.weight"].shape
         model = build_model(self.architecture, num_classes=num_classes, pooling_exponent=self.p)
         if self.whitened:
             model.whitening = Whitening(self.state["whitening.mean"], self.state["whitening.projection"])
             model.classifier = nn.Linear(classifier_width, num_classes)
-        try:
-            model.load_state_dict(self.state)
-        except RuntimeError as e:
-            raise ValueError(f"{self.path} does not fit --model {self.architecture}: {e}") from None
+        return model
+
+    def check_fits(self):
+        """Refuses (ValueError) a state whose keys or shapes are not those of the architecture, saying how many differ
+        and which first: the model is built on the meta device, with no memory and little time, so that a script
+        refuses the file before its work."""
+        with torch.device("meta"):
+            expected = {key: value.shape for key, value in self._untrained_model().state_dict().items()}
+        missing = [key for key in expected if key not in self.state]
+        foreign = [key for key in self.state if key not in expected]
+        reshaped = [key for key in expected if key in self.state and self.state[key].shape != expected[key]]
+        problems = [
+            f"{len(keys)} {what} (e.g. {example(keys[0])})"
+            for keys, what, example in (
+                (missing, "tensors of the architecture are missing", str),
+                (foreign, "tensors are not the architecture's", str),
+                (
+                    reshaped,
+                    "tensors have other shapes",
+                    lambda key: f"{key}: {list(self.state[key].shape)} for {list(expected[key])}",
+                ),
+            )
+            if keys
+        ]
+        if problems:
+            raise ValueError(
+                f"{self.path} does not fit the architecture {self.architecture}: {', '.join(problems)}; name the "
+                "architecture of the file with --model"
+            )
+
+    def model(self, device="cpu", *, unwhitened=False, pooling_exponent=None) -> MultiGrainNet:
+        """The MultiGrainNet, in eval mode on `device`, with its weights, p and whitening as stored;
+        `unwhitened` gives the model before its whitening (the classifier reads g again), `pooling_exponent`
+        replaces p."""
+        model = self._untrained_model()
+        model.load_state_dict(self.state)
         if unwhitened:
             remove_whitening(model)
         if pooling_exponent is not None:
@@ -139,7 +169,9 @@ def open_model(path, *, model_name=None) -> ModelFile:
     if ("whitening.mean" in state) != ("whitening.projection" in state):
         raise ValueError(f"{path} has only one of whitening.mean and whitening.projection")
     kind = checkpoint_kind(checkpoint)
-    return ModelFile(path, checkpoint, kind, architecture_name(checkpoint, kind, path, model_name), state)
+    model_file = ModelFile(path, checkpoint, kind, architecture_name(checkpoint, kind, path, model_name), state)
+    model_file.check_fits()
+    return model_file
 
 
 def check_file_hash(path, source):
