@@ -77,15 +77,21 @@ def read_image_list(args):
         seen.add(name)
     names = [name for _, name in lines]
     check_names(names, f"--images {images}")
-    for number, name in lines if not args.skip_bad_images else ():
+    if not args.skip_bad_images:
+        check_listed_files(images, args.root, lines)
+    return [Path(args.root) / name for name in names], names
+
+
+def check_listed_files(images, root, lines):
+    """Refuses a listed path that is not a regular file (missing, a folder, a FIFO), naming its line."""
+    for number, name in lines:
         try:
-            check_regular_file(Path(args.root) / name)
+            check_regular_file(Path(root) / name)
         except (OSError, ValueError) as e:  # ValueError: a NUL character in the name
             raise ValueError(
                 f"--images {images} line {number}: {shown(name)} cannot be read ({e}): correct the list, "
                 "or pass --skip-bad-images to leave such images out"
             ) from None
-    return [Path(args.root) / name for name in names], names
 
 
 def settings(args, names):
