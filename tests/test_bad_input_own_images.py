@@ -25,7 +25,7 @@ from multigrain import load_model
 from multigrain.search.descriptor_files import MANIFEST, DescriptorCollection, save_features
 from multigrain.storage.model_files import cache_path
 from tests.scripts import ONE_THREAD, ROOT, run_script, script_command
-from tests.test_bad_input import set_state, write_model
+from tests.test_bad_input import random_state, set_state, write_model
 from tests.test_search import write_shards
 from tools import synthetic_data
 from utils import Failure, UsageError
@@ -47,6 +47,8 @@ def root(tmp_path_factory):
     root = tmp_path_factory.mktemp("own_images")
     write_model(root / "model.pth")
     write_model(root / "nan.pth", change=set_state("features.layer4.1.bn2.weight", float("nan")))
+    torch.save({"model_state": random_state(4)}, root / "published_resnet18.pth")  # published files are resnet50s
+    (root / "page.pth").write_text("<html>Not found</html>")
     synthetic_data.make_ukbench(root / "photos", num_groups=2, image_size=(32, 24))
     synthetic_data.make_imagefolder(root / "data", num_classes=4, train_per_class=1, val_per_class=1, image_size=16)
     synthetic_data.make_disc21(
@@ -251,8 +253,9 @@ def flags(*argv):
     return lambda root, tmp_path: ["--images", root / "photos", "--output-dir", tmp_path / "out", *argv]
 
 
-def nan_weights(root, tmp_path):
-    return ["--images", root / "photos", "--output-dir", tmp_path / "out", "--checkpoint", root / "nan.pth"]
+def checkpoint(name):
+    return lambda root, tmp_path: ["--images", root / "photos", "--output-dir", tmp_path / "out", "--checkpoint",
+                                   root / name]  # fmt: skip
 
 
 EXTRACT_CASES = [
@@ -267,7 +270,10 @@ EXTRACT_CASES = [
     ("under a file", output_under_a_file, "a_file/out is not a writable folder"),
     ("in /proc", flags("--output-dir", "/proc/multigrain-out"), "--output-dir /proc/multigrain-out is not a writable"),
     ("device", flags("--device", "cuda:0x"), "--device cuda:0x is not a device: pass cpu, cuda or cuda:N"),
-    ("NaN weights", nan_weights, NAN_WEIGHTS),
+    ("listed NUL", listing(b"ukbench00000.jpg\nuk\x00bench.jpg\n"), "line 2: 'uk\\x00bench.jpg' cannot be read"),
+    ("NaN weights", checkpoint("nan.pth"), NAN_WEIGHTS),
+    ("architecture", checkpoint("published_resnet18.pth"), "resnet50: 165 tensors of the architecture are missing"),
+    ("not a checkpoint", checkpoint("page.pth"), "page.pth safely: weights_only=True failed (Unsupported operand 60)"),
 ]
 if not HAS_CUDA:
     EXTRACT_CASES.append(("no CUDA", flags("--device", "cuda"), "--device cuda: torch sees no CUDA device"))
@@ -279,6 +285,12 @@ def test_extract_refuses_what_it_cannot_read_or_write_before_the_work(make, mess
         extract.check_args(extract_args(root, *make(root, tmp_path)))
     assert message in refusal(error)
     assert not (tmp_path / "out").exists()
+
+
+def test_files_that_are_not_images_by_their_extension_are_named(root, tmp_path, capsys):
+    argv = photos_with("anim.gif", "notes.txt")(root, tmp_path)
+    paths, names, _, _ = extract.check_args(extract_args(root, *argv))
+    assert len(names) == 8 and "2 files under --images" in capsys.readouterr().out
 
 
 def test_a_listed_fifo_is_a_bad_image_not_a_hang(root, tmp_path):

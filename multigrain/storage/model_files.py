@@ -99,22 +99,19 @@ class ModelFile:
         refuses the file before its work."""
         with torch.device("meta"):
             expected = {key: value.shape for key, value in self._untrained_model().state_dict().items()}
-        missing = [key for key in expected if key not in self.state]
+        # Batch norm counters are optional: files written before torch kept them load without them.
+        missing = [key for key in expected if key not in self.state and not key.endswith(".num_batches_tracked")]
         foreign = [key for key in self.state if key not in expected]
         reshaped = [key for key in expected if key in self.state and self.state[key].shape != expected[key]]
-        problems = [
-            f"{len(keys)} {what} (e.g. {example(keys[0])})"
-            for keys, what, example in (
-                (missing, "tensors of the architecture are missing", str),
-                (foreign, "tensors are not the architecture's", str),
-                (
-                    reshaped,
-                    "tensors have other shapes",
-                    lambda key: f"{key}: {list(self.state[key].shape)} for {list(expected[key])}",
-                ),
-            )
-            if keys
-        ]
+        problems = []
+        if missing:
+            problems.append(f"{len(missing)} tensors of the architecture are missing (e.g. {missing[0]})")
+        if foreign:
+            problems.append(f"{len(foreign)} tensors are not the architecture's (e.g. {foreign[0]})")
+        if reshaped:
+            key = reshaped[0]
+            shapes = f"{list(self.state[key].shape)}, the architecture's {list(expected[key])}"
+            problems.append(f"{len(reshaped)} tensors have other shapes (e.g. {key}: {shapes})")
         if problems:
             raise ValueError(
                 f"{self.path} does not fit the architecture {self.architecture}: {', '.join(problems)}; name the "
