@@ -25,7 +25,7 @@ from ..storage.input_files import LINE_BREAKS, check_regular_file, read_lines, r
 MANIFEST = "manifest.json"
 SHARD_STEM = re.compile(r"descriptors-\d{5}")
 DESCRIPTOR_DTYPES = (np.float16, np.float32, np.float64)
-ROWS_CHECKED_AT_ONCE = 65536
+ROWS_CHECKED_AT_ONCE = 8192  # 64 MiB of 2048-d float32 rows
 
 
 def name_problem(name):
@@ -48,7 +48,7 @@ def check_names(names, where):
         listed = ", ".join(f"{shown(name)} ({problem})" for name, problem in bad[:5])
         raise ValueError(
             f"{where}: {len(bad)} image names cannot be written one a line as UTF-8 text: {listed}"
-            f"{', ...' if len(bad) > 5 else ''}. Rename these files, or leave them out of a list file"
+            f"{', ...' if len(bad) > 5 else ''}: rename these files (or list the others in a list file)"
         )
 
 
