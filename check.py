@@ -27,7 +27,7 @@ from multigrain.search import report, saved_index
 from multigrain.search.collection_images import CollectionImages, read_manifest
 from multigrain.search.descriptor_files import MANIFEST, DescriptorCollection, save_features
 from multigrain.search.searcher import Searcher
-from multigrain.storage.file_hash import file_sha256
+from multigrain.storage.input_files import file_sha256
 from multigrain.storage.model_files import model_settings, open_model
 
 

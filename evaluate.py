@@ -29,6 +29,7 @@ from multigrain.inference.extraction import check_finite, collate_image_list
 from multigrain.inference.retrieval_descriptors import retrieval_descriptors
 from multigrain.search.descriptor_files import features_files, read_features, save_features
 from multigrain.search.nn_search import knn, knn_blocks, ranking_positions, top_pairs
+from multigrain.storage.atomic_write import open_atomic
 from multigrain.storage.model_files import model_settings, open_model
 from multigrain.training import distributed
 
@@ -106,6 +107,7 @@ def check_args(args):
         utils.check_writable_folder(args.output_dir, "--output-dir")
     if args.save_features:
         utils.check_writable_folder(args.save_features, "--save-features")
+    utils.check_device(args.device)
     if args.load_features:
         return None
     model_file = open_model(args.checkpoint, model_name=args.model)
@@ -138,12 +140,12 @@ def load_features(folder, stem, names):
     array_path, _ = features_files(folder, stem)
     try:
         descriptors, saved_names = read_features(array_path)
-    except FileNotFoundError as e:
-        raise FileNotFoundError(f"--load-features: {e}") from e
+    except (ValueError, OSError) as e:
+        raise utils.UsageError(f"--load-features: {e}") from e
     if saved_names != list(names):
         differences = [i for i, (saved, name) in enumerate(zip(saved_names, names)) if saved != name]
         mismatch = differences[0] if differences else min(len(saved_names), len(names))
-        raise ValueError(
+        raise utils.UsageError(
             f"{array_path.with_suffix('.txt')} does not list the benchmark's {len(names)} images in order "
             f"({len(saved_names)} names; first difference at line {mismatch + 1})"
         )
@@ -363,9 +365,8 @@ def main(args):
     if non_finite:
         raise FloatingPointError(f"non-finite results ({', '.join(non_finite)}): metrics.json is not written")
     if args.output_dir:
-        os.makedirs(args.output_dir, exist_ok=True)
         record = {"description": description, "results": results, "args": vars(args)}
-        with open(os.path.join(args.output_dir, "metrics.json"), "w") as f:
+        with open_atomic(os.path.join(args.output_dir, "metrics.json"), "metrics") as f:
             json.dump(record, f, indent=2, allow_nan=False)
     return results
 

@@ -7,20 +7,23 @@ or its weights and config for sharing (.safetensors).
 
 The exported program takes a normalised (N, 3, H, W) float32 batch (multigrain.eval_transform) and returns
 (logits, descriptors), as MultiGrainNet does: the trunk, GeM with the checkpoint's p, its whitening and its
-classifier. The safetensors file holds the weights and a small JSON config (architecture, class names, input
-size s*: multigrain.storage.safetensors_file), no pickle; load_model and every script read it back. Before the
-file is written, its outputs are compared with the model's on two inputs of different aspect ratios (ONNX: when
-onnxruntime is installed; safetensors: the model read back from the file).
+classifier. N, H and W are free, from 1 (a thin image of 1 x 400 px included). The safetensors file holds the
+weights and a small JSON config (architecture, class names, input size s*: multigrain.storage.safetensors_file), no
+pickle; load_model and every script read it back. Before the file is written, its outputs are compared with the
+model's on batches of other sizes and aspect ratios, thin ones among them (ONNX: when onnxruntime is installed;
+safetensors: the model read back from the file); a file that fails one is not written.
 """
 
 import importlib.util
+import io
 import os
 
 import torch
+import torch.fx.experimental._config
 
 import flags
 import utils
-from multigrain.storage.atomic_write import atomic_path
+from multigrain.storage.atomic_write import atomic_path, write_atomic
 from multigrain.storage.checkpoint import code_version
 from multigrain.storage.model_files import model_settings, open_model
 from multigrain.storage.safetensors_file import save_safetensors
@@ -28,9 +31,9 @@ from multigrain.storage.safetensors_file import save_safetensors
 FORMATS = {".pt2": "torch.export", ".onnx": "ONNX", ".safetensors": "safetensors"}
 # The optional packages each format needs, and the extra that installs them.
 FORMAT_PACKAGES = {".onnx": (("onnx", "onnxscript"), "onnx"), ".safetensors": (("safetensors",), "safetensors")}
-# The traced example and the two inputs the exported program is checked on: batch, height, width all differ.
+# The traced example and the inputs the exported program is checked on: batch, height, width all differ, down to 1.
 EXAMPLE_SHAPE = (2, 3, 128, 96)
-CHECK_SHAPES = ((1, 3, 96, 128), (3, 3, 80, 64))
+CHECK_SHAPES = ((1, 3, 96, 128), (3, 3, 80, 64), (1, 3, 32, 400), (2, 3, 400, 32), (1, 3, 1, 57), (1, 3, 57, 1))
 INPUT_NAMES, OUTPUT_NAMES = ["images"], ["logits", "descriptors"]
 
 
@@ -39,10 +42,19 @@ def dynamic_shapes():
     return ({0: torch.export.Dim.AUTO, 2: torch.export.Dim.AUTO, 3: torch.export.Dim.AUTO},)
 
 
+def sizes_from_one():
+    """Tracing assumes that a free size is not 0 or 1, and guards the program against 1: the feature maps of an
+    image less than 32 px high or wide (1 x 1 after the trunk's strides) would then be refused, though the eager
+    model takes them. Size-oblivious tracing drops that assumption: the program holds for every size from 1."""
+    return torch.fx.experimental._config.patch(backed_size_oblivious=True)
+
+
 def export_program(model) -> torch.export.ExportedProgram:
-    return torch.export.export(model, (torch.randn(EXAMPLE_SHAPE),), dynamic_shapes=dynamic_shapes())
+    with sizes_from_one():
+        return torch.export.export(model, (torch.randn(EXAMPLE_SHAPE),), dynamic_shapes=dynamic_shapes())
 
 
+@sizes_from_one()
 def write_onnx(model, path):
     torch.onnx.export(
         model,
@@ -66,14 +78,22 @@ def onnx_runner(path):
 
 
 def check_same_outputs(model, run_exported, what):
-    """Compares the exported outputs with the model's on CHECK_SHAPES; raises if they differ."""
+    """Compares the exported outputs with the model's on CHECK_SHAPES; a utils.Failure says where they differ, or
+    which input the exported model refuses."""
     generator = torch.Generator().manual_seed(0)
     for shape in CHECK_SHAPES:
         images = torch.randn(shape, generator=generator)
         with torch.no_grad():
             expected = model(images)
-        for name, output, reference in zip(OUTPUT_NAMES, run_exported(images), expected):
-            torch.testing.assert_close(output, reference, rtol=1e-4, atol=1e-4, msg=f"{what}: {name} at {shape}")
+        try:
+            outputs = run_exported(images)
+            for name, output, reference in zip(OUTPUT_NAMES, outputs, expected):
+                torch.testing.assert_close(output, reference, rtol=1e-4, atol=1e-4, msg=f"{name} differs")
+        except Exception as e:  # whatever the runtime raises: the model is not written
+            reason = " ".join(str(e).split())[:300]
+            raise utils.Failure(
+                f"the {what} does not give the model's outputs on an input of shape {shape}: {reason}; nothing written"
+            ) from None
         print(f"{what} at {tuple(shape)}: same logits and descriptors as the model")
 
 
@@ -93,6 +113,7 @@ def check_args(args):
             )
     if os.path.isdir(args.output):
         raise ValueError(f"--output {args.output} is a folder")
+    utils.check_writable_folder(os.path.dirname(os.path.abspath(args.output)), "the folder of --output")
     return open_model(args.checkpoint, model_name=args.model)
 
 
@@ -112,14 +133,18 @@ def main(args):
     source = {"kind": model_file.kind, "file": os.path.basename(model_file.path)}
     del model_file
     extension = os.path.splitext(args.output)[1]
-    with atomic_path(args.output, "exported model") as tmp_path:
-        if extension == ".pt2":
-            program = export_program(model)
-            check_same_outputs(model, program.module(), "torch.export program")
-            torch.export.save(program, tmp_path)
-        elif extension == ".safetensors":
+    if extension == ".pt2":
+        program = export_program(model)
+        check_same_outputs(model, program.module(), "torch.export program")
+        # Saved in memory first: torch.export.save aborts the process when a write to a file fails (a full disk).
+        buffer = io.BytesIO()
+        torch.export.save(program, buffer)
+        write_atomic(args.output, lambda f: f.write(buffer.getbuffer()), "exported model")
+    elif extension == ".safetensors":
+        with atomic_path(args.output, "exported model") as tmp_path:
             write_safetensors(model, name, source, tmp_path)
-        else:
+    else:
+        with atomic_path(args.output, "exported model") as tmp_path:
             write_onnx(model, tmp_path)
             if importlib.util.find_spec("onnxruntime") is not None:
                 check_same_outputs(model, onnx_runner(tmp_path), "ONNX file (onnxruntime)")

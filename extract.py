@@ -19,7 +19,6 @@ image files, which tells an image changed since it was described.
 """
 
 import datetime
-import json
 import os
 import time
 from pathlib import Path
@@ -29,19 +28,45 @@ import torch
 
 import flags
 import utils
-from multigrain.images.datasets import ImageList, SkipBadImages
+from multigrain.images.datasets import IMG_EXTENSIONS, ImageList, SkipBadImages
 from multigrain.images.image_lists import images_root, names_sha256, read_image_list
 from multigrain.inference.retrieval_descriptors import retrieval_descriptors
 from multigrain.search import additions
 from multigrain.search.collection_images import save_file_stats
 from multigrain.search.collection_settings import differences
-from multigrain.search.descriptor_files import MANIFEST, save_features, write_json
-from multigrain.storage.file_hash import file_sha256
+from multigrain.search.descriptor_files import (
+    MANIFEST,
+    check_names,
+    features_files,
+    read_manifest,
+    save_features,
+    write_json,
+)
+from multigrain.storage.atomic_write import write_atomic
+from multigrain.storage.folder_lock import hold_folder
+from multigrain.storage.input_files import file_sha256, shown
 from multigrain.storage.model_files import model_settings, open_model
 from multigrain.training import distributed
 
 FORMAT = "multigrain extract.py descriptors, version 1"
 BAD_IMAGES = "bad_images.txt"
+
+
+def read_images(args):
+    """(paths, names) of --images (read_image_list), each name one line of UTF-8 text as the names files hold them;
+    the files of a folder that are not images by their extension are said to be left out."""
+    others = []
+    paths, names = read_image_list(
+        args.images, args.root, check_files=not args.skip_bad_images,
+        skip_hint=", or pass --skip-bad-images to leave such images out", others=others,
+    )  # fmt: skip
+    if others:
+        utils.print_at_launch(
+            f"{len(others)} files under --images {args.images} are not images by their extension "
+            f"({' '.join(IMG_EXTENSIONS)}) and are left out, e.g. {', '.join(map(shown, others[:3]))}"
+        )
+    check_names(names, f"--images {args.images}")
+    return paths, names
 
 
 def settings(args, names):
@@ -74,16 +99,17 @@ def settings(args, names):
 ADDITION_SETTINGS = ("input", "shard_size")
 
 
-def read_manifest(args, expected):
+def read_earlier_manifest(args, names):
     """The manifest of an earlier run of the same command in --output-dir, None if there is none; a run
-    with other settings is refused, naming what differs (with --add, only the model and extraction settings)."""
+    with other settings is refused, naming what differs (with --add, only the model and extraction settings),
+    and a manifest that is not extract.py's too."""
     path = Path(args.output_dir) / MANIFEST
-    if not path.is_file():
+    if not path.exists():
         if any(Path(args.output_dir).glob("descriptors-*")):
             raise ValueError(f"--output-dir {args.output_dir} holds descriptors-* files but no {MANIFEST}")
         return None
-    manifest = json.loads(path.read_text())
-    for key, value in expected.items():
+    manifest = read_manifest(path)
+    for key, value in settings(args, names).items():
         if args.add and key in ADDITION_SETTINGS:
             continue
         for field, (old, new) in differences(key, manifest.get(key), value):
@@ -92,6 +118,23 @@ def read_manifest(args, expected):
                 f"--output-dir {args.output_dir} holds an extraction with {field} = {old}, this command has {new}: "
                 f"resume it with its own command{what_to_do}, or choose another --output-dir"
             )
+    shards = manifest["shards"]
+    added = additions.added_stems(manifest)
+    extracted = [
+        (shard.get("stem"), shard.get("first"), shard.get("images"))
+        for shard in shards
+        if shard.get("stem") not in added
+    ]
+    layout = [(shard["stem"], shard["first"], shard["images"]) for shard in new_manifest(args, names, 0)["shards"]]
+    if (not args.add and extracted != layout) or not all(
+        isinstance(shard.get("descriptors"), int) and isinstance(shard.get("bad_images"), list) for shard in shards
+    ):
+        raise ValueError(
+            f"{path} does not describe the shards of this extraction (edited?): restore it, or extract the images "
+            "again into a new --output-dir"
+        )
+    if not isinstance(manifest.get("dim"), int):
+        raise ValueError(f"{path} has no descriptor dimension (edited?): restore it, or use a new --output-dir")
     return manifest
 
 
@@ -102,14 +145,16 @@ def check_args(args):
     or None). Without --input-size, the checkpoint's s* is used (flags.checkpoint_input_size), and said."""
     if not os.path.isfile(args.checkpoint):
         raise ValueError(f"--checkpoint {args.checkpoint} is not a file")
-    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
-        raise ValueError(f"--output-dir {args.output_dir} is not a folder")
-    paths, names = read_image_list(args.images, args.root)
+    utils.check_device(args.device)
+    utils.check_writable_folder(args.output_dir, "--output-dir")
+    paths, names = read_images(args)
     model_file = open_model(args.checkpoint, model_name=args.model)
     utils.print_at_launch(flags.checkpoint_input_size(args, model_file))
     if args.multiscale and args.input_size < 2:
         raise ValueError(f"--multiscale needs --input-size >= 2 for its scale s/2, got {args.input_size}")
-    manifest = read_manifest(args, settings(args, names))
+    if utils.launch_rank() == 0:
+        hold_folder(args.output_dir, "--output-dir", "extract.py")
+    manifest = read_earlier_manifest(args, names)
     addition = None
     if args.add:
         if manifest is None:
@@ -121,6 +166,34 @@ def check_args(args):
 
 def new_manifest(args, names, dim):
     return {**settings(args, names), "dim": dim, "shards": additions.plan_shards(len(names), args.shard_size)}
+
+
+def recorded_files(folder, stem):
+    """{file name: {"bytes", "sha256"}} of a shard's two files, as the manifest records them."""
+    return {
+        path.name: {"bytes": path.stat().st_size, "sha256": file_sha256(path)} for path in features_files(folder, stem)
+    }
+
+
+def changed_shards(folder, shards):
+    """The stems of the shards marked complete whose files are missing, or differ from what the manifest records
+    (bytes and sha256), each with the reason."""
+    changed = {}
+    for shard in shards:
+        if not shard["complete"]:
+            continue
+        recorded = shard.get("files", {})
+        for path in features_files(folder, shard["stem"]):
+            if not path.is_file():
+                changed[shard["stem"]] = f"{path} is missing"
+            elif path.name not in recorded:
+                changed[shard["stem"]] = f"{MANIFEST} records no size and sha256 of {path.name}"
+            elif {"bytes": path.stat().st_size, "sha256": file_sha256(path)} != recorded[path.name]:
+                changed[shard["stem"]] = f"{path} is not the file that was written (its size or sha256 differ)"
+            else:
+                continue
+            break
+    return changed
 
 
 def extract_shard(model, shard, paths, names, device, args):
@@ -186,6 +259,22 @@ def main(args):
         for unfinished in Path(args.output_dir).glob(".tmp-*"):  # a file a killed run was writing
             unfinished.unlink()
     shards = manifest["shards"]
+    # Every process extracts the shards that the main process found changed.
+    changed = distributed.all_gather_object(
+        changed_shards(args.output_dir, shards) if distributed.is_main_process() else None
+    )[0]
+    lost = [stem for stem in changed if args.add or stem in additions.added_stems(manifest)]
+    if lost:  # its images are not those of this command
+        raise utils.Failure(
+            f"--output-dir {args.output_dir}: {lost[0]} was complete, but {changed[lost[0]]}: restore it, or extract "
+            "the folder again into a new --output-dir"
+        )
+    for shard in shards:
+        if shard["stem"] in changed:
+            shard.update(complete=False, descriptors=0, bad_images=[])
+            distributed.print_main(f"{shard['stem']} was complete, but {changed[shard['stem']]}: extracting it again")
+    if changed and distributed.is_main_process():
+        write_json(Path(args.output_dir) / MANIFEST, manifest)
     if addition is not None:
         paths, names, shards = addition.paths, addition.names, begin_addition(args, manifest, addition)
         if shards is None:
@@ -201,7 +290,8 @@ def main(args):
         if distributed.is_main_process():
             save_features(args.output_dir, shard["stem"], descriptors, kept_names)
             save_file_stats(args.output_dir, shard["stem"], kept_paths)
-            shard.update(complete=True, descriptors=len(kept_names), bad_images=bad)
+            files = recorded_files(args.output_dir, shard["stem"])
+            shard.update(complete=True, descriptors=len(kept_names), bad_images=bad, files=files)
             write_json(Path(args.output_dir) / MANIFEST, manifest)
         extracted += shard["images"]
         rate = extracted / max(time.time() - start, 1e-9)
@@ -219,8 +309,8 @@ def main(args):
     shards = manifest["shards"]
     bad = [name for shard in shards for name in shard["bad_images"]]
     if args.skip_bad_images:
-        lines = "".join(f"{name}\n" for name in bad)
-        Path(args.output_dir, BAD_IMAGES).write_text(lines)
+        lines = "".join(f"{name}\n" for name in bad).encode()
+        write_atomic(Path(args.output_dir, BAD_IMAGES), lambda f: f.write(lines), "list of bad images")
         print(f"{len(bad)} bad images skipped, listed in {Path(args.output_dir, BAD_IMAGES)}")
     total = sum(shard["descriptors"] for shard in shards)
     print(f"{total} descriptors of dimension {manifest['dim']} in {len(shards)} shards in {args.output_dir}")

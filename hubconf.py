@@ -13,15 +13,16 @@ import multigrain as _multigrain
 dependencies = ["torch", "torchvision", "numpy", "scipy", "PIL"]
 
 
-def multigrain(checkpoint, architecture=None, device="cpu"):
+def multigrain(checkpoint, architecture=None, device="cpu", check_hash=False):
     """The MultiGrainNet of `checkpoint` (any checkpoint of this project or a published MultiGrain file);
-    `architecture` (a torchvision name, e.g. resnet18) is needed only for checkpoints that do not name it."""
-    return _multigrain.load_model(checkpoint, model_name=architecture, device=device)
+    `architecture` (a torchvision name, e.g. resnet18) is needed only for checkpoints that do not name it;
+    `check_hash`: the file's SHA-256 must begin with the hex digits its name ends with (NAME-<digits>.pth)."""
+    return _multigrain.load_model(checkpoint, model_name=architecture, device=device, check_hash=check_hash)
 
 
-def multigrain_resnet50(checkpoint, device="cpu"):
+def multigrain_resnet50(checkpoint, device="cpu", check_hash=False):
     """A ResNet-50 MultiGrain model, e.g. a published one; a checkpoint of another architecture is refused."""
-    return _multigrain.load_model(checkpoint, model_name="resnet50", device=device)
+    return _multigrain.load_model(checkpoint, model_name="resnet50", device=device, check_hash=check_hash)
 
 
 def eval_transform(input_size):

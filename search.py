@@ -24,12 +24,14 @@ collection has not changed (multigrain/search/saved_index.py).
 """
 
 import csv
+import importlib.util
 import os
 from pathlib import Path
 
 import numpy as np
 import scipy.sparse
 import scipy.sparse.csgraph
+import torch
 
 import flags
 import utils
@@ -37,13 +39,16 @@ from multigrain.search import keep, report, saved_index
 from multigrain.search.collection_images import CollectionImages, read_manifest
 from multigrain.search.collection_settings import settings_differences
 from multigrain.search.descriptor_files import DescriptorCollection
+from multigrain.search.nn_search import check_index_factory
 from multigrain.search.searcher import Searcher
+from multigrain.storage.atomic_write import open_atomic
+from multigrain.storage.input_files import csv_records, shown
 
 
 @utils.usage_check
 def check_args(args):
-    """Refuses inconsistent flags and inputs; returns the (queries, database) collections (queries None
-    with --dedup)."""
+    """Refuses inconsistent flags and inputs before the search; returns the (queries, database) collections
+    (queries None with --dedup) and the known duplicate pairs of --known-duplicates (None without)."""
     if args.dedup == bool(args.queries):
         raise ValueError("pass --queries (nearest neighbours) or --dedup (duplicates within --database), not both")
     if args.precision_target is not None and not args.known_duplicates:
@@ -54,6 +59,8 @@ def check_args(args):
         raise ValueError("--threshold and --known-duplicates are for --dedup")
     if args.known_duplicates and not os.path.isfile(args.known_duplicates):
         raise ValueError(f"--known-duplicates {args.known_duplicates} is not a file")
+    if args.faiss_index is not None and not args.faiss_index.strip():
+        raise ValueError("--faiss-index is empty: pass an index-factory string, e.g. IVF1024,PQ32 (or drop the flag)")
     if args.nprobe is not None and not (args.faiss_index or args.index):
         raise ValueError("--nprobe is for an approximate --faiss-index")
     if (args.faiss_index or args.index) and args.search == "torch":
@@ -64,8 +71,13 @@ def check_args(args):
         raise ValueError("--keep and --keep-in are for --dedup")
     if args.keep_in and not args.keep:
         raise ValueError("--keep-in needs a --keep rule to choose among the images of its folder")
-    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
-        raise ValueError(f"--output-dir {args.output_dir} is not a folder")
+    if (args.faiss_index or args.search == "faiss") and importlib.util.find_spec("faiss") is None:
+        flag = "--faiss-index" if args.faiss_index else "--search faiss"
+        raise ValueError(f"{flag} needs faiss: pip install faiss-cpu (or the extra multigrain[faiss])")
+    utils.check_device(args.device)
+    if args.search == "faiss" and torch.device(args.device).type != "cpu":
+        raise ValueError(f"--search faiss searches on the CPU: drop --device {args.device} (or use --search torch)")
+    utils.check_writable_folder(args.output_dir, "--output-dir")
     database = DescriptorCollection(args.database, "--database")
     queries = DescriptorCollection(args.queries, "--queries") if args.queries else None
     if queries is not None:
@@ -81,6 +93,13 @@ def check_args(args):
         raise ValueError(f"{what} is more than the {len(database)} images of --database {args.database}")
     if args.index and os.path.isfile(args.index):
         saved_index.check_index(args.index, database, "--database", args.faiss_index)
+    if args.faiss_index:
+        training_rows = min(args.faiss_train_size, len(database))
+        try:
+            check_index_factory(args.faiss_index, database.dim, training_rows, args.nprobe)
+        except ValueError as e:
+            raise ValueError(f"--faiss-index {args.faiss_index}: {e}") from None
+    known = read_known_duplicates(args.known_duplicates, database.names) if args.known_duplicates else None
     images = CollectionImages.of_collection(database, "--database")
     if args.keep in ("largest", "oldest") and images.root is None:
         raise ValueError(f"--keep {args.keep} reads the image files, but {images.unreachable}: use --keep first")
@@ -91,7 +110,7 @@ def check_args(args):
                 f"--keep-in {args.keep_in}: no image of --database is in that folder (give it as the image names "
                 f"write it, relative to the images folder, e.g. {database.names[0].rpartition('/')[0] or '.'})"
             )
-    return queries, database, images
+    return queries, database, images, known
 
 
 def check_same_settings(queries, database, args):
@@ -115,7 +134,10 @@ def make_searcher(database, args):
     elif args.faiss_index:
         print(f"training the faiss index {args.faiss_index} on {min(args.faiss_train_size, len(database))} of "
               f"{len(database)} descriptors")  # fmt: skip
-        index = saved_index.build_index(database, args.faiss_index, args.faiss_train_size, args.nprobe)
+        try:
+            index = saved_index.build_index(database, args.faiss_index, args.faiss_train_size, args.nprobe)
+        except ValueError as e:
+            raise utils.UsageError(f"--faiss-index {args.faiss_index}: {e}") from None
         if args.index:
             saved_index.save_index(args.index, index, args.faiss_index, database)
             print(f"saved the index in {args.index}: later searches of the same collection read it")
@@ -123,15 +145,10 @@ def make_searcher(database, args):
     return Searcher(database, device=args.device, use_faiss=use_faiss, chunk_size=args.chunk_size, index=index)
 
 
-def csv_file(path):
-    """A CSV file to write, in which a name that is not UTF-8 is written as its bytes."""
-    return open(path, "w", newline="", encoding="utf-8", errors="surrogateescape")
-
-
 def write_neighbours(queries, database, images, searcher, args):
     path = Path(args.output_dir) / "neighbours.csv"
-    shown = []  # the report's (query, [(row, score, rank)])
-    with csv_file(path) as f:
+    reported = []  # the report's (query, [(row, score, rank)])
+    with open_atomic(path, "neighbours") as f:
         writer = csv.writer(f)
         writer.writerow(["query", "match", "score", "rank"])
         for offset, part in queries.parts():
@@ -142,17 +159,17 @@ def write_neighbours(queries, database, images, searcher, args):
                     if index >= 0:
                         writer.writerow([queries.names[offset + row], database.names[index], f"{score:.6f}", rank])
                         matches.append((int(index), float(score), rank))
-                if len(shown) < args.report_limit:
-                    shown.append((offset + row, matches))
+                if len(reported) < args.report_limit:
+                    reported.append((offset + row, matches))
     print(f"the {args.k} nearest of {len(queries)} queries among {len(database)} images: {path}")
     if args.report_limit:
         summary = [f"The {args.k} nearest of {len(queries)} queries among the {len(database)} images of --database."]
-        if len(queries) > len(shown):
-            summary.append(f"The report shows the first {len(shown)} queries: {path.name} lists them all.")
+        if len(queries) > len(reported):
+            summary.append(f"The report shows the first {len(reported)} queries: {path.name} lists them all.")
         query_images = CollectionImages.of_collection(queries, "--queries")
         print_report(
             report.write_neighbours_report(
-                args.output_dir, query_images, images, shown, summary, title="Nearest neighbours"
+                args.output_dir, query_images, images, reported, summary, title="Nearest neighbours"
             )
         )
     else:
@@ -182,20 +199,28 @@ def nearest_pairs(database, searcher, args):
 def read_known_duplicates(path, names):
     """The set of (first, second) row pairs, first < second, of a CSV with columns image1, image2."""
     rows = {name: row for row, name in enumerate(names)}
-    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames or not {"image1", "image2"} <= set(reader.fieldnames):
-            raise utils.UsageError(f"--known-duplicates {path} needs the columns image1,image2 (a header line)")
-        known = set()
-        for line, record in enumerate(reader, 2):
-            for name in (record["image1"], record["image2"]):
-                if name not in rows:
-                    raise utils.UsageError(f"--known-duplicates {path} line {line}: {name} is not in --database")
-            first, second = sorted((rows[record["image1"]], rows[record["image2"]]))
-            if first != second:
-                known.add((first, second))
+    records = csv_records(path)
+    _, header = next(records, (1, []))
+    if not {"image1", "image2"} <= set(header):
+        raise ValueError(f"--known-duplicates {path} needs the columns image1,image2 (a header line)")
+    columns = header.index("image1"), header.index("image2")
+    known = set()
+    for line, fields in records:
+        if not fields:
+            continue
+        if len(fields) != len(header):
+            raise ValueError(
+                f"--known-duplicates {path} line {line}: {len(fields)} fields, the header has {len(header)}"
+            )
+        pair = [fields[column] for column in columns]
+        for name in pair:
+            if name not in rows:
+                raise ValueError(f"--known-duplicates {path} line {line}: {shown(name)} is not in --database")
+        first, second = sorted(rows[name] for name in pair)
+        if first != second:
+            known.add((first, second))
     if not known:
-        raise utils.UsageError(f"--known-duplicates {path} lists no pair")
+        raise ValueError(f"--known-duplicates {path} lists no pair")
     return known
 
 
@@ -214,9 +239,8 @@ def threshold_for_precision(scores, is_known, target):
     return threshold, float(precisions.max(initial=0.0))
 
 
-def deduplicate(database, images, searcher, args):
+def deduplicate(database, images, searcher, known, args):
     firsts, seconds, scores = nearest_pairs(database, searcher, args)
-    known = read_known_duplicates(args.known_duplicates, database.names) if args.known_duplicates else None
     is_known = None
     if known is not None:
         is_known = np.array([(int(a), int(b)) in known for a, b in zip(firsts, seconds)], dtype=bool)
@@ -235,7 +259,7 @@ def deduplicate(database, images, searcher, args):
 
     order = np.lexsort((seconds, firsts, -scores))
     pairs_path = Path(args.output_dir) / "pairs.csv"
-    with csv_file(pairs_path) as f:
+    with open_atomic(pairs_path, "pairs") as f:
         writer = csv.writer(f)
         writer.writerow(["image1", "image2", "score"])
         for index in order:
@@ -244,7 +268,7 @@ def deduplicate(database, images, searcher, args):
     groups, labels = duplicate_groups(len(database), firsts, seconds)
     members = sum(len(rows) for _, rows in groups)
     groups_path = Path(args.output_dir) / "groups.csv"
-    with csv_file(groups_path) as f:
+    with open_atomic(groups_path, "groups") as f:
         writer = csv.writer(f)
         writer.writerow(["group", "size", "image"])
         for number, rows in groups:
@@ -283,15 +307,15 @@ def deduplicate(database, images, searcher, args):
     elif keep_path.exists():
         keep_path.unlink()  # an earlier run's list, of other groups
     if args.report_limit:
-        shown = sorted(groups, key=lambda group: (-len(group[1]), group[0]))[: args.report_limit]
-        if len(groups) > len(shown):
-            summary.append(f"The report shows the {len(shown)} largest of the {len(groups)} groups: see groups.csv")
+        largest = sorted(groups, key=lambda group: (-len(group[1]), group[0]))[: args.report_limit]
+        if len(groups) > len(largest):
+            summary.append(f"The report shows the {len(largest)} largest of the {len(groups)} groups: see groups.csv")
         if len(missed) > args.report_limit:
             summary.append(f"It shows {args.report_limit} of the {len(missed)} known pairs not found")
         written = report.write_dedup_report(
             args.output_dir,
             images,
-            report_groups(shown, labels, firsts, seconds, scores, pair_known),
+            report_groups(largest, labels, firsts, seconds, scores, pair_known),
             summary,
             decisions=decisions,
             missed=missed[: args.report_limit],
@@ -356,11 +380,11 @@ def write_keep_list(path, groups, images, args):
 
 
 def main(args):
-    queries, database, images = check_args(args)
+    queries, database, images, known = check_args(args)
     os.makedirs(args.output_dir, exist_ok=True)
     searcher = make_searcher(database, args)
     if args.dedup:
-        return deduplicate(database, images, searcher, args)
+        return deduplicate(database, images, searcher, known, args)
     write_neighbours(queries, database, images, searcher, args)
     return None
 

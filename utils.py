@@ -195,6 +195,29 @@ def check_writable_folder(folder, flag):
         raise ValueError(f"{flag} {folder} is not a writable folder: {e}") from None
 
 
+def check_device(device, flag="--device"):
+    """Refuses a device torch does not know, or a CUDA device this machine does not have (cuda:N counts
+    the devices), before any model is built on it."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"{flag} {device} is not a device: pass cpu, cuda or cuda:N") from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"{flag} {device}: torch sees no CUDA device on this machine: pass {flag} cpu")
+        if parsed.index is not None and parsed.index >= count:
+            raise ValueError(f"{flag} {device}: this machine has {count} CUDA devices (cuda:0 to cuda:{count - 1})")
+        local_rank = int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", 0)))
+        if local_rank >= count:
+            raise ValueError(
+                f"{flag} {device}: process {local_rank} of this machine would use cuda:{local_rank}, but the machine "
+                f"has {count} CUDA devices: start at most {count} processes per machine"
+            )
+    elif parsed.type != "cpu":
+        raise ValueError(f"{flag} {device}: the scripts run on cpu or cuda")
+
+
 def init_distributed_mode(args):
     """Sets args.distributed, args.rank, args.world_size, args.gpu from torchrun, SLURM or nothing.
 
@@ -259,31 +282,62 @@ def usage_check(check):
     return checked
 
 
+class Failure(RuntimeError):
+    """A run that failed for a reason its message gives in full (exit code 1, no traceback)."""
+
+
 # Failures that name their cause (a file, an iteration, a batch too large, a full disk) well enough that a
 # traceback adds nothing.
-REPORTED_FAILURES = (BadImageError, WriteError, FloatingPointError, MemoryError)
+REPORTED_FAILURES = (BadImageError, WriteError, FloatingPointError, MemoryError, Failure)
+# How long a process other than the launcher's rank 0 waits before reporting a refusal or failure: rank 0, which
+# meets the same refusal at the same time, reports it and exits, and the launcher then stops the others, so that
+# the message is printed once. A problem of one process only is still reported, after this wait.
+REPORT_WAIT_S = 20
+
+
+def report_and_exit(parser, message, exit_code, usage=False):
+    """Prints "PROG: error: MESSAGE" (after the usage with `usage`) and exits; under torchrun or SLURM only the
+    launcher's rank 0 prints at once, the others after REPORT_WAIT_S, naming their rank."""
+    rank = launch_rank()
+    if rank:
+        time.sleep(REPORT_WAIT_S)
+        message = f"(process {rank}) {message}"
+    if usage:
+        parser.print_usage(sys.stderr)
+    print(f"{parser.prog}: error: {message}", file=sys.stderr, flush=True)
+    sys.exit(exit_code)
 
 
 def run_script(main, parser):
-    """Parses the command line and runs main(args): a UsageError exits with code 2 and the usage, a
-    reported failure with code 1 and its message."""
+    """Parses the command line and runs main(args): a flag that does not parse exits with code 2 and the usage,
+    another UsageError with code 2 and its message, a reported failure with code 1 and its message; once for all
+    the processes of a torchrun or SLURM launch (report_and_exit)."""
+    parser.error = functools.partial(report_and_exit, parser, exit_code=2, usage=True)
     args = parser.parse_args()
     try:
         main(args)
     except UsageError as e:
-        parser.error(str(e))
+        report_and_exit(parser, str(e), 2)
     except REPORTED_FAILURES as e:
-        print(f"{parser.prog}: error: {e}", file=sys.stderr, flush=True)
-        sys.exit(1)
+        report_and_exit(parser, str(e), 1)
     except preemption.TrainingStopped as e:
         distributed.print_main(f"{parser.prog}: {e}")
         sys.exit(e.exit_code)
 
 
+def launch_rank() -> int:
+    """The rank the launcher gave this process (torchrun's RANK, SLURM's SLURM_PROCID), 0 without a launcher."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return int(os.environ["RANK"])
+    if "SLURM_PROCID" in os.environ and int(os.environ.get("SLURM_NTASKS", 1)) > 1:
+        return int(os.environ["SLURM_PROCID"])
+    return 0
+
+
 def print_at_launch(message):
     """Prints `message` (nothing for None) once per launch, before any process group exists: from the process of
-    rank 0 under torchrun or SLURM."""
-    if message is not None and os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0":
+    the launcher's rank 0."""
+    if message is not None and launch_rank() == 0:
         print(message, flush=True)
 
 

@@ -10,8 +10,9 @@ import export
 import utils
 from multigrain import load_model
 
-# Two batches whose height and width differ from each other and from export.EXAMPLE_SHAPE.
-SHAPES = ((1, 3, 48, 80), (2, 3, 72, 40))
+# Batches whose height and width differ from each other and from export.EXAMPLE_SHAPE, thin ones (a side under
+# the trunk's stride of 32, down to 1 px) among them: the README promises any height and width.
+SHAPES = ((1, 3, 48, 80), (2, 3, 72, 40), (1, 3, 24, 300), (2, 3, 300, 20), (1, 3, 1, 45), (1, 3, 45, 1), (1, 3, 1, 1))
 
 
 def assert_same_outputs(run, model):

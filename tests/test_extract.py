@@ -1,3 +1,4 @@
+import hashlib
 import json
 import os
 import signal
@@ -59,6 +60,15 @@ def command(checkpoint, images, output_dir, *extra):
 
 def run_extract(argv):
     return extract.main(extract.get_args_parser().parse_args(argv))
+
+
+def without_npy_hashes(folder):
+    """The manifest of an extract.py folder, each .npy file's SHA-256 checked against the file and left out."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for shard in manifest["shards"]:
+        record = shard["files"][f"{shard['stem']}.npy"]
+        assert record.pop("sha256") == hashlib.sha256((folder / f"{shard['stem']}.npy").read_bytes()).hexdigest()
+    return manifest
 
 
 def folder_bytes(folder):
@@ -195,12 +205,14 @@ def test_bad_images_are_named_or_skipped_and_two_processes_equal_one(checkpoint,
     two_argv = command(checkpoint, bad_folder, two, "--shard-size", "4", "--skip-bad-images")
     run = run_script("extract.py", *two_argv, nproc=2, env=ONE_THREAD, check=False)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    # Same files; the descriptors up to float rounding, as each process batches its own share of the images.
+    # Same files; the descriptors up to float rounding, as each process batches its own share of the images, and
+    # so the SHA-256 that the manifest records of each .npy file.
     two_files, one_files = folder_bytes(two), folder_bytes(one)
     assert two_files.keys() == one_files.keys()
     for name in one_files:
-        if not name.endswith(".npy"):
+        if not name.endswith(".npy") and name != "manifest.json":
             assert two_files[name] == one_files[name], name
+    assert without_npy_hashes(two) == without_npy_hashes(one)
     for name in one_files:
         if name.endswith(".npy"):
             np.testing.assert_allclose(np.load(two / name), np.load(one / name), atol=1e-6)

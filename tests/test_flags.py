@@ -89,7 +89,16 @@ def base_argv(tmp_path_factory):
         train: ["--data-path", data, "--output-dir", output],
         finetune_p: ["--resume", str(checkpoint), "--data-path", data, "--output-dir", output],
         whiten: ["--resume", str(checkpoint), "--whiten-path", data, "--output-dir", output],
-        evaluate: ["--resume", str(checkpoint), "--dataset", "imagenet-val", "--imagenet-path", data],
+        evaluate: [
+            "--resume",
+            str(checkpoint),
+            "--dataset",
+            "imagenet-val",
+            "--imagenet-path",
+            data,
+            "--device",
+            "cpu",
+        ],
         **{benchmark: [] for benchmark in BENCHMARKS},
     }
 

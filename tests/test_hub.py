@@ -2,6 +2,7 @@
 $TORCH_HOME/hub/checkpoints), the torch.hub example of docs/own_images.md, and refusals."""
 
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ from PIL import Image
 import export
 from multigrain import load_model
 from multigrain.model import MultiGrainNet, build_model
+from multigrain.storage.model_files import cache_path
 from tests.scripts import ROOT
 from tests.test_package import readme_code
 
@@ -38,7 +40,8 @@ def test_file_url_is_downloaded_once_and_loaded_as_stored(tiny_whitened_checkpoi
     served.parent.mkdir()
     shutil.copy(tiny_whitened_checkpoint, served)
     model = hub_load("multigrain", checkpoint=served.as_uri())
-    assert (torch_home / "hub" / "checkpoints" / "whitened.pth").is_file()
+    cached = torch_home / "hub" / "checkpoints" / Path(cache_path(served.as_uri())).name
+    assert cached.is_file() and cached.name.endswith("-whitened.pth")
     assert not model.training and model.whitening is not None and float(model.pool.p) == 3.0
     expected = load_model(tiny_whitened_checkpoint).state_dict()
     assert all(torch.equal(value, expected[key]) for key, value in model.state_dict().items())

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..images.datasets import ImageList
+from ..storage.atomic_write import open_atomic
+from ..storage.input_files import csv_records, read_lines, shown
 
 KINDS = {"queries": "Q", "references": "R", "training": "T"}
 GROUND_TRUTH_HEADER = ["query_id", "reference_id"]
@@ -40,12 +42,14 @@ def _id_pattern(kind):
 def read_id_list(path, kind):
     """The image ids of a list file, one a line (blank lines skipped), each checked to name a `kind` image."""
     pattern, ids, seen = _id_pattern(kind), [], {}
-    for line_number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+    for line_number, line in enumerate(read_lines(path), start=1):
         image_id = line.strip()
         if not image_id:
             continue
         if not pattern.fullmatch(image_id):
-            raise ValueError(f"{path} line {line_number}: {image_id!r} is not a {kind} image id ({KINDS[kind]}NNN)")
+            raise ValueError(
+                f"{path} line {line_number}: {shown(image_id)!r} is not a {kind} image id ({KINDS[kind]}NNN)"
+            )
         if image_id in seen:
             raise ValueError(f"{path} line {line_number}: {image_id} was already listed on line {seen[image_id]}")
         seen[image_id] = line_number
@@ -64,7 +68,7 @@ def folder_ids(root, kind):
     ids = sorted(
         entry.name[:-4]
         for entry in os.scandir(folder)
-        if entry.name.endswith(".jpg") and pattern.fullmatch(entry.name[:-4])
+        if entry.name.endswith(".jpg") and pattern.fullmatch(entry.name[:-4]) and entry.is_file()
     )
     if not ids:
         raise FileNotFoundError(f"DISC21 (--disc21-path): no {KINDS[kind]}NNN.jpg image in {folder}")
@@ -85,13 +89,12 @@ def read_images(root, kind, known_ids, list_file=None):
 
 def _csv_rows(path, header):
     """(line number, fields) of a CSV file, skipping blank lines and a first line equal to `header`."""
-    with open(path, newline="") as f:
-        for line_number, fields in enumerate(csv.reader(f), start=1):
-            if not fields or fields == [""]:
-                continue
-            if line_number == 1 and [field.strip() for field in fields] == header:
-                continue
-            yield line_number, [field.strip() for field in fields]
+    for line_number, fields in csv_records(path):
+        if not fields or fields == [""]:
+            continue
+        if line_number == 1 and [field.strip() for field in fields] == header:
+            continue
+        yield line_number, [field.strip() for field in fields]
 
 
 def read_ground_truth(path, query_ids, reference_ids, known_query_ids, known_reference_ids):
@@ -108,12 +111,12 @@ def read_ground_truth(path, query_ids, reference_ids, known_query_ids, known_ref
     for line_number, fields in _csv_rows(path, GROUND_TRUTH_HEADER):
         where = f"{path} line {line_number}"
         if len(fields) != 2:
-            raise ValueError(f"{where}: expected 'query_id,reference_id', got {','.join(fields)!r}")
+            raise ValueError(f"{where}: expected 'query_id,reference_id', got {shown(','.join(fields))!r}")
         query, reference = fields
         if query not in known_queries:
-            raise ValueError(f"{where}: query {query!r} is not an image of the layout's queries/")
+            raise ValueError(f"{where}: query {shown(query)!r} is not an image of the layout's queries/")
         if reference and reference not in known_references:
-            raise ValueError(f"{where}: reference {reference!r} is not an image of the layout's references/")
+            raise ValueError(f"{where}: reference {shown(reference)!r} is not an image of the layout's references/")
         if (query, reference) in seen:
             raise ValueError(f"{where}: the pair ({query}, {reference}) was already on line {seen[query, reference]}")
         seen[query, reference] = line_number
@@ -140,7 +143,7 @@ def read_layout(root, ground_truth, query_list=None, reference_list=None, traini
 def write_predictions(path, queries, references, scores):
     """The predictions CSV, scores written exactly (shortest repr of the float64), so that scoring the file
     gives the metrics of the predictions in memory."""
-    with open(path, "w", newline="") as f:
+    with open_atomic(path, "predictions") as f:
         writer = csv.writer(f)
         writer.writerow(PREDICTIONS_HEADER)
         for query, reference, score in zip(queries, references, scores):
@@ -155,18 +158,22 @@ def read_predictions(path, query_ids, reference_ids):
     for line_number, fields in _csv_rows(path, PREDICTIONS_HEADER):
         where = f"{path} line {line_number}"
         if len(fields) != 3:
-            raise ValueError(f"{where}: expected 'query_id,reference_id,score', got {','.join(fields)!r}")
+            raise ValueError(f"{where}: expected 'query_id,reference_id,score', got {shown(','.join(fields))!r}")
         query, reference, text = fields
         try:
             score = float(text)
         except ValueError:
-            raise ValueError(f"{where}: score {text!r} is not a number") from None
+            raise ValueError(f"{where}: score {shown(text)!r} is not a number") from None
         if not math.isfinite(score):
-            raise ValueError(f"{where}: score {text!r} is not finite")
+            raise ValueError(f"{where}: score {shown(text)!r} is not finite")
         if query not in known_queries:
-            raise ValueError(f"{where}: query {query!r} is not one of the {len(known_queries)} queries evaluated")
+            raise ValueError(
+                f"{where}: query {shown(query)!r} is not one of the {len(known_queries)} queries evaluated"
+            )
         if reference not in known_references:
-            raise ValueError(f"{where}: reference {reference!r} is not one of the {len(known_references)} references")
+            raise ValueError(
+                f"{where}: reference {shown(reference)!r} is not one of the {len(known_references)} references"
+            )
         if (query, reference) in seen:
             raise ValueError(
                 f"{where}: the pair ({query}, {reference}) was already predicted on line {seen[query, reference]}"

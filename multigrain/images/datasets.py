@@ -16,8 +16,9 @@ def is_image_file(name) -> bool:
     return str(name).lower().endswith(IMG_EXTENSIONS)
 
 
-def list_image_files(root, recursive=False):
-    """The paths relative to `root` of its image files (and, if `recursive`, of its sub-folders'), sorted.
+def list_image_files(root, recursive=False, others=None):
+    """The paths relative to `root` of its image files (and, if `recursive`, of its sub-folders'), sorted; with an
+    `others` list, the paths of the regular files that are not images by their extension are appended to it.
 
     Only regular files are images (not a FIFO named x.jpg). Links are followed, but every real folder is
     listed once: a link to a folder already listed, or to a folder holding `root` (a loop, such as a link
@@ -40,6 +41,8 @@ def list_image_files(root, recursive=False):
                         add(entry.path, prefix + entry.name + os.sep)
                 elif entry.is_file() and is_image_file(entry.name):
                     names.append(prefix + entry.name)
+                elif entry.is_file() and others is not None:
+                    others.append(prefix + entry.name)
 
     add(os.fspath(root), "")
     return sorted(names)

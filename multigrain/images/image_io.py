@@ -3,6 +3,8 @@
 import numpy as np
 from PIL import Image, ImageOps
 
+from ..storage.input_files import open_regular_file
+
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
@@ -26,9 +28,10 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 def load_rgb(path, exif_transpose: bool = True) -> Image.Image:
     """The RGB picture stored in `path`, turned upright by its EXIF orientation unless `exif_transpose`
-    is False (the pixels as stored, as the official retrieval evaluation tools read them)."""
+    is False (the pixels as stored, as the official retrieval evaluation tools read them). Only a regular file
+    is read: a FIFO or a device is a bad image, not a wait without end."""
     try:
-        with Image.open(path) as image:
+        with open_regular_file(path) as file, Image.open(file) as image:
             if exif_transpose:
                 image = ImageOps.exif_transpose(image)
             image.load()

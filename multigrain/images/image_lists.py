@@ -6,22 +6,28 @@ import hashlib
 import os
 from pathlib import Path
 
+from ..storage.input_files import check_regular_file, read_lines, shown
 from .datasets import list_image_files
 
 
-def read_image_list(images, root=None, *, images_flag="--images", root_flag="--root"):
+def read_image_list(
+    images, root=None, *, images_flag="--images", root_flag="--root", check_files=True, skip_hint="", others=None
+):
     """(paths, names) of the images of `images`: a folder (every image file under it, `list_image_files`) or a list
-    file of paths relative to the folder `root`, one a line; each image is named by that relative path. The errors
-    name the flags the paths came from."""
+    file of paths relative to the folder `root`, one a line of UTF-8 text; each image is named by that relative
+    path. With `check_files`, a listed path that is not a regular file (missing, a folder, a FIFO) is refused
+    naming its line (and `skip_hint`, how the command skips such images); with an `others` list, the files of a
+    folder that are not images by their extension are appended to it. The errors name the flags the paths came
+    from."""
     images = Path(images)
     if images.is_dir():
         if root:
             raise ValueError(f"{root_flag} is for a list file; {images_flag} {images} is a folder")
-        names = list_image_files(images, recursive=True)
+        names = list_image_files(images, recursive=True, others=others)
         if not names:
             raise ValueError(f"{images_flag} {images} holds no image file")
         return [images / name for name in names], names
-    if not images.is_file():
+    if not images.exists():
         raise ValueError(f"{images_flag} {images} does not exist")
     if not root:
         raise ValueError(
@@ -29,17 +35,26 @@ def read_image_list(images, root=None, *, images_flag="--images", root_flag="--r
         )
     if not os.path.isdir(root):
         raise ValueError(f"{root_flag} {root} is not a folder")
-    names, seen = [], set()
-    for line, text in enumerate(images.read_text().splitlines(), 1):
+    lines, seen = [], set()
+    for number, text in enumerate(read_lines(images), 1):
         name = text.strip()
         if name in seen:
-            raise ValueError(f"{images_flag} {images}: {name} is listed twice (line {line})")
+            raise ValueError(f"{images_flag} {images}: {shown(name)} is listed twice (line {number})")
         if name:
             seen.add(name)
-            names.append(name)
-    if not names:
+            lines.append((number, name))
+    if not lines:
         raise ValueError(f"{images_flag} {images} lists no image")
-    return [Path(root) / name for name in names], names
+    if check_files:
+        for number, name in lines:
+            try:
+                check_regular_file(Path(root) / name)
+            except (OSError, ValueError) as e:  # ValueError: a NUL character in the name
+                raise ValueError(
+                    f"{images_flag} {images} line {number}: {shown(name)} cannot be read ({e}): correct the list"
+                    f"{skip_hint}"
+                ) from None
+    return [Path(root) / name for _, name in lines], [name for _, name in lines]
 
 
 def images_root(images, root=None):

@@ -107,6 +107,11 @@ def begin_addition(manifest, addition, shard_size):
     return manifest["adding"]["shards"], replaced
 
 
+def added_stems(manifest):
+    """The stems of the collection's shards that --add commands added."""
+    return {stem for addition in manifest.get("additions", []) for stem in addition.get("shards", [])}
+
+
 def shard_files(folder, stem):
     return [*features_files(folder, stem), file_stats_path(folder, stem)]
 

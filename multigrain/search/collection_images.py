@@ -6,7 +6,6 @@ STEM.files.npy (int64 rows [bytes, mtime_ns], in the order of STEM.txt). The nam
 images folder: its --images when that is a folder, else its --root (manifest.json's "input").
 """
 
-import json
 import os
 from pathlib import Path
 from typing import NamedTuple
@@ -16,6 +15,7 @@ from PIL import Image
 
 from ..storage.atomic_write import write_atomic
 from .descriptor_files import MANIFEST
+from .descriptor_files import read_manifest as read_manifest_file
 
 FILE_STATS_SUFFIX = ".files.npy"
 MISSING = -1  # the size and time of a file that does not exist
@@ -50,9 +50,9 @@ def images_folder(manifest):
 
 
 def read_manifest(folder):
-    """The manifest.json of an extract.py folder, None if there is none."""
+    """The manifest.json of an extract.py folder (checked: descriptor_files.read_manifest), None if there is none."""
     path = Path(folder) / MANIFEST
-    return json.loads(path.read_text()) if path.is_file() else None
+    return read_manifest_file(path) if path.exists() else None
 
 
 class ImageFacts(NamedTuple):

@@ -6,8 +6,14 @@ come in each query's full ranking, which is what average precision needs, withou
 `approximate_index` builds a faiss index from an index-factory string for collections beyond exact search.
 """
 
+import re
+
 import numpy as np
 import torch
+
+# A faiss RuntimeError starts with the C++ function and file it comes from, and a failed check with its condition.
+FAISS_LOCATION = re.compile(r"Error in .*? at \S+:\d+: ")
+FAISS_FAILED_CHECK = re.compile(r"Error: '.*?' failed: ")
 
 
 def knn(queries, database, k: int, chunk_size: int = 4096, use_faiss: bool | None = None):
@@ -77,21 +83,54 @@ def knn_blocks(queries, database, k: int, chunk_size: int = 4096, use_faiss: boo
     return knn_parts(queries, blocks, k, chunk_size, use_faiss)
 
 
+def faiss_reason(error) -> str:
+    """What a faiss RuntimeError says, without the C++ function and file it comes from."""
+    return FAISS_FAILED_CHECK.sub("", FAISS_LOCATION.sub("", " ".join(str(error).split())))
+
+
+def check_index_factory(factory: str, dim: int, training_rows: int, nprobe: int | None = None):
+    """Refuses (ValueError) an index-factory string that faiss cannot build for `dim`-d descriptors by inner
+    product, an IVF index with more inverted lists than the `training_rows` it would be trained on (k-means needs
+    a row per list), and an nprobe for an index without lists. Cheap: nothing is trained."""
+    faiss = faiss_module()
+    try:
+        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as e:
+        reason = faiss_reason(e)
+        raise ValueError(f"faiss cannot build the index {factory!r} for {dim}-d descriptors: {reason}") from None
+    try:
+        lists = faiss.extract_index_ivf(index).nlist
+    except RuntimeError:
+        lists = None
+    if nprobe is not None and lists is None:
+        raise ValueError(f"the index {factory!r} has no inverted lists for nprobe to visit (it is not an IVF index)")
+    if lists is not None and not 1 <= lists <= training_rows:
+        raise ValueError(
+            f"the index {factory!r} has {lists} inverted lists, and its training takes at least one descriptor a "
+            f"list: it would be trained on {training_rows}"
+        )
+
+
 def approximate_index(factory: str, training_rows, database_parts, nprobe: int | None = None):
     """A faiss index by inner product from an index-factory string (e.g. "IVF1024,PQ32", "HNSW32"),
     trained on `training_rows` (a float32 sample of the database) and filled part by part. Search it
     with `index.search(queries, k)`; its scores and ranking are approximate. `nprobe` sets the number
-    of inverted lists an IVF index visits per query."""
+    of inverted lists an IVF index visits per query. An index faiss cannot build, train or fill is a ValueError
+    saying why (check_index_factory finds most before the training)."""
     faiss = faiss_module()
     training_rows = np.ascontiguousarray(training_rows, dtype=np.float32)
+    check_index_factory(factory, training_rows.shape[1], len(training_rows), nprobe)
+    index = faiss.index_factory(training_rows.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
     try:
-        index = faiss.index_factory(training_rows.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
+        if not index.is_trained:
+            index.train(training_rows)
+        for _, part in database_parts:
+            index.add(np.ascontiguousarray(part, dtype=np.float32))
     except RuntimeError as e:
-        raise ValueError(f"faiss cannot build the index {factory!r}: {str(e).strip().splitlines()[-1]}") from None
-    if not index.is_trained:
-        index.train(training_rows)
-    for _, part in database_parts:
-        index.add(np.ascontiguousarray(part, dtype=np.float32))
+        raise ValueError(
+            f"faiss cannot train or fill the index {factory!r} with {len(training_rows)} training descriptors: "
+            f"{faiss_reason(e)}"
+        ) from None
     set_nprobe(index, nprobe, f"the index {factory!r}")
     return index
 

@@ -112,6 +112,15 @@ class _RecordingFile:
         self.file.flush()
 
 
+@contextlib.contextmanager
+def open_atomic(path, what="file"):
+    """A UTF-8 text file to write `path`'s content to, atomically (see atomic_path); opened with newline="", as
+    the csv module writes."""
+    with atomic_path(path, what) as tmp_path:
+        with open(tmp_path, "x", newline="", encoding="utf-8") as f:
+            yield f
+
+
 def write_atomic(path, write, what="file"):
     """Calls write(binary file) to give `path` its content, atomically (see atomic_path)."""
     with atomic_path(path, what) as tmp_path:

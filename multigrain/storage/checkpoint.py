@@ -27,6 +27,7 @@ import functools
 import math
 import os
 import subprocess
+import warnings
 
 import torch
 
@@ -103,6 +104,15 @@ def _load_published_checkpoint(path):
     return kept
 
 
+def load_failure(error) -> str:
+    """Why torch.load failed, in one sentence: without its advice on loading the file unsafely or allowing more."""
+    text = str(error)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0]
+    text = " ".join(text.split()).split(". ")[0].rstrip(".")
+    return text or type(error).__name__
+
+
 def load_checkpoint(path):
     """A checkpoint file read with weights_only=True (plain containers and tensors only), or a safetensors file
     (read_safetensors).
@@ -115,17 +125,19 @@ def load_checkpoint(path):
     if is_safetensors(path):
         return read_safetensors(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a pickle protocol other than torch's: the loader refuses what it must
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        weights_only_error = e
+        weights_only_error = load_failure(e)
     try:
         return _load_published_checkpoint(path)
     except Exception as e:
         raise RuntimeError(
             f"cannot load checkpoint {path} safely: weights_only=True failed ({weights_only_error}); reading it "
-            f"as a published MultiGrain file failed too: {e}. It holds objects other than tensors, and loading "
-            "those would run whatever code the file names. Only a file you trust may be converted to a plain "
-            "state_dict: check where it came from (download it again from its publisher and compare its "
+            f"as a published MultiGrain file failed too: {load_failure(e)}. It holds objects other than tensors, and "
+            "loading those would run whatever code the file names. Only a file you trust may be converted to a "
+            "plain state_dict: check where it came from (download it again from its publisher and compare its "
             "sha256sum with the published checksum)"
         ) from None
 

@@ -9,7 +9,10 @@ group starts, and builds the model in main.
 """
 
 import dataclasses
+import hashlib
 import os
+import re
+import secrets
 import urllib.parse
 
 import torch
@@ -17,6 +20,10 @@ import torch
 from ..model import MultiGrainNet, build_model, check_model_name, classifier_layer
 from ..whitening import Whitening, remove_whitening
 from .checkpoint import checkpoint_kind, describe, load_checkpoint, model_state_dict
+from .input_files import file_sha256
+
+# torch.hub's rule: a file named NAME-<the first hex digits of its SHA-256>.EXT carries its own check.
+HASH_PREFIX = re.compile(r"-([a-f0-9]+)\.")
 
 PUBLISHED_ARCHITECTURE = "resnet50"
 # The beginning of keys that only the published file of each appendix-E architecture has.
@@ -89,19 +96,46 @@ class ModelFile:
         if self.num_classes != num_classes:
             raise ValueError(f"{self.path} classifies {self.num_classes} classes, {classes_of} has {num_classes}")
 
-    def model(self, device="cpu", *, unwhitened=False, pooling_exponent=None) -> MultiGrainNet:
-        """The MultiGrainNet, in eval mode on `device`, with its weights, p and whitening as stored;
-        `unwhitened` gives the model before its whitening (the classifier reads g again), `pooling_exponent`
-        replaces p. The model carries the file's class_names and input_size as attributes."""
+    def _untrained_model(self) -> MultiGrainNet:
+        """The architecture's MultiGrainNet with the classifier (and whitening) that the state holds."""
         num_classes, classifier_width = self.state["classifier.weight"].shape
         model = build_model(self.architecture, num_classes=num_classes, pooling_exponent=self.p)
         if self.whitened:
             model.whitening = Whitening(self.state["whitening.mean"], self.state["whitening.projection"])
             model.classifier = classifier_layer(classifier_width, num_classes)
-        try:
-            model.load_state_dict(self.state)
-        except RuntimeError as e:
-            raise ValueError(f"{self.path} does not fit --model {self.architecture}: {e}") from None
+        return model
+
+    def check_fits(self):
+        """Refuses (ValueError) a state whose keys or shapes are not those of the architecture, saying how many differ
+        and which first: the model is built on the meta device, with no memory and little time, so that a script
+        refuses the file before its work."""
+        with torch.device("meta"):
+            expected = {key: value.shape for key, value in self._untrained_model().state_dict().items()}
+        # Batch norm counters are optional: files written before torch kept them load without them.
+        missing = [key for key in expected if key not in self.state and not key.endswith(".num_batches_tracked")]
+        foreign = [key for key in self.state if key not in expected]
+        reshaped = [key for key in expected if key in self.state and self.state[key].shape != expected[key]]
+        problems = []
+        if missing:
+            problems.append(f"{len(missing)} tensors of the architecture are missing (e.g. {missing[0]})")
+        if foreign:
+            problems.append(f"{len(foreign)} tensors are not the architecture's (e.g. {foreign[0]})")
+        if reshaped:
+            key = reshaped[0]
+            shapes = f"{list(self.state[key].shape)}, the architecture's {list(expected[key])}"
+            problems.append(f"{len(reshaped)} tensors have other shapes (e.g. {key}: {shapes})")
+        if problems:
+            raise ValueError(
+                f"{self.path} does not fit the architecture {self.architecture}: {', '.join(problems)}; name the "
+                "architecture of the file with --model"
+            )
+
+    def model(self, device="cpu", *, unwhitened=False, pooling_exponent=None) -> MultiGrainNet:
+        """The MultiGrainNet, in eval mode on `device`, with its weights, p and whitening as stored;
+        `unwhitened` gives the model before its whitening (the classifier reads g again), `pooling_exponent`
+        replaces p. The model carries the file's class_names and input_size as attributes."""
+        model = self._untrained_model()
+        model.load_state_dict(self.state)
         if unwhitened:
             remove_whitening(model)
         if pooling_exponent is not None:
@@ -160,38 +194,79 @@ def open_model(path, *, model_name=None) -> ModelFile:
         raise ValueError(f"{path} has only one of whitening.mean and whitening.projection")
     check_usage_entries(checkpoint, state["classifier.weight"].shape[0], path)
     kind = checkpoint_kind(checkpoint)
-    return ModelFile(path, checkpoint, kind, architecture_name(checkpoint, kind, path, model_name), state)
+    model_file = ModelFile(path, checkpoint, kind, architecture_name(checkpoint, kind, path, model_name), state)
+    model_file.check_fits()
+    return model_file
 
 
-def checkpoint_file(path_or_url) -> str:
-    """The local file of a checkpoint: `path_or_url` itself, or for an http://, https:// or file:// URL the
-    file it is downloaded to, once, in torch.hub's cache (<torch.hub.get_dir()>/checkpoints/<file name>).
-    Nothing is read here: load_checkpoint reads the file safely."""
-    path_or_url = os.fspath(path_or_url)
-    if "://" not in path_or_url:
-        return path_or_url
-    url = urllib.parse.urlparse(path_or_url)
-    name = os.path.basename(url.path)
-    if url.scheme not in ("http", "https", "file") or not name:
-        raise ValueError(f"checkpoint URL {path_or_url} is not an http(s):// or file:// URL of a file")
-    path = os.path.join(torch.hub.get_dir(), "checkpoints", name)
-    if not os.path.isfile(path):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+def check_file_hash(path, source):
+    """Refuses (ValueError) a file whose SHA-256 does not begin with the hex digits after the last "-" of the file
+    name of `source` (its path or URL), as torch.hub's check_hash does."""
+    match = HASH_PREFIX.search(os.path.basename(urllib.parse.urlparse(source).path))
+    if match is None:
+        raise ValueError(f"check_hash: the file name of {source} carries no hash (NAME-<sha256 prefix>.pth)")
+    digest = file_sha256(path)
+    if not digest.startswith(match[1]):
+        raise ValueError(
+            f"{source}: its SHA-256 is {digest}, its name says {match[1]}...: the file is not the one named"
+        )
+
+
+def cache_path(url) -> str:
+    """Where a checkpoint URL is kept: torch.hub's checkpoint folder, under the URL's file name prefixed by the
+    SHA-256 of the whole URL, so that two URLs ending in the same file name are two files."""
+    name = os.path.basename(urllib.parse.urlparse(url).path)
+    return os.path.join(torch.hub.get_dir(), "checkpoints", f"{hashlib.sha256(url.encode()).hexdigest()[:16]}-{name}")
+
+
+def download_checkpoint(url, path):
+    """Downloads `url` to `path` if it is a checkpoint of this project or a published file: anything else (an
+    error page, another kind of file) is refused and not kept."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    downloaded = f"{path}.download-{secrets.token_hex(8)}"
+    try:
         try:
-            torch.hub.download_url_to_file(path_or_url, path, progress=False)
+            torch.hub.download_url_to_file(url, downloaded, progress=False)
         except OSError as e:
-            raise OSError(f"cannot download checkpoint {path_or_url}: {e}") from e
+            raise OSError(f"cannot download checkpoint {url}: {e}") from e
+        try:
+            model_state_dict(load_checkpoint(downloaded), url)
+        except (ValueError, RuntimeError) as e:
+            raise ValueError(f"{url} is not a MultiGrain checkpoint, and is not kept: {e}") from None
+        os.replace(downloaded, path)
+    finally:
+        if os.path.exists(downloaded):
+            os.remove(downloaded)
+
+
+def checkpoint_file(path_or_url, check_hash=False) -> str:
+    """The local file of a checkpoint: `path_or_url` itself, or for an http://, https:// or file:// URL the file it
+    is downloaded to, once, in torch.hub's cache (cache_path), after checking that it is a checkpoint. With
+    `check_hash`, the file's SHA-256 must begin with the digits its name ends with (NAME-<digits>.pth, torch.hub's
+    rule). Nothing more is read here: load_checkpoint reads the file safely."""
+    path_or_url = os.fspath(path_or_url)
+    path = path_or_url
+    if "://" in path_or_url:
+        url = urllib.parse.urlparse(path_or_url)
+        if url.scheme not in ("http", "https", "file") or not os.path.basename(url.path):
+            raise ValueError(f"checkpoint URL {path_or_url} is not an http(s):// or file:// URL of a file")
+        path = cache_path(path_or_url)
+        if not os.path.isfile(path):
+            download_checkpoint(path_or_url, path)
+    if check_hash:
+        check_file_hash(path, path_or_url)
     return path
 
 
-def load_model(path_or_url, *, model_name=None, device="cpu") -> MultiGrainNet:
-    """The MultiGrainNet stored in a checkpoint file or URL (see checkpoint_file): any checkpoint of this
-    project, a published file or export.py's safetensors file, in eval mode, with its pooling exponent and
-    whitening as stored, and the `class_names` and `input_size` the file stores as attributes (None when it
-    does not: descriptors and classify then use input size 500 and class indices).
+def load_model(path_or_url, *, model_name=None, device="cpu", check_hash=False) -> MultiGrainNet:
+    """The MultiGrainNet stored in a checkpoint file or URL (see checkpoint_file, and for `check_hash`): any
+    checkpoint of this project, a published file or export.py's safetensors file, in eval mode, with its pooling
+    exponent and whitening as stored, and the `class_names` and `input_size` the file stores as attributes (None
+    when it does not: descriptors and classify then use input size 500 and class indices). A file that is not
+    one, or whose weights are not finite, is refused with a ValueError saying so.
 
     The architecture is the checkpoint's `args["model"]` (resnet50 for the published files, which do
     not name it); `model_name` names it for checkpoints that do not, and must agree with it otherwise.
     The number of classes is read from the classifier.
     """
-    return open_model(checkpoint_file(path_or_url), model_name=model_name).model(device)
+    return open_model(checkpoint_file(path_or_url, check_hash), model_name=model_name).model(device)
