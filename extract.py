@@ -43,7 +43,7 @@ from multigrain.search.descriptor_files import (
     write_json,
 )
 from multigrain.storage.atomic_write import write_atomic
-from multigrain.storage.folder_lock import hold_folder
+from multigrain.storage.folder_lock import hold_folder, release_folder
 from multigrain.storage.input_files import file_sha256, shown
 from multigrain.storage.model_files import model_settings, open_model
 from multigrain.training import distributed
@@ -240,7 +240,15 @@ def begin_addition(args, manifest, addition):
 
 
 def main(args):
+    """Extracts the descriptors of --images into --output-dir, which it holds locked from check_args to its end."""
     paths, names, model_file, manifest, addition = check_args(args)
+    try:
+        return run_extraction(args, paths, names, model_file, manifest, addition)
+    finally:
+        release_folder(args.output_dir)
+
+
+def run_extraction(args, paths, names, model_file, manifest, addition):
     utils.init_distributed_mode(args)
     distributed.print_main(args)
     device = torch.device(args.device)

@@ -289,7 +289,7 @@ def test_extract_refuses_what_it_cannot_read_or_write_before_the_work(make, mess
 
 def test_files_that_are_not_images_by_their_extension_are_named(root, tmp_path, capsys):
     argv = photos_with("anim.gif", "notes.txt")(root, tmp_path)
-    paths, names, _, _ = extract.check_args(extract_args(root, *argv))
+    paths, names, *_ = extract.check_args(extract_args(root, *argv))
     assert len(names) == 8 and "2 files under --images" in capsys.readouterr().out
 
 

@@ -171,7 +171,17 @@ def test_input_size_defaults_to_the_checkpoints_s_star_and_says_so(checkpoint, u
 
     # Under torchrun or SLURM only the first process says it.
     monkeypatch.setenv("RANK", "1")
-    argv = ["--checkpoint", str(whitened), "--images", str(tmp_path / "two.txt"), "--root", str(ukbench)]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    argv = [
+        "--checkpoint",
+        str(whitened),
+        "--images",
+        str(tmp_path / "two.txt"),
+        "--root",
+        str(ukbench),
+        "--device",
+        "cpu",
+    ]
     args = extract.get_args_parser().parse_args([*argv, "--output-dir", str(tmp_path / "rank1")])
     extract.check_args(args)
     assert args.input_size == 48 and capsys.readouterr().out == ""

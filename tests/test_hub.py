@@ -57,7 +57,7 @@ def test_safetensors_file_through_a_url(tiny_whitened_checkpoint, tmp_path, torc
     served = tmp_path / "served" / "multigrain.safetensors"
     export.main(export.get_args_parser().parse_args(["--checkpoint", str(source), "--output", str(served)]))
     model = hub_load("multigrain", checkpoint=served.as_uri())
-    assert (torch_home / "hub" / "checkpoints" / "multigrain.safetensors").is_file()
+    assert (torch_home / "hub" / "checkpoints" / Path(cache_path(served.as_uri())).name).is_file()
     assert model.class_names == list("abcde") and model.input_size == 80 and not model.training
     expected = load_model(source).state_dict()
     assert all(torch.equal(value, expected[key]) for key, value in model.state_dict().items())

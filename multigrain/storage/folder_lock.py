@@ -2,8 +2,8 @@
 process ends, however it ends (a killed run leaves no stale lock). On Linux, flock works across the machines of an
 NFS share too.
 
-The lock is held until the process ends. A process that holds it may take it again (a test calling a script's
-main twice on one folder); another process is refused at once, with no wait.
+The lock is held until `release_folder` or the end of the process. A process that holds it may take it again (a test
+calling a script's main twice on one folder); another process is refused at once, with no wait.
 """
 
 import fcntl
@@ -33,3 +33,14 @@ def hold_folder(folder, flag, script):
             f"names it): wait for it to end, or choose another {flag}"
         ) from None
     _held[key] = fd
+
+
+def release_folder(folder):
+    """Gives up this process's lock of `folder` (nothing when it holds none)."""
+    try:
+        status = os.stat(os.path.join(folder, LOCK_FILE))
+    except FileNotFoundError:
+        return
+    fd = _held.pop((status.st_dev, status.st_ino), None)
+    if fd is not None:
+        os.close(fd)  # which releases the flock
