@@ -224,10 +224,11 @@ def quality_bench(tmp_path_factory):
 
 
 def test_trained_model_beats_untrained_on_retrieval(quality_bench, trained_checkpoint, untrained_checkpoint, tmp_path):
-    """The trained model's descriptors retrieve clearly better than an untrained network's. With 5 training
-    seeds against 3 untrained networks (and 3 x 3 on a second generator seed), the smallest gains were
-    8.6 mAP (Holidays), 0.37 N-S (UKBench) and 7.4 mAP (Copydays). (The synthetic revisitop layouts put
-    small instances in clutter; there neither model has an edge, both at 16 to 28 Medium mAP.)"""
+    """The trained model's descriptors retrieve clearly better than an untrained network's on Holidays and UKBench,
+    and no worse on Copydays. Measured over training seeds 0 to 5, with the photometric augmentation on the device
+    and on PIL images (12 runs): the smallest gains were 11.5 mAP (Holidays) and 0.35 N-S (UKBench); on Copydays the
+    gain ranged from -0.3 to +19.4 mAP (seed 2 gains nothing either way), too wide for a margin. (The synthetic
+    revisitop layouts put small instances in clutter; there neither model has an edge, both at 16 to 28 Medium mAP.)"""
     flags = [
         "--device", "cpu", "-j", "0", "--input-size", "96", "--dataset", "holidays", "ukbench", "copydays",
         *benchmark_flags(quality_bench, num_distractors=160),
@@ -239,7 +240,7 @@ def test_trained_model_beats_untrained_on_retrieval(quality_bench, trained_check
     trained, untrained = scores["trained"], scores["untrained"]
     assert trained["holidays"]["mAP"] >= untrained["holidays"]["mAP"] + 5.0, scores
     assert trained["ukbench"]["N-S"] >= untrained["ukbench"]["N-S"] + 0.2, scores
-    assert trained["copydays"]["mAP"] >= untrained["copydays"]["mAP"] + 5.0, scores
+    assert trained["copydays"]["mAP"] >= untrained["copydays"]["mAP"] - 2.0, scores
 
 
 def test_saved_descriptors_and_scores_match_an_independent_computation(evaluations, bench, trained_checkpoint):
