@@ -107,16 +107,16 @@ def check_args(args):
         utils.check_writable_folder(args.output_dir, "--output-dir")
     if args.save_features:
         utils.check_writable_folder(args.save_features, "--save-features")
+    model_file = None
+    if not args.load_features:
+        model_file = open_model(args.checkpoint, model_name=args.model)
+        utils.print_at_launch(flags.checkpoint_input_size(args, model_file))
+        if args.multiscale and args.input_size < 2:
+            raise ValueError(f"--multiscale needs --input-size >= 2 for its scale s/2, got {args.input_size}")
+        if "imagenet-val" in args.dataset:
+            classes = utils.check_image_folder(os.path.join(args.imagenet_path, "val"), "--imagenet-path")
+            model_file.check_num_classes(len(classes), f"--imagenet-path {args.imagenet_path}")
     utils.check_device(args.device)
-    if args.load_features:
-        return None
-    model_file = open_model(args.checkpoint, model_name=args.model)
-    utils.print_at_launch(flags.checkpoint_input_size(args, model_file))
-    if args.multiscale and args.input_size < 2:
-        raise ValueError(f"--multiscale needs --input-size >= 2 for its scale s/2, got {args.input_size}")
-    if "imagenet-val" in args.dataset:
-        classes = utils.check_image_folder(os.path.join(args.imagenet_path, "val"), "--imagenet-path")
-        model_file.check_num_classes(len(classes), f"--imagenet-path {args.imagenet_path}")
     return model_file
 
 

@@ -12,6 +12,7 @@ import torch.utils.data
 import engine
 import presets
 import train
+import training_data
 import utils
 from benchmarks.host_syncs import count_host_syncs
 from multigrain.distance_weighted_miner import DistanceWeightedMiner
@@ -51,14 +52,14 @@ def data(folder):
 
 def test_train_py_gives_the_step_uint8_crops_unless_a_policy_needs_pil(folder):
     flags = ["--data-path", str(folder), "--train-crop-size", "32", "--device", "cpu"]
-    dataset, _, photometric, _, _ = train.load_data(train.get_args_parser().parse_args(flags))
+    dataset, _, photometric, _, _ = training_data.load_data(train.get_args_parser().parse_args(flags))
     crop, label, index = dataset[(0, 5)]  # SeededItems: (seed, item)
     assert isinstance(photometric, PhotometricAugmentation) and isinstance(crop, CropWithParams)
     assert crop.pixels.dtype == torch.uint8 and crop.pixels.shape == (32, 32, 3) and crop.params.shape == (NUM_PARAMS,)
     assert index == 5 and photometric.on_device(torch.utils.data.default_collate([crop]), CPU).shape == (1, 3, 32, 32)
 
     policy = train.get_args_parser().parse_args([*flags, "--auto-augment", "ta_wide"])
-    dataset, _, photometric, _, _ = train.load_data(policy)
+    dataset, _, photometric, _, _ = training_data.load_data(policy)
     image, _, _ = dataset[(0, 5)]
     assert photometric is None and image.dtype == torch.float32 and image.shape == (3, 32, 32)
 
