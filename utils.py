@@ -316,12 +316,14 @@ def run_script(main, parser):
     args = parser.parse_args()
     try:
         main(args)
+        distributed.end_process_group()
     except UsageError as e:
         report_and_exit(parser, str(e), 2)
     except REPORTED_FAILURES as e:
         report_and_exit(parser, str(e), 1)
     except preemption.TrainingStopped as e:
         distributed.print_main(f"{parser.prog}: {e}")
+        distributed.end_process_group()
         sys.exit(e.exit_code)
 
 

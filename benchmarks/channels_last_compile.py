@@ -15,7 +15,7 @@ import time
 import torch
 
 import flags
-from benchmarks.step_overhead import CPU_SETTINGS, PAPER_SETTINGS, make_step
+from benchmarks.step_overhead import CPU_SETTINGS, PAPER_SETTINGS, make_step, model_and_batches
 from benchmarks.timing import (
     add_training_step_flags,
     apply_settings,
@@ -26,7 +26,6 @@ from benchmarks.timing import (
     synchronize,
     time_side_by_side,
 )
-from multigrain.model import build_model
 
 VARIANTS = ("eager", "channels-last", "compile", "compile+channels-last")
 
@@ -63,12 +62,7 @@ def main(args):
     if unknown or "eager" not in args.variants:
         raise ValueError(f"--variants must include eager and only name {', '.join(VARIANTS)}, got {args.variants}")
     device = torch.device(args.device)
-    torch.manual_seed(0)
-    model = build_model(args.model, num_classes=args.num_classes).to(device)
-    images = torch.randn(args.batch_size, 3, args.input_size, args.input_size, device=device)
-    targets = torch.randint(args.num_classes, (args.batch_size,), device=device)
-    ids = torch.arange(args.batch_size, device=device) // args.reps
-    batches = [(images, targets, ids)] * args.steps
+    model, batches = model_and_batches(args, device)
 
     results = {}
     for kind in ("train", "eval"):
@@ -78,7 +72,7 @@ def main(args):
             if kind == "train":
                 fn = make_step(model, args, args.classif_weight, batches, device, **options)
             else:
-                fn = make_eval_step(model, images, args, **options)
+                fn = make_eval_step(model, batches[0][0], args, **options)
             first_call[variant] = first_call_seconds(fn, device)
             candidates[variant] = fn
         times = time_side_by_side(candidates, args.rounds, device=device, warmup=1)

@@ -62,6 +62,17 @@ def make_step(model, args, classif_weight, batches, device, channels_last=False,
     return run
 
 
+def model_and_batches(args, device):
+    """The --model (seed 0) on `device` and --steps times one random batch there: images, labels, and the instance
+    ids of --reps copies each."""
+    torch.manual_seed(0)
+    model = build_model(args.model, num_classes=args.num_classes).to(device)
+    images = torch.randn(args.batch_size, 3, args.input_size, args.input_size, device=device)
+    targets = torch.randint(args.num_classes, (args.batch_size,), device=device)
+    ids = torch.arange(args.batch_size, device=device) // args.reps
+    return model, [(images, targets, ids)] * args.steps
+
+
 def main(args):
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -69,12 +80,7 @@ def main(args):
     if args.batch_size < args.reps:
         raise ValueError(f"--batch-size {args.batch_size} cannot hold the {args.reps} copies of an image (--reps)")
     device = torch.device(args.device)
-    torch.manual_seed(0)
-    model = build_model(args.model, num_classes=args.num_classes).to(device)
-    images = torch.randn(args.batch_size, 3, args.input_size, args.input_size, device=device)
-    targets = torch.randint(args.num_classes, (args.batch_size,), device=device)
-    ids = torch.arange(args.batch_size, device=device) // args.reps
-    batches = [(images, targets, ids)] * args.steps
+    model, batches = model_and_batches(args, device)
 
     candidates = {
         "classification only (λ=1)": make_step(model, args, 1.0, batches, device),

@@ -33,6 +33,15 @@ def collective_device() -> torch.device:
     return torch.device("cuda") if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
+def end_process_group():
+    """Ends the process group, if any, before the process exits: left to the interpreter's exit, gloo's threads may
+    abort it ("terminate called without an active exception") after a run that succeeded."""
+    global _host_group
+    if is_initialized():
+        dist.destroy_process_group()
+        _host_group = (None, None)
+
+
 _host_group = (None, None)  # (the default group, its gloo twin) of host_group()
 
 
