@@ -125,7 +125,9 @@ def read_earlier_manifest(args, names):
         for shard in shards
         if shard.get("stem") not in added
     ]
-    layout = [(shard["stem"], shard["first"], shard["images"]) for shard in new_manifest(args, names, 0)["shards"]]
+    layout = [
+        (shard["stem"], shard["first"], shard["images"]) for shard in additions.plan_shards(len(names), args.shard_size)
+    ]
     if (not args.add and extracted != layout) or not all(
         isinstance(shard.get("descriptors"), int) and isinstance(shard.get("bad_images"), list) for shard in shards
     ):
